@@ -1,0 +1,350 @@
+"""Mammogram input: one DICOM MG image -> one :class:`MammogramImage`.
+
+The analysis works on float32 pixels in [0, 1] with calcifications bright,
+whatever the vendor's encoding: values are scaled by the stored bit depth
+(12-bit: /4095) and inverted when the image displays inverted (MONOCHROME1, or
+a Presentation LUT Shape of INVERSE on MONOCHROME2).
+
+Pixel spacing comes from Imager Pixel Spacing (the detector plane, where
+Hologic states 0.07 mm), else Pixel Spacing, else a default the caller gives;
+the source is recorded so a report can say which one was used.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from .errors import UnusableImageError
+
+MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
+MAMMOGRAPHY_SOP_CLASSES = {
+    MG_FOR_PRESENTATION: "FOR PRESENTATION",
+    MG_FOR_PROCESSING: "FOR PROCESSING",
+}
+# Breast tomosynthesis and breast projection (synthesised 2D) objects: out of scope.
+TOMOSYNTHESIS_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.13.1.3": "Breast Tomosynthesis Image Storage",
+    "1.2.840.10008.5.1.4.1.1.13.1.4": "Breast Projection X-Ray Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.13.1.5": "Breast Projection X-Ray Image Storage - For Processing",
+}
+
+# Transfer syntaxes whose pixel data this node decodes (pydicom native, pylibjpeg,
+# pyjpegls). 12-bit JPEG Extended (1.2.840.10008.1.2.4.51) and lossy JPEG baseline are
+# deliberately not listed: no decoder installed here reads 12-bit lossy JPEG.
+DECODABLE_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2": "Implicit VR Little Endian",
+    "1.2.840.10008.1.2.1": "Explicit VR Little Endian",
+    "1.2.840.10008.1.2.1.99": "Deflated Explicit VR Little Endian",
+    "1.2.840.10008.1.2.2": "Explicit VR Big Endian",
+    "1.2.840.10008.1.2.5": "RLE Lossless",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless (Process 14)",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless (Process 14, SV1)",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS Near-Lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 Lossless",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+}
+
+VIEW_CODES = {  # SNOMED / legacy SRT codes in View Code Sequence -> ViewPosition term
+    "399162004": "CC", "R-10242": "CC",
+    "399368009": "MLO", "R-10226": "MLO",
+    "399260004": "ML", "R-10224": "ML",
+    "399352003": "LM", "R-10230": "LM",
+    "399099002": "XCCL", "R-1024A": "XCCL",
+    "399192003": "XCCM", "R-1024B": "XCCM",
+    "399196006": "SIO", "R-102D0": "SIO",
+    "441555000": "FB", "R-40AAA": "FB",
+}
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Where an image's pixels are, in pixels and in millimetres.
+
+    ``pixel_spacing_mm`` is (row spacing, column spacing): the physical distance
+    in mm between the centres of adjacent rows and of adjacent columns.
+    """
+
+    sop_instance_uid: str
+    rows: int
+    columns: int
+    pixel_spacing_mm: tuple[float, float] | None
+    spacing_source: str | None  # "ImagerPixelSpacing", "PixelSpacing", "default" or None
+
+    @property
+    def pixel_area_mm2(self) -> float | None:
+        if self.pixel_spacing_mm is None:
+            return None
+        return float(self.pixel_spacing_mm[0] * self.pixel_spacing_mm[1])
+
+    def mm_to_px(self, length_mm: float) -> float:
+        """A length in mm as a number of pixels (mean of the two spacings)."""
+        if self.pixel_spacing_mm is None:
+            raise ValueError(f"image {self.sop_instance_uid} has no pixel spacing")
+        return float(length_mm / np.mean(self.pixel_spacing_mm))
+
+
+@dataclass(frozen=True, eq=False)
+class MammogramImage:
+    """A mammogram ready for analysis.
+
+    ``pixels``: float32, shape (rows, columns), values in [0, 1], calcifications
+    bright. All lengths derived from it use ``geometry.pixel_spacing_mm`` (mm).
+    """
+
+    pixels: np.ndarray
+    geometry: ImageGeometry
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    presentation_intent: str  # "FOR PRESENTATION" or "FOR PROCESSING"
+    laterality: str | None  # "L", "R" or None when the header does not say
+    view: str | None  # "CC", "MLO", ... or None
+    view_modifiers: tuple[str, ...]
+    bits_stored: int
+    photometric_interpretation: str
+    inverted: bool  # True when stored values were inverted to make calcifications bright
+    manufacturer: str | None
+    transfer_syntax_uid: str
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.geometry.rows, self.geometry.columns
+
+    @property
+    def pixel_spacing_mm(self) -> tuple[float, float] | None:
+        return self.geometry.pixel_spacing_mm
+
+
+def _name(source) -> str | None:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return None
+
+
+def read_dataset(source: str | os.PathLike | Dataset, *, stop_before_pixels: bool = False,
+                 error: type = UnusableImageError) -> Dataset:
+    """Read a Part 10 file (or pass a Dataset through), raising ``error`` if it is not DICOM."""
+    if isinstance(source, Dataset):
+        return source
+    path = Path(source)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        # Touch every top-level element now so a truncated file fails here,
+        # not half-way through the analysis.
+        for _ in ds.iterall():
+            pass
+        return ds
+    except FileNotFoundError:
+        raise error("no such file", reason="not_found", source=str(path)) from None
+    except IsADirectoryError:
+        raise error("is a directory, not a DICOM file", reason="not_dicom", source=str(path)) from None
+    except InvalidDicomError as exc:
+        raise error(f"not a DICOM Part 10 file ({exc})", reason="not_dicom", source=str(path)) from None
+    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise error(f"cannot be parsed as DICOM, the file is probably truncated or corrupt "
+                    f"({type(exc).__name__}: {exc})", reason="corrupt", source=str(path)) from None
+
+
+def _spacing(ds: Dataset, default_mm: float | None) -> tuple[tuple[float, float] | None, str | None]:
+    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
+        value = ds.get(keyword)
+        if value is not None and len(value) == 2:
+            try:
+                row, col = float(value[0]), float(value[1])
+            except (TypeError, ValueError):
+                continue
+            if row > 0 and col > 0:
+                return (row, col), keyword
+    if default_mm is not None:
+        return (float(default_mm), float(default_mm)), "default"
+    return None, None
+
+
+def read_geometry(source: str | os.PathLike | Dataset, *,
+                  default_pixel_spacing_mm: float | None = None) -> ImageGeometry:
+    """The size and pixel spacing of any single-frame image, without decoding pixels.
+
+    Used to put ROIs in mm and to check that an ROI fits the image it references.
+    Raises :class:`UnusableImageError` when the object has no Rows/Columns.
+    """
+    ds = read_dataset(source, stop_before_pixels=True)
+    name = _name(source)
+    if "Rows" not in ds or "Columns" not in ds:
+        raise UnusableImageError(
+            f"{_sop_class_name(ds)} is not an image (no Rows/Columns)", reason="not_an_image", source=name)
+    spacing, spacing_source = _spacing(ds, default_pixel_spacing_mm)
+    return ImageGeometry(
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        pixel_spacing_mm=spacing,
+        spacing_source=spacing_source,
+    )
+
+
+def _sop_class_name(ds: Dataset) -> str:
+    uid = ds.get("SOPClassUID")
+    if uid is None:
+        return "an object without SOP Class UID"
+    uid = UID(str(uid))
+    return f"{uid.name} ({uid})" if uid.name != str(uid) else str(uid)
+
+
+def _view(ds: Dataset) -> str | None:
+    seq = ds.get("ViewCodeSequence")
+    if seq:
+        code = str(seq[0].get("CodeValue", ""))
+        if code in VIEW_CODES:
+            return VIEW_CODES[code]
+    position = ds.get("ViewPosition")
+    return str(position) if position else None
+
+
+def _view_modifiers(ds: Dataset) -> tuple[str, ...]:
+    seq = ds.get("ViewCodeSequence")
+    if not seq:
+        return ()
+    modifiers = seq[0].get("ViewModifierCodeSequence") or []
+    return tuple(str(item.get("CodeMeaning", item.get("CodeValue", ""))) for item in modifiers)
+
+
+def _laterality(ds: Dataset) -> str | None:
+    for keyword in ("ImageLaterality", "Laterality", "FrameLaterality"):
+        value = ds.get(keyword)
+        if value in ("L", "R", "B"):
+            return str(value)
+    return None
+
+
+def _check_sop_class(ds: Dataset, name: str | None) -> str:
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class in TOMOSYNTHESIS_SOP_CLASSES:
+        raise UnusableImageError(
+            f"{TOMOSYNTHESIS_SOP_CLASSES[sop_class]}: breast tomosynthesis is out of scope; "
+            "calcnode analyses 2D full-field digital mammograms only",
+            reason="tomosynthesis", source=name)
+    if sop_class not in MAMMOGRAPHY_SOP_CLASSES:
+        modality = ds.get("Modality", "?")
+        raise UnusableImageError(
+            f"{_sop_class_name(ds)}, modality {modality}, is not a Digital Mammography X-Ray Image "
+            "(For Presentation or For Processing); calcnode analyses only those",
+            reason="sop_class", source=name)
+    return sop_class
+
+
+def load_image(source: str | os.PathLike | Dataset, *,
+               default_pixel_spacing_mm: float | None = None) -> MammogramImage:
+    """Read a 2D digital mammogram for analysis.
+
+    Parameters
+    ----------
+    source : path or Dataset
+        A Digital Mammography X-Ray Image (For Presentation or For Processing).
+    default_pixel_spacing_mm : float, optional
+        Spacing (mm) to assume when the header states none; its use is recorded
+        in ``warnings``. Without it such an image is refused.
+
+    Raises
+    ------
+    UnusableImageError
+        With ``reason`` one of ``not_found``, ``not_dicom``, ``corrupt``,
+        ``sop_class``, ``tomosynthesis``, ``multi_frame``, ``no_pixel_data``,
+        ``transfer_syntax``, ``decode``, ``pixel_format``, ``no_spacing``.
+    """
+    name = _name(source)
+    ds = read_dataset(source)
+    sop_class = _check_sop_class(ds, name)
+
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise UnusableImageError(f"has {frames} frames; a 2D mammogram has one",
+                                 reason="multi_frame", source=name)
+    pixel_keywords = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+    if not any(k in ds for k in pixel_keywords):
+        raise UnusableImageError("has no Pixel Data", reason="no_pixel_data", source=name)
+    if "PixelData" not in ds:
+        raise UnusableImageError("has float pixel data, which a mammogram never has",
+                                 reason="pixel_format", source=name)
+
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+    if ts not in DECODABLE_TRANSFER_SYNTAXES:
+        raise UnusableImageError(
+            f"pixel data in transfer syntax {UID(ts).name} ({ts}) cannot be decoded here; "
+            f"ask the sender for one of: {', '.join(sorted(set(DECODABLE_TRANSFER_SYNTAXES.values())))}",
+            reason="transfer_syntax", source=name)
+
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise UnusableImageError(f"photometric interpretation {photometric or 'missing'}; "
+                                 "a mammogram is MONOCHROME1 or MONOCHROME2",
+                                 reason="pixel_format", source=name)
+    bits_stored = int(ds.get("BitsStored", 0) or 0)
+    if not 8 <= bits_stored <= 16:
+        raise UnusableImageError(f"Bits Stored {bits_stored} is outside 8..16",
+                                 reason="pixel_format", source=name)
+
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # decoders raise a variety of types; all mean the same here
+        raise UnusableImageError(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})",
+                                 reason="decode", source=name) from None
+    if stored.ndim != 2 or stored.shape != (int(ds.Rows), int(ds.Columns)):
+        raise UnusableImageError(f"decoded pixel array has shape {stored.shape}, expected "
+                                 f"({ds.Rows}, {ds.Columns})", reason="decode", source=name)
+
+    pixels = stored.astype(np.float32)
+    if int(ds.get("PixelRepresentation", 0)) == 1:  # signed: move to 0 .. 2^bits - 1
+        pixels += float(2 ** (bits_stored - 1))
+    pixels /= float(2 ** bits_stored - 1)
+    np.clip(pixels, 0.0, 1.0, out=pixels)
+    inverse_lut = str(ds.get("PresentationLUTShape", "")) == "INVERSE"
+    inverted = (photometric == "MONOCHROME1") != inverse_lut
+    if inverted:
+        np.subtract(1.0, pixels, out=pixels)
+
+    warnings: list[str] = []
+    spacing, spacing_source = _spacing(ds, default_pixel_spacing_mm)
+    if spacing is None:
+        raise UnusableImageError("states no Imager Pixel Spacing or Pixel Spacing and no default "
+                                 "spacing is configured, so lengths in mm cannot be measured",
+                                 reason="no_spacing", source=name)
+    if spacing_source == "default":
+        warnings.append(f"no pixel spacing in the header; assumed {spacing[0]} mm")
+
+    geometry = ImageGeometry(
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        pixel_spacing_mm=spacing,
+        spacing_source=spacing_source,
+    )
+    intent = str(ds.get("PresentationIntentType", "") or MAMMOGRAPHY_SOP_CLASSES[sop_class])
+    return MammogramImage(
+        pixels=pixels,
+        geometry=geometry,
+        sop_class_uid=sop_class,
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+        study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+        presentation_intent=intent,
+        laterality=_laterality(ds),
+        view=_view(ds),
+        view_modifiers=_view_modifiers(ds),
+        bits_stored=bits_stored,
+        photometric_interpretation=photometric,
+        inverted=inverted,
+        manufacturer=str(ds.get("Manufacturer")) if ds.get("Manufacturer") else None,
+        transfer_syntax_uid=ts,
+        warnings=tuple(warnings),
+    )

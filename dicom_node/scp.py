@@ -1,0 +1,170 @@
+"""The Storage SCP: C-ECHO and C-STORE into the spool.
+
+Handlers do little and return fast (the pynetdicom way): a C-STORE reads the
+few header attributes it needs, writes the raw received bytes with their file
+meta to the spool (no pixel decoding, no re-encoding) and answers. Analysis
+happens elsewhere, later.
+
+What the node keeps: Digital Mammography X-Ray Images (For Presentation and
+For Processing), Grayscale Softcopy Presentation States and Segmentations.
+Every other storage SOP class is negotiated (so a PACS routing a whole study
+does not fail the association) and answered with 0x0122 "SOP Class not
+supported", and a log line says why.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+
+import pydicom
+from pydicom.tag import Tag
+from pydicom.uid import UID
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from analysis.dicom_input.image import DECODABLE_TRANSFER_SYNTAXES, MAMMOGRAPHY_SOP_CLASSES, \
+    TOMOSYNTHESIS_SOP_CLASSES
+
+from .config import Config
+from .logs import event
+from .spool import InvalidUidError, Spool, SpoolError
+
+log = logging.getLogger("calcnode.scp")
+
+GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+KEPT_SOP_CLASSES = {**MAMMOGRAPHY_SOP_CLASSES, GSPS: "GSPS", SEGMENTATION: "SEG"}
+
+# Transfer syntaxes accepted for every storage context: the ones the image
+# reader decodes. Lossy 8/12-bit JPEG (baseline/extended) is not offered, so a
+# PACS that holds such an image transcodes it to one of these instead.
+TRANSFER_SYNTAXES = list(DECODABLE_TRANSFER_SYNTAXES)
+
+STATUS_SUCCESS = 0x0000
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_PROCESSING_FAILURE = 0x0110
+
+_HEADER_TAGS = [Tag("StudyInstanceUID"), Tag("SOPInstanceUID"), Tag("SOPClassUID")]
+
+
+def _refusal_reason(sop_class: str) -> str:
+    if sop_class in TOMOSYNTHESIS_SOP_CLASSES:
+        return "breast tomosynthesis is out of scope"
+    if sop_class == "1.2.840.10008.5.1.4.1.1.7":
+        return "Secondary Capture is not a diagnostic mammogram"
+    return "not a mammogram, GSPS or SEG"
+
+
+class StorageSCP:
+    """The node's DICOM listener. ``start()`` returns once it accepts associations."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.spool = Spool(config.node.spool_dir)
+        self.ae = self._make_ae()
+        self._server = None
+        self.counts = {"stored": 0, "duplicate": 0, "refused": 0, "failed": 0}
+        self._lock = threading.Lock()
+
+    def _make_ae(self) -> AE:
+        node = self.config.node
+        ae = AE(ae_title=node.ae_title)
+        ae.maximum_associations = node.max_associations
+        ae.network_timeout = node.network_timeout_s
+        ae.acse_timeout = node.network_timeout_s
+        ae.dimse_timeout = node.network_timeout_s
+        ae.maximum_pdu_size = node.max_pdu_bytes
+        if node.allowed_calling_ae_titles:
+            ae.require_calling_aet = list(node.allowed_calling_ae_titles)
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+        return ae
+
+    # -- handlers -------------------------------------------------------------
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.counts[key] += 1
+
+    def handle_echo(self, ev) -> int:
+        event(log, logging.INFO, "C-ECHO", calling_ae=ev.assoc.requestor.ae_title)
+        return STATUS_SUCCESS
+
+    def handle_store(self, ev) -> int:
+        started = time.monotonic()
+        request = ev.request
+        sop_class = str(request.AffectedSOPClassUID)
+        sop_uid = str(request.AffectedSOPInstanceUID)
+        calling = ev.assoc.requestor.ae_title
+        fields = dict(calling_ae=calling, sop_class=UID(sop_class).name, sop_instance_uid=sop_uid)
+        if sop_class not in KEPT_SOP_CLASSES:
+            self._count("refused")
+            event(log, logging.WARNING, "C-STORE refused: SOP class not handled",
+                  reason=_refusal_reason(sop_class), status="0x0122", **fields)
+            return STATUS_SOP_CLASS_NOT_SUPPORTED
+        try:
+            data = ev.encoded_dataset(include_meta=True)
+            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
+                                     specific_tags=_HEADER_TAGS)
+            study_uid = str(header.get("StudyInstanceUID", ""))
+            result = self.spool.store(study_uid, sop_uid, data)
+        except InvalidUidError as exc:
+            self._count("failed")
+            event(log, logging.ERROR, "C-STORE failed: instance cannot be filed",
+                  reason=str(exc), status="0xC000", **fields)
+            return STATUS_CANNOT_UNDERSTAND
+        except SpoolError as exc:
+            self._count("failed")
+            status = STATUS_OUT_OF_RESOURCES if exc.out_of_resources else STATUS_PROCESSING_FAILURE
+            event(log, logging.ERROR, "C-STORE failed: spool write error",
+                  reason=str(exc), status=f"0x{status:04X}", **fields)
+            return status
+        except Exception as exc:  # a broken dataset must never take the node down
+            self._count("failed")
+            event(log, logging.ERROR, "C-STORE failed: dataset cannot be read",
+                  reason=f"{type(exc).__name__}: {exc}", status="0xC000", **fields)
+            return STATUS_CANNOT_UNDERSTAND
+        self._count("duplicate" if result.duplicate else "stored")
+        event(log, logging.INFO,
+              "C-STORE duplicate: already in spool" if result.duplicate else "C-STORE stored",
+              study_instance_uid=study_uid, bytes=len(data),
+              ms=round((time.monotonic() - started) * 1000, 1), **fields)
+        return STATUS_SUCCESS
+
+    def handle_accepted(self, ev) -> None:
+        event(log, logging.INFO, "association accepted", calling_ae=ev.assoc.requestor.ae_title,
+              peer=f"{ev.assoc.requestor.address}:{ev.assoc.requestor.port}")
+
+    def handle_rejected(self, ev) -> None:
+        event(log, logging.WARNING, "association rejected", calling_ae=ev.assoc.requestor.ae_title,
+              peer=f"{ev.assoc.requestor.address}:{ev.assoc.requestor.port}",
+              reason="calling AE title not allowed or too many associations")
+
+    # -- lifecycle --------------------------------------------------------------
+    def start(self) -> None:
+        removed = self.spool.open()
+        if removed:
+            event(log, logging.WARNING, "removed incomplete files left by an earlier stop",
+                  count=removed)
+        node = self.config.node
+        handlers = [
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_ACCEPTED, self.handle_accepted),
+            (evt.EVT_REJECTED, self.handle_rejected),
+        ]
+        self._server = self.ae.start_server((node.host, node.port), block=False,
+                                            evt_handlers=handlers)
+        event(log, logging.INFO, "listening", ae_title=node.ae_title, host=node.host,
+              port=node.port, spool=str(self.spool.root),
+              allowed_calling_ae_titles=list(node.allowed_calling_ae_titles) or "any")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        event(log, logging.INFO, "stopped", **self.counts)
