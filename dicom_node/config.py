@@ -153,7 +153,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, A
     if overrides:
         cleaned = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in overrides.items()}
         values = _merge(values, cleaned, "command line")
-    return _build(values, source)
+    try:
+        return _build(values, source)
+    except ConfigError as exc:
+        if path is None:
+            raise
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def describe(config: Config) -> dict:

@@ -2,8 +2,8 @@
 
 The analysis works on float32 pixels in [0, 1] with calcifications bright,
 whatever the vendor's encoding: values are scaled by the stored bit depth
-(12-bit: /4095) and inverted when the image displays inverted (MONOCHROME1, or
-a Presentation LUT Shape of INVERSE on MONOCHROME2).
+(12-bit: /4095) and inverted when the image is MONOCHROME1 (low values display bright,
+which the MG IOD pairs with Presentation LUT Shape INVERSE).
 
 Pixel spacing comes from Imager Pixel Spacing (the detector plane, where
 Hologic states 0.07 mm), else Pixel Spacing, else a default the caller gives;
@@ -308,8 +308,9 @@ def load_image(source: str | os.PathLike | Dataset, *,
         pixels += float(2 ** (bits_stored - 1))
     pixels /= float(2 ** bits_stored - 1)
     np.clip(pixels, 0.0, 1.0, out=pixels)
-    inverse_lut = str(ds.get("PresentationLUTShape", "")) == "INVERSE"
-    inverted = (photometric == "MONOCHROME1") != inverse_lut
+    # The DX/MG IODs pair MONOCHROME1 with Presentation LUT Shape INVERSE (both say the
+    # same thing: low values display bright), so the photometric interpretation alone decides.
+    inverted = photometric == "MONOCHROME1"
     if inverted:
         np.subtract(1.0, pixels, out=pixels)
 
