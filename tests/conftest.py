@@ -127,3 +127,21 @@ def start_node(tmp_path):
 @pytest.fixture
 def node(start_node) -> RunningNode:
     return start_node()
+
+
+@pytest.fixture
+def start_orthanc(tmp_path):
+    """Start a real Orthanc: start_orthanc(modalities={"calcnode": ["CALCNODE", "127.0.0.1", port]})."""
+    from orthanc import ORTHANC, Orthanc
+
+    need_tool(ORTHANC)
+    started = []
+
+    def _start(modalities: dict) -> Orthanc:
+        pacs = Orthanc(tmp_path / f"orthanc{len(started)}", free_port(), free_port(), modalities)
+        started.append(pacs)
+        return pacs
+
+    yield _start
+    for pacs in started:
+        pacs.stop()
