@@ -1,0 +1,34 @@
+"""Small helpers shared by the benchmarks."""
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def timed(figures: dict, key: str):
+    """Store the wall-clock seconds of the block in figures[key]."""
+    start = time.perf_counter()
+    yield
+    figures[key] = time.perf_counter() - start
+
+
+def write_results(name: str, figures: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    figures = {"benchmark": name, "machine": platform.platform(), "python": platform.python_version(),
+               **figures}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures, indent=2))
+    return path
