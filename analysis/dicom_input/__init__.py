@@ -7,6 +7,7 @@ nothing from :mod:`dicom_node`.
 """
 from .errors import InputError, UnusableImageError, RoiError
 from .image import ImageGeometry, MammogramImage, load_image, read_geometry
+from .rois import Roi, parse_rois, read_rois
 
 __all__ = [
     "InputError",
@@ -16,4 +17,7 @@ __all__ = [
     "MammogramImage",
     "load_image",
     "read_geometry",
+    "Roi",
+    "read_rois",
+    "parse_rois",
 ]

@@ -11,7 +11,9 @@ the source is recorded so a report can say which one was used.
 """
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from .errors import UnusableImageError
+from .errors import InputError, UnusableImageError
 
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
@@ -132,28 +134,69 @@ def _name(source) -> str | None:
     return None
 
 
+class _ShortReadDetector(io.RawIOBase):
+    """A read-only file wrapper that notes when a read returns fewer bytes than asked.
+
+    pydicom reads a truncated file without complaint (the last value is just
+    short and the rest is missing); reading through this wrapper tells. A file
+    cut exactly at an element boundary is indistinguishable from a complete one.
+    """
+
+    def __init__(self, raw):
+        super().__init__()
+        self._raw = raw
+        self.short_read = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        # pydicom probes for the end of the data with read(8); an empty answer
+        # there is the normal end of the file, anything else short is truncation.
+        if size is not None and 0 <= len(data) < size and not (size == 8 and not data):
+            self.short_read = True
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+
 def read_dataset(source: str | os.PathLike | Dataset, *, stop_before_pixels: bool = False,
-                 error: type = UnusableImageError) -> Dataset:
-    """Read a Part 10 file (or pass a Dataset through), raising ``error`` if it is not DICOM."""
+                 error: type[InputError] = UnusableImageError) -> Dataset:
+    """Read a Part 10 file (or pass a Dataset through), raising ``error`` if it is
+    missing, not DICOM, corrupt or truncated."""
     if isinstance(source, Dataset):
         return source
     path = Path(source)
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-        # Touch every top-level element now so a truncated file fails here,
-        # not half-way through the analysis.
-        for _ in ds.iterall():
-            pass
-        return ds
+        with open(path, "rb") as raw, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a truncated file warns; we raise instead
+            detector = _ShortReadDetector(raw)
+            ds = pydicom.dcmread(detector, stop_before_pixels=stop_before_pixels)
+            # Parse every element now (pydicom defers some) so a corrupt file fails
+            # here, not half-way through the analysis.
+            for _ in ds.iterall():
+                pass
     except FileNotFoundError:
         raise error("no such file", reason="not_found", source=str(path)) from None
     except IsADirectoryError:
         raise error("is a directory, not a DICOM file", reason="not_dicom", source=str(path)) from None
     except InvalidDicomError as exc:
         raise error(f"not a DICOM Part 10 file ({exc})", reason="not_dicom", source=str(path)) from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except Exception as exc:  # pydicom raises many types on bad bytes (e.g. BytesLengthException)
         raise error(f"cannot be parsed as DICOM, the file is probably truncated or corrupt "
                     f"({type(exc).__name__}: {exc})", reason="corrupt", source=str(path)) from None
+    if detector.short_read:
+        raise error("ends in the middle of a data element: the file is truncated (an interrupted "
+                    "transfer or copy?)", reason="corrupt", source=str(path))
+    return ds
 
 
 def _spacing(ds: Dataset, default_mm: float | None) -> tuple[tuple[float, float] | None, str | None]:
@@ -182,7 +225,7 @@ def read_geometry(source: str | os.PathLike | Dataset, *,
     name = _name(source)
     if "Rows" not in ds or "Columns" not in ds:
         raise UnusableImageError(
-            f"{_sop_class_name(ds)} is not an image (no Rows/Columns)", reason="not_an_image", source=name)
+            f"{sop_class_name(ds)} is not an image (no Rows/Columns)", reason="not_an_image", source=name)
     spacing, spacing_source = _spacing(ds, default_pixel_spacing_mm)
     return ImageGeometry(
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
@@ -193,7 +236,7 @@ def read_geometry(source: str | os.PathLike | Dataset, *,
     )
 
 
-def _sop_class_name(ds: Dataset) -> str:
+def sop_class_name(ds: Dataset) -> str:
     uid = ds.get("SOPClassUID")
     if uid is None:
         return "an object without SOP Class UID"
@@ -237,7 +280,7 @@ def _check_sop_class(ds: Dataset, name: str | None) -> str:
     if sop_class not in MAMMOGRAPHY_SOP_CLASSES:
         modality = ds.get("Modality", "?")
         raise UnusableImageError(
-            f"{_sop_class_name(ds)}, modality {modality}, is not a Digital Mammography X-Ray Image "
+            f"{sop_class_name(ds)}, modality {modality}, is not a Digital Mammography X-Ray Image "
             "(For Presentation or For Processing); calcnode analyses only those",
             reason="sop_class", source=name)
     return sop_class
