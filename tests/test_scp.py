@@ -185,6 +185,14 @@ def test_logs_carry_no_patient_identity(node, tmp_path):
     assert SECRET_PATIENT_ID not in log
 
 
+def test_sigterm_stops_cleanly_with_counts(node, tmp_path):
+    files = [write(mg_dataset(seed=i), tmp_path / f"{i}.dcm") for i in range(2)]
+    assert node.storescu(*files, files[0]).returncode == 0
+    assert node.stop() == 0
+    [stopped] = [e for e in node.log_events() if e["event"] == "stopped"]
+    assert (stopped["stored"], stopped["duplicate"], stopped["failed"]) == (2, 1, 0)
+
+
 def _mount_small_tmpfs(path: Path, size: str) -> bool:
     if os.geteuid() != 0:
         return False
