@@ -1,0 +1,109 @@
+"""CNN selection step: the proximity target, the decision rule, crops, saving and loading."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.segmentation.cnn import (ProximityNet, SegmentationModel, SelectionParams, candidate_crops,
+                                       predict_crop, proximity_target, select_candidates)
+
+
+def test_proximity_target_follows_the_kernel():
+    mask = np.zeros((41, 41), bool)
+    mask[20, 20] = True
+    target = proximity_target(mask, spacing_mm=0.07, radius_mm=0.7, a=1.0)
+    assert target[20, 20] == pytest.approx(1.0)
+    # 5 px = 0.35 mm = x/2: K = (e^0.5 - 1) / (e - 1)
+    assert target[20, 25] == pytest.approx((np.exp(0.5) - 1) / (np.e - 1), rel=1e-5)
+    assert target[20, 30] == pytest.approx(0.0, abs=1e-6)  # d = x
+    assert target[20, 31] == 0.0 and target[0, 0] == 0.0
+    row = target[20, 20:31]
+    assert np.all(np.diff(row) < 0)
+
+
+def test_proximity_target_is_defined_in_mm():
+    fine = np.zeros((81, 81), bool)
+    fine[40, 40] = True
+    coarse = np.zeros((41, 41), bool)
+    coarse[20, 20] = True
+    t_fine = proximity_target(fine, 0.035)
+    t_coarse = proximity_target(coarse, 0.07)
+    assert t_fine[40, 50] == pytest.approx(t_coarse[20, 25], rel=1e-5)  # both 0.35 mm away
+
+
+def test_proximity_target_of_empty_mask_is_zero():
+    assert not proximity_target(np.zeros((5, 5), bool), 0.07).any()
+
+
+def test_candidate_crops_cover_each_candidate_once():
+    labels = np.zeros((200, 200), np.int32)
+    labels[10:13, 10:13] = 1
+    labels[14:16, 14:16] = 2      # overlaps 1 once grown: same crop
+    labels[150:152, 150:160] = 3  # far away: its own crop
+    crops = candidate_crops(labels, margin_px=5)
+    assert sorted(m for _, members in crops for m in members) == [1, 2, 3]
+    assert len(crops) == 2
+    for box, members in crops:
+        for m in members:
+            rows, cols = np.nonzero(labels == m)
+            assert box[0].start <= rows.min() - 5 or box[0].start == 0
+            assert box[0].stop >= rows.max() + 1 + 5 or box[0].stop == 200
+    total = sum((b[0].stop - b[0].start) * (b[1].stop - b[1].start) for b, _ in crops)
+    assert total < 0.1 * labels.size
+
+
+class ConstantNet(ProximityNet):
+    """A real ProximityNet whose last layer's bias sets the output everywhere (weights zeroed)."""
+
+    def __init__(self, probability: float):
+        super().__init__(width=4)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.zero_()
+            self.body[-1].bias.fill_(float(np.log(probability / (1 - probability))))
+
+
+def test_decision_rule_uses_threshold_and_fraction():
+    pixels = np.random.default_rng(0).random((64, 64), dtype=np.float32)
+    labels = np.zeros((64, 64), np.int32)
+    labels[10:14, 10:14] = 1
+    labels[40:44, 40:44] = 2
+    params = SelectionParams()
+    above = SegmentationModel(ConstantNet(params.prediction_threshold * 2), params)
+    below = SegmentationModel(ConstantNet(params.prediction_threshold / 2), params)
+    kept, fractions = select_candidates(pixels, 0.07, labels, above)
+    assert fractions == {1: 1.0, 2: 1.0}
+    assert kept.sum() == 32
+    kept, fractions = select_candidates(pixels, 0.07, labels, below)
+    assert fractions == {1: 0.0, 2: 0.0} and not kept.any()
+
+
+def test_no_candidates_gives_empty_mask():
+    model = SegmentationModel(ConstantNet(0.5))
+    kept, fractions = select_candidates(np.zeros((32, 32), np.float32), 0.07,
+                                        np.zeros((32, 32), np.int32), model)
+    assert not kept.any() and fractions == {}
+
+
+def test_prediction_keeps_the_crop_shape_at_other_spacings():
+    net = ProximityNet()
+    crop = np.random.default_rng(1).random((37, 53), dtype=np.float32)
+    for spacing in (0.05, 0.07, 0.094):
+        out = predict_crop(net, crop, spacing)
+        assert out.shape == crop.shape and out.dtype == np.float32
+        assert 0 <= out.min() and out.max() <= 1
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = SegmentationModel(ProximityNet(), SelectionParams(min_fraction=0.25), {"trained_on": "test"})
+    digest = model.save(tmp_path / "seg.pt")
+    loaded = SegmentationModel.load(tmp_path / "seg.pt")
+    assert loaded.params.min_fraction == 0.25 and loaded.info == {"trained_on": "test"}
+    x = torch.randn(1, 1, 20, 20)
+    with torch.no_grad():
+        assert torch.equal(model.net.eval()(x), loaded.net(x))
+    assert len(digest) == 64 and (tmp_path / "seg.pt").stat().st_size < 20e6
+    with pytest.raises(ValueError):
+        (tmp_path / "junk.pt").write_bytes(b"no")
+        SegmentationModel.load(tmp_path / "junk.pt")
