@@ -182,3 +182,19 @@ def test_read_geometry_of_any_image_without_pixels(interop):
     assert g.pixel_spacing_mm == (0.16, 0.16) and g.spacing_source == "ImagerPixelSpacing"
     with pytest.raises(UnusableImageError):
         read_geometry(interop / "sr" / "highdicom_sr_document.dcm")
+
+
+def test_view_codes_agree_with_the_snomed_dictionary():
+    """Every SNOMED code we map to a view is the code pydicom's dictionary gives that view."""
+    from pydicom.sr.codedict import codes
+    from analysis.dicom_input.image import VIEW_CODES
+
+    expected = {"CC": codes.SCT.CranioCaudal, "LM": codes.SCT.LateroMedial,
+                "LMO": codes.SCT.LateroMedialOblique, "XCCL": codes.SCT.CranioCaudalExaggeratedLaterally,
+                "XCCM": codes.SCT.CranioCaudalExaggeratedMedially,
+                "XCC": codes.SCT.ExaggeratedCranioCaudalProjection,
+                "SIO": codes.SCT.SuperolateralToInferomedialOblique,
+                "ISO": codes.SCT.InferomedialToSuperolateralOblique, "FB": codes.SCT.CaudoCranial,
+                "CV": codes.SCT.Cleavage, "AT": codes.SCT.AxillaryTail}
+    for view, code in expected.items():
+        assert VIEW_CODES[code.value] == view

@@ -55,15 +55,20 @@ DECODABLE_TRANSFER_SYNTAXES = {
     "1.2.840.10008.1.2.4.91": "JPEG 2000",
 }
 
-VIEW_CODES = {  # SNOMED / legacy SRT codes in View Code Sequence -> ViewPosition term
-    "399162004": "CC", "R-10242": "CC",
+VIEW_CODES = {  # SNOMED CT codes of View Code Sequence (CID 4014) -> ViewPosition term
+    "399162004": "CC", "R-10242": "CC",      # legacy SNOMED-RT codes for the two standard views
     "399368009": "MLO", "R-10226": "MLO",
     "399260004": "ML", "R-10224": "ML",
     "399352003": "LM", "R-10230": "LM",
-    "399099002": "XCCL", "R-1024A": "XCCL",
-    "399192003": "XCCM", "R-1024B": "XCCM",
-    "399196006": "SIO", "R-102D0": "SIO",
-    "441555000": "FB", "R-40AAA": "FB",
+    "399099002": "LMO",
+    "399192008": "XCCL",
+    "399101009": "XCCM",
+    "399265009": "XCC",
+    "399188001": "SIO",
+    "441555000": "ISO",
+    "399196006": "FB",                         # caudo-cranial, "from below"
+    "399161006": "CV",
+    "399011000": "AT",
 }
 
 

@@ -1,0 +1,127 @@
+"""Segmentation (SEG) of the calcifications, one per analysed image (highdicom).
+
+* BINARY, one segment per ROI that was segmented (status ``ok`` or
+  ``not_assessable``; ``failed`` ROIs have none): the calcifications whose labels
+  the ROI lists. Category (49755003, SCT, "Morphologically abnormal structure"),
+  type (129770007, SCT, "Individual calcification"), algorithm type AUTOMATIC with
+  the model as Segmentation Algorithm Identification. The segment carries the
+  ROI's Tracking ID/UID, the same as the TID 1500 measurement group and the GSPS.
+* Empty segments (an ROI with no calcification) keep an all-zero frame
+  (``omit_empty_frames=False``): every segment listed has exactly one frame, frame
+  number = segment number, which is what viewers (OHIF, 3D Slicer) and the SR's
+  Referenced Segmentation Frame expect. An image without any segmented ROI gets
+  no SEG (:func:`build_segmentation` returns None).
+* Fixes for what dciodvfy flags in highdicom 0.28 output for a projection image:
+  explicit Pixel Measures (the spacing the analysis used, Imager Pixel Spacing
+  first, and a Slice Thickness: the compressed breast thickness (0018,11A0) when
+  the source states it, else a nominal 1 mm), and Patient Orientation copied
+  from the source (Type 2C in the General Image module; empty when unknown).
+"""
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from . import codes
+from .common import (
+    DEVICE_SERIAL_NUMBER, MANUFACTURER, MANUFACTURER_MODEL_NAME, NOT_FOR_CLINICAL_USE, SERIES_NUMBERS,
+    contributing_equipment, instance_uid, patient_orientation, pixel_spacing_mm, series_description, series_uid,
+    set_content_datetime, software_versions, tracking_identifier, tracking_uid,
+)
+from .results import ImageResult, RoiResult, StudyResult
+
+NOMINAL_SLICE_THICKNESS_MM = 1.0
+
+
+def segmented_rois(image: ImageResult) -> list[RoiResult]:
+    """The ROIs that get a segment, in segment-number order (1, 2, ...)."""
+    if image.label_image is None:
+        return []
+    return [roi for roi in image.rois if roi.status != "failed"]
+
+
+def segment_number(image: ImageResult, roi: RoiResult) -> int | None:
+    """Segment number (= frame number) of ``roi`` in the SEG of ``image``, or None."""
+    rois = segmented_rois(image)
+    for number, candidate in enumerate(rois, start=1):
+        if candidate is roi:
+            return number
+    return None
+
+
+def algorithm_identification(result: StudyResult) -> hd.AlgorithmIdentificationSequence:
+    model = result.model
+    parameters = {key: str(value) for key, value in result.parameters.items()}
+    parameters["model_sha256"] = model.sha256
+    if model.not_for_clinical_use:
+        parameters["clinical_use"] = NOT_FOR_CLINICAL_USE
+    return hd.AlgorithmIdentificationSequence(
+        name=model.name, version=model.version, family=codes.ARTIFICIAL_INTELLIGENCE,
+        source=MANUFACTURER, parameters=parameters)
+
+
+def _slice_thickness(source: Dataset) -> float:
+    value = source.get("BodyPartThickness")
+    try:
+        thickness = float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        thickness = None
+    return thickness if thickness and thickness > 0 else NOMINAL_SLICE_THICKNESS_MM
+
+
+def build_segmentation(result: StudyResult, image: ImageResult, source: Dataset
+                       ) -> hd.seg.Segmentation | None:
+    """The SEG of one analysed image, or None when no ROI of it was segmented."""
+    if str(source.SOPInstanceUID) != image.sop_instance_uid:
+        raise ValueError(f"source {source.SOPInstanceUID} is not image {image.sop_instance_uid}")
+    rois = segmented_rois(image)
+    if not rois:
+        return None
+    algorithm = algorithm_identification(result)
+    descriptions = []
+    masks = []
+    for number, roi in enumerate(rois, start=1):
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=roi.display_name[:64],
+            segmented_property_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+            segmented_property_type=codes.INDIVIDUAL_CALCIFICATION,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_id=tracking_identifier(result, image, roi),
+            tracking_uid=tracking_uid(result, image, roi),
+        ))
+        masks.append(image.roi_mask(roi))
+    pixel_array = np.stack(masks, axis=-1)[np.newaxis]  # (1 frame, rows, cols, segments)
+
+    spacing = pixel_spacing_mm(source)
+    pixel_measures = None
+    if spacing is not None:
+        pixel_measures = hd.PixelMeasuresSequence(pixel_spacing=spacing,
+                                                  slice_thickness=_slice_thickness(source))
+    seg = hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_uid(result, "SEG"),
+        series_number=SERIES_NUMBERS["SEG"],
+        sop_instance_uid=instance_uid(result, "SEG", image.sop_instance_uid),
+        instance_number=result.images.index(image) + 1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MANUFACTURER_MODEL_NAME,
+        software_versions=software_versions(result),
+        device_serial_number=DEVICE_SERIAL_NUMBER,
+        content_label="CALCIFICATIONS",
+        content_description=series_description(result, "calcifications"),
+        pixel_measures=pixel_measures,
+        omit_empty_frames=False,
+        contributing_equipment=[contributing_equipment(result)],
+    )
+    seg.PatientOrientation = patient_orientation(source)
+    if "ContentCreatorName" not in seg:
+        seg.ContentCreatorName = ""  # Content Identification macro; empty: no person, a device made it
+    seg.SeriesDescription = series_description(result, "SEG")
+    set_content_datetime(seg, result)
+    return seg

@@ -1,0 +1,76 @@
+"""Write every result object of a study: :func:`write_study_results`."""
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from .cad_sr import build_mammography_cad_sr
+from .common import index_sources, write_atomic
+from .gsps import build_presentation_state, study_laterality
+from .measurement_report import build_measurement_report
+from .results import StudyResult
+from .seg import build_segmentation
+
+
+def _as_dataset(source) -> Dataset:
+    if isinstance(source, Dataset):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return pydicom.dcmread(source, stop_before_pixels=True)
+    raise ValueError(f"a source must be a pydicom Dataset or a file path, got {type(source).__name__}")
+
+
+def build_study_results(result: StudyResult, source_datasets: Iterable | Mapping[str, Dataset], *,
+                        gsps: bool = True, created: datetime | None = None) -> list[tuple[str, Dataset]]:
+    """Every result object, in memory: [(kind, dataset)], kind in SEG, SR, CADSR, GSPS.
+
+    Order: the SEGs (one per image with a segmented ROI), the TID 1500 SR, the
+    Mammography CAD SR, then the GSPSs (one per image with an ROI) when ``gsps``.
+    """
+    if isinstance(source_datasets, Mapping):
+        source_datasets = list(source_datasets.values())
+    sources = index_sources(result, [_as_dataset(s) for s in source_datasets])
+    objects: list[tuple[str, Dataset]] = []
+    segs: dict[str, Dataset] = {}
+    for image in result.images:
+        seg = build_segmentation(result, image, sources[image.sop_instance_uid])
+        if seg is not None:
+            segs[image.sop_instance_uid] = seg
+            objects.append(("SEG", seg))
+    objects.append(("SR", build_measurement_report(result, sources, segs)))
+    objects.append(("CADSR", build_mammography_cad_sr(result, sources, created=created)))
+    if gsps:
+        with_rois = {im.sop_instance_uid: sources[im.sop_instance_uid] for im in result.images if im.rois}
+        laterality = study_laterality(result, with_rois)
+        for image in result.images:
+            pr = build_presentation_state(result, image, sources[image.sop_instance_uid], laterality=laterality)
+            if pr is not None:
+                objects.append(("GSPS", pr))
+    return objects
+
+
+def result_filename(kind: str, ds: Dataset) -> str:
+    return f"{kind}-{ds.SOPInstanceUID}.dcm"
+
+
+def write_study_results(result: StudyResult, source_datasets: Iterable | Mapping[str, Dataset],
+                        out_dir: str | os.PathLike, *, gsps: bool = True) -> list[Path]:
+    """Build all result objects of ``result`` and write them to ``out_dir``.
+
+    ``source_datasets``: the study's source images (pydicom Datasets, pixels not
+    needed, or file paths), at least every analysed image. Everything is built
+    before anything is written, so an inconsistent result writes nothing; each
+    file is written to a temporary name in ``out_dir``, fsync'ed and renamed
+    (``<KIND>-<SOPInstanceUID>.dcm``), so a reader never sees half a file and a
+    re-run replaces identical instances in place. Returns the written paths in
+    the order of :func:`build_study_results`.
+    """
+    objects = build_study_results(result, source_datasets, gsps=gsps)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [write_atomic(ds, out / result_filename(kind, ds)) for kind, ds in objects]
