@@ -25,7 +25,9 @@ SUBCOMMAND_MODULES = (
     "dicom_node.commands.serve",
     "dicom_node.commands.check_config",
     "dicom_node.commands.inspect",
+    "dicom_node.commands.segment",
     "training.synth.cli",
+    "training.seg_cli",
 )
 
 

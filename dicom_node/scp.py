@@ -26,6 +26,7 @@ from pynetdicom.sop_class import Verification
 
 from analysis.dicom_input.image import DECODABLE_TRANSFER_SYNTAXES, MAMMOGRAPHY_SOP_CLASSES, \
     TOMOSYNTHESIS_SOP_CLASSES
+from analysis.dicom_input.rois import GSPS_SOP_CLASS, SEG_SOP_CLASS
 
 from .config import Config
 from .logs import event
@@ -33,9 +34,7 @@ from .spool import InvalidUidError, Spool, SpoolError
 
 log = logging.getLogger("calcnode.scp")
 
-GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
-SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
-KEPT_SOP_CLASSES = {**MAMMOGRAPHY_SOP_CLASSES, GSPS: "GSPS", SEGMENTATION: "SEG"}
+KEPT_SOP_CLASSES = {**MAMMOGRAPHY_SOP_CLASSES, GSPS_SOP_CLASS: "GSPS", SEG_SOP_CLASS: "SEG"}
 
 # Transfer syntaxes accepted for every storage context: the ones the image
 # reader decodes. Lossy 8/12-bit JPEG (baseline/extended) is not offered, so a

@@ -107,3 +107,14 @@ def test_save_and_load_round_trip(tmp_path):
     with pytest.raises(ValueError):
         (tmp_path / "junk.pt").write_bytes(b"no")
         SegmentationModel.load(tmp_path / "junk.pt")
+
+
+def test_grow_region_in_mm():
+    from analysis.segmentation.pipeline import grow_region
+
+    region = np.zeros((100, 100), bool)
+    region[50, 50] = True
+    grown = grow_region(region, (0.1, 0.05), 1.0)  # 10 px along rows, 20 along columns
+    rows, cols = np.nonzero(grown)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (40, 60, 30, 70)
+    assert not grow_region(np.zeros((5, 5), bool), (0.1, 0.1), 1.0).any()

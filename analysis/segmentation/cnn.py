@@ -76,11 +76,11 @@ def normalise(crop: np.ndarray) -> np.ndarray:
 class ProximityNet(nn.Module):
     """Compact FCN: 3x3 convolutions with dilations 1, 2, 4, 8, 1 and a 1x1 head.
 
-    Receptive field 33 px (2.3 mm at 0.07 mm); ~15 k parameters; 'same' padding so
+    Receptive field 33 px (2.3 mm at 0.07 mm); ~5 k parameters at width 8; "same" padding so
     the output has the input's size.
     """
 
-    def __init__(self, width: int = 16):
+    def __init__(self, width: int = 8):
         super().__init__()
         layers: list[nn.Module] = []
         channels = 1
@@ -109,7 +109,8 @@ class SegmentationModel:
         buffer = io.BytesIO()
         torch.save({"format": "calcnode-segmentation-cnn/1", "width": self.net.width,
                     "state_dict": self.net.state_dict(), "params": asdict(self.params),
-                    "info": self.info}, buffer)
+                    # JSON text: weights_only loading accepts no other objects (and it reads anywhere)
+                    "info_json": json.dumps(self.info, default=_plain)}, buffer)
         data = buffer.getvalue()
         tmp = path.with_name(path.name + ".part")
         tmp.write_bytes(data)
@@ -127,7 +128,8 @@ class SegmentationModel:
         net = ProximityNet(width=int(blob["width"]))
         net.load_state_dict(blob["state_dict"])
         net.eval()
-        return cls(net=net, params=SelectionParams(**blob["params"]), info=dict(blob["info"]))
+        return cls(net=net, params=SelectionParams(**blob["params"]),
+                   info=json.loads(blob["info_json"]))
 
     @property
     def sha256(self) -> str:
@@ -137,6 +139,15 @@ class SegmentationModel:
 
     def describe(self) -> str:
         return json.dumps(self.info, sort_keys=True)
+
+
+def _plain(value):
+    """numpy scalars and arrays as plain JSON values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _resample(array: np.ndarray, factor: float, order: int) -> np.ndarray:

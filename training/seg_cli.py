@@ -1,0 +1,47 @@
+"""``calcnode train-seg`` and ``calcnode evaluate-seg``."""
+from __future__ import annotations
+
+import json
+
+from .seg_evaluate import evaluate_segmentation
+from .seg_train import TrainSettings, train_segmentation
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train-seg", help="train the calcification selection CNN on images with per-particle truth",
+        description="Train the HDoGReg selection CNN. Each --data folder holds MG images, their ROI "
+                    "objects (GSPS/SEG) and *_labels.npz truth files (docs/segmentation.md).")
+    train.add_argument("--data", action="append", required=True, metavar="DIR")
+    train.add_argument("--out", required=True, metavar="MODEL", help="weights file to write (.pt)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-epochs", type=int, default=TrainSettings.max_epochs)
+    train.add_argument("--patience", type=int, default=TrainSettings.patience)
+    train.add_argument("--workers", type=int, default=TrainSettings.workers)
+    train.set_defaults(func=run_train)
+
+    evaluate = subparsers.add_parser(
+        "evaluate-seg", help="FROC, IoU and mIoU of a segmentation model against truth",
+        description="Detection (FROC) and segmentation (IoU) metrics, for the HDoG stage alone and "
+                    "with the CNN, inside the ROIs of images with truth.")
+    evaluate.add_argument("--model", required=True, metavar="MODEL")
+    evaluate.add_argument("--data", action="append", required=True, metavar="DIR")
+    evaluate.add_argument("--out", default="seg-evaluation", metavar="DIR",
+                          help="where segmentation_metrics.json and froc.png go")
+    evaluate.set_defaults(func=run_evaluate)
+
+
+def run_train(args) -> int:
+    settings = TrainSettings(seed=args.seed, max_epochs=args.max_epochs, patience=args.patience,
+                             workers=args.workers)
+    train_segmentation(args.data, args.out, settings)
+    return 0
+
+
+def run_evaluate(args) -> int:
+    report = evaluate_segmentation(args.model, args.data, args.out)
+    summary = {k: report[k] for k in ("images", "truth_objects", "region_cm2")}
+    for stage in ("hdog", "hdog_cnn"):
+        summary[stage] = {"operating_point": report[stage]["operating_point"], "iou": report[stage]["iou"]}
+    print(json.dumps(summary, indent=2))
+    return 0

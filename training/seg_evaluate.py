@@ -1,0 +1,191 @@
+"""Detection and segmentation metrics against truth (``calcnode evaluate-seg``).
+
+For every image with truth and ROIs, inside the union of its ROIs:
+
+* truth objects: 8-connected components of the truth mask whose centroid lies in the region;
+* predicted objects: HDoG candidates (HDoG stage) and the candidates the CNN keeps (HDoG + CNN);
+* a prediction *matches* a truth object when their centroids are <= 0.35 mm apart or their
+  IoU is >= 0.3; sensitivity = matched truth / all truth; false positives = predictions matching
+  no truth, per cm² of analysed region.
+
+The FROC curve sweeps the stage's own score: the peak DoG value for the HDoG stage, the fraction
+of supported pixels for the CNN (its operating point is the model's ``min_fraction``). Per-object
+IoU is that of each truth object with its best-overlapping kept prediction (0 when missed); mIoU
+is their mean, reported over detected objects and over all objects.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from analysis.dicom_input import load_image
+from analysis.segmentation.cnn import SegmentationModel
+from analysis.segmentation.pipeline import segment
+
+from .datasets import DatasetImage, image_rois, load_truth, roi_region, scan_dataset
+
+MATCH_DISTANCE_MM = 0.35
+MATCH_IOU = 0.3
+_EIGHT = np.ones((3, 3), bool)
+
+
+@dataclass
+class ImageMatches:
+    """Per-candidate scores and match flags of one image, ready for any threshold."""
+
+    n_truth: int
+    area_cm2: float
+    dog: np.ndarray        # per candidate: peak DoG value
+    fraction: np.ndarray   # per candidate: CNN-supported fraction
+    matched: list[set]     # per candidate: truth objects it matches
+    best_iou: np.ndarray   # per (candidate, truth) IoU, shape (n_candidates, n_truth)
+
+
+def match_candidates(cand_labels: np.ndarray, truth_labels: np.ndarray, truth_ids: list[int],
+                     spacing_mm: tuple[float, float]) -> tuple[list[set], np.ndarray]:
+    """Which truth objects each candidate matches, and the IoU matrix."""
+    n_cand = int(cand_labels.max(initial=0))
+    iou = np.zeros((n_cand, len(truth_ids)))
+    matched: list[set] = [set() for _ in range(n_cand)]
+    if n_cand == 0 or not truth_ids:
+        return matched, iou
+    index = np.arange(1, n_cand + 1)
+    c_com = np.array(ndimage.center_of_mass(np.ones(cand_labels.shape), cand_labels, index)).reshape(-1, 2)
+    c_area = ndimage.sum_labels(np.ones(cand_labels.shape), cand_labels, index)
+    t_com = np.array(ndimage.center_of_mass(np.ones(truth_labels.shape), truth_labels, truth_ids)).reshape(-1, 2)
+    t_area = ndimage.sum_labels(np.ones(truth_labels.shape), truth_labels, truth_ids)
+    scale = np.asarray(spacing_mm, float)
+    distance = np.linalg.norm((c_com[:, None, :] - t_com[None, :, :]) * scale, axis=2)
+    overlap = (cand_labels > 0) & (truth_labels > 0)
+    pairs, counts = np.unique(np.stack([cand_labels[overlap], truth_labels[overlap]]), axis=1,
+                              return_counts=True)
+    column = {t: k for k, t in enumerate(truth_ids)}
+    for (c, t), inter in zip(pairs.T, counts):
+        if t in column:
+            k = column[t]
+            iou[c - 1, k] = inter / (c_area[c - 1] + t_area[k] - inter)
+    for c in range(n_cand):
+        hits = np.nonzero((distance[c] <= MATCH_DISTANCE_MM) | (iou[c] >= MATCH_IOU))[0]
+        matched[c] = set(hits.tolist())
+    return matched, iou
+
+
+def image_matches(item: DatasetImage, model: SegmentationModel) -> ImageMatches | None:
+    image = load_image(item.image_path)
+    rois, _ = image_rois(item, image.geometry)
+    region = roi_region(rois, image.geometry)
+    if region is None or item.truth_path is None:
+        return None
+    truth_labels, n = ndimage.label(load_truth(item.truth_path, image.shape) > 0, structure=_EIGHT)
+    com = ndimage.center_of_mass(np.ones(image.shape), truth_labels, np.arange(1, n + 1)) if n else []
+    truth_ids = [k + 1 for k, (r, c) in enumerate(com) if region[int(round(r)), int(round(c))]]
+    result = segment(image.pixels, image.pixel_spacing_mm, region, model)
+    cands = result.candidates
+    matched, iou = match_candidates(cands.labels, truth_labels, truth_ids, image.pixel_spacing_mm)
+    fraction = np.array([result.fractions.get(int(label), 0.0) for label in cands.table["label"]])
+    area_cm2 = float(region.sum() * np.prod(image.pixel_spacing_mm) / 100.0)
+    return ImageMatches(n_truth=len(truth_ids), area_cm2=area_cm2, dog=np.asarray(cands.table["dog"], float),
+                        fraction=fraction, matched=matched, best_iou=iou)
+
+
+def froc(images: list[ImageMatches], score: str, thresholds: np.ndarray, strict: bool = False) -> list[dict]:
+    """Sensitivity and FP/cm² when predictions with score >= t (> t if strict) are kept."""
+    total_truth = sum(m.n_truth for m in images)
+    area = sum(m.area_cm2 for m in images)
+    points = []
+    for t in thresholds:
+        detected, false_pos = 0, 0
+        for m in images:
+            s = getattr(m, score)
+            keep = s > t if strict else s >= t
+            found: set = set()
+            for c in np.nonzero(keep)[0]:
+                if m.matched[c]:
+                    found |= m.matched[c]
+                else:
+                    false_pos += 1
+            detected += len(found)
+        points.append({"threshold": float(t), "sensitivity": detected / max(total_truth, 1),
+                       "fp_per_cm2": false_pos / max(area, 1e-9)})
+    return points
+
+
+def iou_summary(images: list[ImageMatches], keep_rule) -> dict:
+    per_object = []
+    for m in images:
+        keep = keep_rule(m)
+        for k in range(m.n_truth):
+            column = m.best_iou[keep, k] if keep.any() else np.zeros(0)
+            per_object.append(float(column.max()) if column.size else 0.0)
+    detected = [v for v in per_object if v > 0]
+    return {"objects": len(per_object), "miou_all": float(np.mean(per_object)) if per_object else None,
+            "miou_detected": float(np.mean(detected)) if detected else None}
+
+
+def evaluate_segmentation(model_path: str | Path, data_dirs: list[str | Path], out_dir: str | Path) -> dict:
+    model = SegmentationModel.load(model_path)
+    items = [i for d in data_dirs for i in scan_dataset(d, require_truth=True) if i.roi_paths]
+    images = []
+    for k, item in enumerate(items, 1):
+        m = image_matches(item, model)
+        if m is not None:
+            images.append(m)
+        print(f"\revaluate-seg: {k}/{len(items)} images", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    if not images:
+        raise ValueError("no image with both truth and ROIs found")
+    op = model.params.min_fraction
+    dog_t = np.quantile(np.concatenate([m.dog for m in images] or [np.zeros(1)]), np.linspace(0, 0.995, 60))
+    frac_t = np.linspace(0, 0.99, 100)
+    report = {
+        "model": str(model_path),
+        "model_sha256": model.sha256,
+        "images": len(images),
+        "truth_objects": sum(m.n_truth for m in images),
+        "region_cm2": round(sum(m.area_cm2 for m in images), 3),
+        "matching": {"centroid_distance_mm": MATCH_DISTANCE_MM, "iou": MATCH_IOU},
+        "hdog": {
+            "operating_point": froc(images, "dog", np.array([-np.inf]))[0],
+            "froc": froc(images, "dog", np.unique(dog_t)),
+            "iou": iou_summary(images, lambda m: np.ones(len(m.dog), bool)),
+        },
+        "hdog_cnn": {
+            "operating_point": froc(images, "fraction", np.array([op]), strict=True)[0],
+            "froc": froc(images, "fraction", frac_t, strict=True),
+            "iou": iou_summary(images, lambda m: m.fraction > op),
+        },
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "segmentation_metrics.json").write_text(json.dumps(report, indent=2))
+    _plot(report, out_dir / "froc.png")
+    return report
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    for key, name in (("hdog", "HDoG candidates"), ("hdog_cnn", "HDoG + CNN")):
+        pts = sorted(report[key]["froc"], key=lambda p: p["fp_per_cm2"])
+        ax.plot([p["fp_per_cm2"] for p in pts], [p["sensitivity"] for p in pts], label=name)
+        op = report[key]["operating_point"]
+        ax.plot(op["fp_per_cm2"], op["sensitivity"], "o")
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlabel("false positives per cm² of ROI")
+    ax.set_ylabel("sensitivity (calcifications)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(f"FROC, {report['truth_objects']} calcifications in {report['images']} images\n"
+                 "simulated data - not for clinical use", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

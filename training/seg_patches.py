@@ -1,0 +1,125 @@
+"""Training patches for the selection CNN: what it must learn to tell apart.
+
+Per image, patches of ``PATCH_PX`` x ``PATCH_PX`` at the network's spacing (0.07 mm) centred on
+* every true calcification in the analysed region (jittered, so it is not always central),
+* every HDoG candidate that touches no true calcification (the hard negatives the CNN exists for),
+* random points of the region and of a few random boxes of the breast (ordinary tissue, distractors
+  outside the ROIs that the whole-breast mode will meet).
+Inputs are normalised exactly as at inference (:func:`analysis.segmentation.cnn.normalise`);
+targets are the proximity map (:func:`analysis.segmentation.cnn.proximity_target`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from analysis.dicom_input import load_image
+from analysis.segmentation import breast_mask, hdog_candidates
+from analysis.segmentation.cnn import NET_SPACING_MM, SelectionParams, normalise, proximity_target
+
+from .datasets import DatasetImage, image_rois, load_truth, roi_region
+
+PATCH_PX = 48                 # at NET_SPACING_MM: 3.4 mm (the receptive field is 2.3 mm)
+RANDOM_BOX_MM = 12.0          # side of the random breast boxes
+RANDOM_BOXES = 3
+MAX_POSITIVES = 200           # per image, so one busy image does not dominate
+POSITIVE_REPEATS = 2          # each calcification twice, with different jitter
+MAX_NEGATIVES = 80            # hard negatives per image: about 3:1 against calcifications overall
+
+
+@dataclass
+class Patches:
+    x: np.ndarray        # float32 (n, PATCH_PX, PATCH_PX), normalised
+    y: np.ndarray        # float32 (n, PATCH_PX, PATCH_PX), proximity target
+    kind: np.ndarray     # int8: 0 calcification, 1 hard negative, 2 random
+
+    @staticmethod
+    def concat(parts: list["Patches"]) -> "Patches":
+        parts = [p for p in parts if len(p.x)]
+        if not parts:
+            empty = np.zeros((0, PATCH_PX, PATCH_PX), np.float32)
+            return Patches(empty, empty.copy(), np.zeros(0, np.int8))
+        return Patches(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]),
+                       np.concatenate([p.kind for p in parts]))
+
+
+def _cut(array: np.ndarray, centre: tuple[float, float], size: int) -> np.ndarray | None:
+    r0 = int(round(centre[0])) - size // 2
+    c0 = int(round(centre[1])) - size // 2
+    if r0 < 0 or c0 < 0 or r0 + size > array.shape[0] or c0 + size > array.shape[1]:
+        return None
+    return array[r0:r0 + size, c0:c0 + size]
+
+
+def _random_boxes(breast: np.ndarray, spacing: float, rng: np.random.Generator) -> np.ndarray:
+    region = np.zeros(breast.shape, bool)
+    side = int(RANDOM_BOX_MM / spacing)
+    rows, cols = np.nonzero(breast[::8, ::8])
+    if len(rows) == 0:
+        return region
+    for _ in range(RANDOM_BOXES):
+        k = rng.integers(len(rows))
+        r, c = rows[k] * 8, cols[k] * 8
+        region[max(r - side // 2, 0):r + side // 2, max(c - side // 2, 0):c + side // 2] = True
+    return region & breast
+
+
+def image_patches(item: DatasetImage, seed: int, params: SelectionParams = SelectionParams()) -> Patches:
+    """All training patches of one image (deterministic for ``seed``)."""
+    rng = np.random.default_rng(seed)
+    image = load_image(item.image_path)
+    spacing = float(np.mean(image.pixel_spacing_mm))
+    truth = load_truth(item.truth_path, image.shape) > 0
+    rois, _ = image_rois(item, image.geometry)
+    region = roi_region(rois, image.geometry)
+    if region is None:  # no ROI object: the truth's neighbourhood stands in for one
+        region = ndimage.binary_dilation(truth, iterations=int(3.0 / spacing)) if truth.any() else \
+            np.zeros(image.shape, bool)
+    breast = breast_mask(image.pixels, image.pixel_spacing_mm)
+    sample_region = region | _random_boxes(breast, spacing, rng)
+    if not sample_region.any():
+        return Patches.concat([])
+    candidates = hdog_candidates(image.pixels, image.pixel_spacing_mm, sample_region)
+
+    truth_labels, n_truth = ndimage.label(truth, structure=np.ones((3, 3), bool))
+    centres: list[tuple[float, float, int]] = []
+    if n_truth:
+        com = ndimage.center_of_mass(truth, truth_labels, np.arange(1, n_truth + 1))
+        inside = [c for c in com if sample_region[int(c[0]), int(c[1])]] * POSITIVE_REPEATS
+        rng.shuffle(inside)
+        jitter = rng.integers(-6, 7, size=(len(inside), 2)) * (NET_SPACING_MM / spacing)
+        centres += [(r + j[0], c + j[1], 0) for (r, c), j in zip(inside[:MAX_POSITIVES], jitter)]
+    if len(candidates):
+        touching = np.unique(candidates.labels[truth])
+        negatives = [(row["row"], row["col"], 1) for row in candidates.table
+                     if row["label"] not in touching]
+        rng.shuffle(negatives)
+        centres += negatives[:MAX_NEGATIVES]
+    rows, cols = np.nonzero(sample_region)
+    picks = rng.choice(len(rows), size=min(len(rows), 40), replace=False)
+    centres += [(rows[k], cols[k], 2) for k in picks]
+
+    native = int(round(PATCH_PX * NET_SPACING_MM / spacing))
+    margin = int(np.ceil(params.proximity_radius_mm / spacing)) + 1
+    xs, ys, kinds = [], [], []
+    for r, c, kind in centres:
+        crop = _cut(image.pixels, (r, c), native)
+        truth_crop = _cut(truth, (r, c), native + 2 * margin)
+        if crop is None or truth_crop is None:
+            continue
+        target = proximity_target(truth_crop, spacing, params.proximity_radius_mm,
+                                  params.proximity_a)[margin:-margin, margin:-margin]
+        if native != PATCH_PX:
+            zoom = PATCH_PX / native
+            crop = ndimage.zoom(crop, zoom, order=1, grid_mode=True, mode="nearest")
+            target = ndimage.zoom(target, zoom, order=1, grid_mode=True, mode="nearest")
+        if crop.shape != (PATCH_PX, PATCH_PX):
+            continue
+        xs.append(normalise(crop))
+        ys.append(np.clip(target, 0, 1).astype(np.float32))
+        kinds.append(kind)
+    if not xs:
+        return Patches.concat([])
+    return Patches(np.stack(xs), np.stack(ys), np.array(kinds, np.int8))

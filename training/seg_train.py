@@ -1,0 +1,172 @@
+"""Training the selection CNN (``calcnode train-seg``).
+
+Images are split by patient into training and validation (so no patient is on both sides);
+patches come from :mod:`training.seg_patches`; the loss is HDoGReg's soft Dice on the
+continuous proximity target plus binary cross-entropy (the Dice term alone leaves the
+background's output free to drift above the 10^-3.5 decision threshold). Training stops
+when the validation loss has not improved for ``patience`` epochs and the best epoch's
+weights are kept.
+"""
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from analysis.segmentation.cnn import ProximityNet, SegmentationModel, SelectionParams
+from analysis.segmentation.models import NOT_FOR_CLINICAL_USE
+
+from .datasets import DatasetImage, scan_dataset
+from .seg_patches import Patches, image_patches
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    seed: int = 0
+    validation_fraction: float = 0.15
+    max_epochs: int = 25
+    patience: int = 4
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    width: int = 8
+    workers: int = 2
+
+
+def split_by_patient(items: list[DatasetImage], fraction: float, seed: int):
+    patients = sorted({i.patient_id for i in items})
+    rng = np.random.default_rng(seed)
+    rng.shuffle(patients)
+    n_val = max(1, int(round(fraction * len(patients)))) if len(patients) > 1 else 0
+    val = set(patients[:n_val])
+    return [i for i in items if i.patient_id not in val], [i for i in items if i.patient_id in val]
+
+
+def _patches_job(args) -> Patches:
+    item, seed = args
+    return image_patches(item, seed)
+
+
+def collect_patches(items: list[DatasetImage], seed: int, workers: int, label: str) -> Patches:
+    jobs = [(item, seed * 100003 + k) for k, item in enumerate(items)]
+    parts: list[Patches] = []
+    started = time.monotonic()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for k, part in enumerate(pool.map(_patches_job, jobs), 1):
+            parts.append(part)
+            print(f"\r{label}: patches from {k}/{len(items)} images "
+                  f"({sum(len(p.x) for p in parts)} patches, {time.monotonic() - started:.0f} s)",
+                  end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return Patches.concat(parts)
+
+
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    prob = torch.sigmoid(logits)
+    intersection = (prob * target).sum()
+    dice = 1 - (2 * intersection + 1.0) / (prob.sum() + target.sum() + 1.0)
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, target)
+    return dice + bce
+
+
+def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator):
+    k = int(rng.integers(4))
+    if k:
+        x, y = torch.rot90(x, k, (2, 3)), torch.rot90(y, k, (2, 3))
+    if rng.random() < 0.5:
+        x, y = torch.flip(x, (3,)), torch.flip(y, (3,))
+    return x, y
+
+
+def _evaluate(net: nn.Module, data: Patches, batch: int) -> float:
+    net.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(data.x), batch):
+            x = torch.from_numpy(data.x[start:start + batch])[:, None]
+            y = torch.from_numpy(data.y[start:start + batch])[:, None]
+            total += float(dice_bce_loss(net(x), y)) * len(x)
+            count += len(x)
+    return total / max(count, 1)
+
+
+def train_segmentation(data_dirs: list[str | Path], out: str | Path,
+                       settings: TrainSettings = TrainSettings(),
+                       params: SelectionParams = SelectionParams()) -> SegmentationModel:
+    torch.manual_seed(settings.seed)
+    torch.set_num_threads(2)
+    items = [i for d in data_dirs for i in scan_dataset(d, require_truth=True)]
+    if len(items) < 2:
+        raise ValueError(f"need at least 2 images with truth (*_labels.npz) in {', '.join(map(str, data_dirs))}; "
+                         f"found {len(items)}")
+    train_items, val_items = split_by_patient(items, settings.validation_fraction, settings.seed)
+    print(f"train-seg: {len(items)} images ({len(train_items)} training, {len(val_items)} validation, "
+          f"split by patient)", file=sys.stderr)
+    train = collect_patches(train_items, settings.seed, settings.workers, "training")
+    val = collect_patches(val_items, settings.seed + 1, settings.workers, "validation")
+    if len(train.x) == 0 or len(val.x) == 0:
+        raise ValueError("no training or validation patches could be made: are there calcifications "
+                         "in the truth files?")
+
+    net = ProximityNet(width=settings.width)
+    optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
+    rng = np.random.default_rng(settings.seed)
+    best_loss, best_state, best_epoch, history = np.inf, None, 0, []
+    started = time.monotonic()
+    for epoch in range(1, settings.max_epochs + 1):
+        net.train()
+        order = rng.permutation(len(train.x))
+        epoch_loss = 0.0
+        for start in range(0, len(order), settings.batch_size):
+            index = np.sort(order[start:start + settings.batch_size])
+            x = torch.from_numpy(train.x[index])[:, None]
+            y = torch.from_numpy(train.y[index])[:, None]
+            x, y = _augment(x, y, rng)
+            optimiser.zero_grad()
+            loss = dice_bce_loss(net(x), y)
+            loss.backward()
+            optimiser.step()
+            epoch_loss += loss.item() * len(index)
+        train_loss = epoch_loss / len(order)
+        val_loss = _evaluate(net, val, 256)
+        improved = val_loss < best_loss - 1e-4
+        if improved:
+            best_loss, best_epoch = val_loss, epoch
+            best_state = {k: v.clone() for k, v in net.state_dict().items()}
+        history.append({"epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5)})
+        print(f"epoch {epoch:2d}/{settings.max_epochs}: train {train_loss:.4f}  validation {val_loss:.4f}"
+              f"{'  (best)' if improved else ''}  {time.monotonic() - started:.0f} s", file=sys.stderr)
+        if epoch - best_epoch >= settings.patience:
+            print(f"early stop: no validation improvement for {settings.patience} epochs", file=sys.stderr)
+            break
+    net.load_state_dict(best_state)
+    net.eval()
+    info = {
+        "model": "calcnode HDoGReg selection CNN",
+        "notice": NOT_FOR_CLINICAL_USE,
+        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data": [str(d) for d in data_dirs],
+        "images": {"training": len(train_items), "validation": len(val_items)},
+        "patches": {"training": int(len(train.x)), "validation": int(len(val.x)),
+                    "training_by_kind": {k: int((train.kind == i).sum())
+                                         for i, k in enumerate(("calcification", "hard_negative", "random"))}},
+        "settings": asdict(settings),
+        "best_epoch": best_epoch,
+        "best_validation_loss": round(float(best_loss), 5),
+        "history": history,
+        "seconds": round(time.monotonic() - started, 1),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    model = SegmentationModel(net=net, params=params, info=info)
+    digest = model.save(out)
+    print(f"train-seg: wrote {out} (sha256 {digest[:16]}..., best epoch {best_epoch}, "
+          f"validation loss {best_loss:.4f}). {NOT_FOR_CLINICAL_USE}", file=sys.stderr)
+    return model
