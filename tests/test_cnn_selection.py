@@ -72,18 +72,34 @@ def test_decision_rule_uses_threshold_and_fraction():
     params = SelectionParams()
     above = SegmentationModel(ConstantNet(params.prediction_threshold * 2), params)
     below = SegmentationModel(ConstantNet(params.prediction_threshold / 2), params)
-    kept, fractions = select_candidates(pixels, 0.07, labels, above)
-    assert fractions == {1: 1.0, 2: 1.0}
+    kept, support = select_candidates(pixels, 0.07, labels, above)
+    assert set(support) == {1, 2}
+    assert all(v == pytest.approx(params.prediction_threshold * 2, rel=1e-3) for v in support.values())
     assert kept.sum() == 32
-    kept, fractions = select_candidates(pixels, 0.07, labels, below)
-    assert fractions == {1: 0.0, 2: 0.0} and not kept.any()
+    kept, support = select_candidates(pixels, 0.07, labels, below)
+    assert all(v < params.prediction_threshold for v in support.values()) and not kept.any()
+
+
+def test_support_score_is_the_fraction_rule():
+    """score >= t exactly when MORE than 30 % of the candidate's pixels are >= t."""
+    from analysis.segmentation.cnn import support_scores
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(1, 6, size=(30, 30))
+    prediction = rng.random((30, 30)).astype(np.float32)
+    members = [1, 2, 3, 4, 5]
+    scores = support_scores(prediction, labels, members, 0.3)
+    for t in np.linspace(0, 1, 41):
+        for label, score in zip(members, scores):
+            fraction = (prediction[labels == label] >= t).mean()
+            assert (score >= t) == (fraction > 0.3), (label, t)
 
 
 def test_no_candidates_gives_empty_mask():
     model = SegmentationModel(ConstantNet(0.5))
-    kept, fractions = select_candidates(np.zeros((32, 32), np.float32), 0.07,
-                                        np.zeros((32, 32), np.int32), model)
-    assert not kept.any() and fractions == {}
+    kept, support = select_candidates(np.zeros((32, 32), np.float32), 0.07,
+                                      np.zeros((32, 32), np.int32), model)
+    assert not kept.any() and support == {}
 
 
 def test_prediction_keeps_the_crop_shape_at_other_spacings():

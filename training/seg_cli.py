@@ -42,6 +42,6 @@ def run_evaluate(args) -> int:
     report = evaluate_segmentation(args.model, args.data, args.out)
     summary = {k: report[k] for k in ("images", "truth_objects", "region_cm2")}
     for stage in ("hdog", "hdog_cnn"):
-        summary[stage] = {"operating_point": report[stage]["operating_point"], "iou": report[stage]["iou"]}
+        summary[stage] = {k: report[stage][k] for k in ("operating_point", "best_at_1_fp_per_cm2", "iou")}
     print(json.dumps(summary, indent=2))
     return 0

@@ -8,8 +8,9 @@ For every image with truth and ROIs, inside the union of its ROIs:
   IoU is >= 0.3; sensitivity = matched truth / all truth; false positives = predictions matching
   no truth, per cm² of analysed region.
 
-The FROC curve sweeps the stage's own score: the peak DoG value for the HDoG stage, the fraction
-of supported pixels for the CNN (its operating point is the model's ``min_fraction``). Per-object
+The FROC curve sweeps the stage's own score: the peak DoG value for the HDoG stage, the CNN support
+score for HDoG + CNN (the threshold t such that more than 30 % of the candidate's pixels are >= t; the
+operating point is the model's calibrated ``prediction_threshold``). Per-object
 IoU is that of each truth object with its best-overlapping kept prediction (0 when missed); mIoU
 is their mean, reported over detected objects and over all objects.
 """
@@ -41,7 +42,7 @@ class ImageMatches:
     n_truth: int
     area_cm2: float
     dog: np.ndarray        # per candidate: peak DoG value
-    fraction: np.ndarray   # per candidate: CNN-supported fraction
+    support: np.ndarray    # per candidate: CNN support score
     matched: list[set]     # per candidate: truth objects it matches
     best_iou: np.ndarray   # per (candidate, truth) IoU, shape (n_candidates, n_truth)
 
@@ -87,14 +88,14 @@ def image_matches(item: DatasetImage, model: SegmentationModel) -> ImageMatches 
     result = segment(image.pixels, image.pixel_spacing_mm, region, model)
     cands = result.candidates
     matched, iou = match_candidates(cands.labels, truth_labels, truth_ids, image.pixel_spacing_mm)
-    fraction = np.array([result.fractions.get(int(label), 0.0) for label in cands.table["label"]])
+    support = np.array([result.support.get(int(label), 0.0) for label in cands.table["label"]])
     area_cm2 = float(region.sum() * np.prod(image.pixel_spacing_mm) / 100.0)
     return ImageMatches(n_truth=len(truth_ids), area_cm2=area_cm2, dog=np.asarray(cands.table["dog"], float),
-                        fraction=fraction, matched=matched, best_iou=iou)
+                        support=support, matched=matched, best_iou=iou)
 
 
-def froc(images: list[ImageMatches], score: str, thresholds: np.ndarray, strict: bool = False) -> list[dict]:
-    """Sensitivity and FP/cm² when predictions with score >= t (> t if strict) are kept."""
+def froc(images: list[ImageMatches], score: str, thresholds: np.ndarray) -> list[dict]:
+    """Sensitivity and FP/cm² when the candidates with score >= t are kept."""
     total_truth = sum(m.n_truth for m in images)
     area = sum(m.area_cm2 for m in images)
     points = []
@@ -102,7 +103,7 @@ def froc(images: list[ImageMatches], score: str, thresholds: np.ndarray, strict:
         detected, false_pos = 0, 0
         for m in images:
             s = getattr(m, score)
-            keep = s > t if strict else s >= t
+            keep = s >= t
             found: set = set()
             for c in np.nonzero(keep)[0]:
                 if m.matched[c]:
@@ -113,6 +114,28 @@ def froc(images: list[ImageMatches], score: str, thresholds: np.ndarray, strict:
         points.append({"threshold": float(t), "sensitivity": detected / max(total_truth, 1),
                        "fp_per_cm2": false_pos / max(area, 1e-9)})
     return points
+
+
+def sensitivity_at(points: list[dict], max_fp_per_cm2: float) -> dict:
+    """The most sensitive point of a FROC sweep with at most ``max_fp_per_cm2``."""
+    allowed = [p for p in points if p["fp_per_cm2"] <= max_fp_per_cm2]
+    if not allowed:
+        return {"threshold": None, "sensitivity": 0.0, "fp_per_cm2": None}
+    return max(allowed, key=lambda p: (p["sensitivity"], -p["fp_per_cm2"]))
+
+
+def collect_matches(items: list[DatasetImage], model: SegmentationModel, label: str) -> list[ImageMatches]:
+    images = []
+    for k, item in enumerate(items, 1):
+        m = image_matches(item, model)
+        if m is not None:
+            images.append(m)
+        print(f"\r{label}: {k}/{len(items)} images", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return images
+
+
+SUPPORT_THRESHOLDS = np.concatenate([[0.0], np.logspace(-4, np.log10(0.99), 80)])
 
 
 def iou_summary(images: list[ImageMatches], keep_rule) -> dict:
@@ -130,18 +153,14 @@ def iou_summary(images: list[ImageMatches], keep_rule) -> dict:
 def evaluate_segmentation(model_path: str | Path, data_dirs: list[str | Path], out_dir: str | Path) -> dict:
     model = SegmentationModel.load(model_path)
     items = [i for d in data_dirs for i in scan_dataset(d, require_truth=True) if i.roi_paths]
-    images = []
-    for k, item in enumerate(items, 1):
-        m = image_matches(item, model)
-        if m is not None:
-            images.append(m)
-        print(f"\revaluate-seg: {k}/{len(items)} images", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+    images = collect_matches(items, model, "evaluate-seg")
     if not images:
         raise ValueError("no image with both truth and ROIs found")
-    op = model.params.min_fraction
-    dog_t = np.quantile(np.concatenate([m.dog for m in images] or [np.zeros(1)]), np.linspace(0, 0.995, 60))
-    frac_t = np.linspace(0, 0.99, 100)
+    op = model.params.prediction_threshold
+    dog_t = np.unique(np.quantile(np.concatenate([m.dog for m in images] or [np.zeros(1)]),
+                                  np.linspace(0, 0.995, 60)))
+    hdog_froc = froc(images, "dog", dog_t)
+    cnn_froc = froc(images, "support", SUPPORT_THRESHOLDS)
     report = {
         "model": str(model_path),
         "model_sha256": model.sha256,
@@ -151,13 +170,15 @@ def evaluate_segmentation(model_path: str | Path, data_dirs: list[str | Path], o
         "matching": {"centroid_distance_mm": MATCH_DISTANCE_MM, "iou": MATCH_IOU},
         "hdog": {
             "operating_point": froc(images, "dog", np.array([-np.inf]))[0],
-            "froc": froc(images, "dog", np.unique(dog_t)),
+            "best_at_1_fp_per_cm2": sensitivity_at(hdog_froc, 1.0),
+            "froc": hdog_froc,
             "iou": iou_summary(images, lambda m: np.ones(len(m.dog), bool)),
         },
         "hdog_cnn": {
-            "operating_point": froc(images, "fraction", np.array([op]), strict=True)[0],
-            "froc": froc(images, "fraction", frac_t, strict=True),
-            "iou": iou_summary(images, lambda m: m.fraction > op),
+            "operating_point": froc(images, "support", np.array([op]))[0],
+            "best_at_1_fp_per_cm2": sensitivity_at(cnn_froc, 1.0),
+            "froc": cnn_froc,
+            "iou": iou_summary(images, lambda m: m.support >= op),
         },
     }
     out_dir = Path(out_dir)

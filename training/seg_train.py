@@ -6,6 +6,11 @@ continuous proximity target plus binary cross-entropy (the Dice term alone leave
 background's output free to drift above the 10^-3.5 decision threshold). Training stops
 when the validation loss has not improved for ``patience`` epochs and the best epoch's
 weights are kept.
+
+The decision threshold is then calibrated on the validation images' ROIs: HDoGReg's 10^-3.5
+belongs to its own network's output scale (with this network nearly every candidate passes it),
+so the model stores the most sensitive threshold that keeps false positives at or below
+``CALIBRATION_FP_PER_CM2`` there.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,7 +30,25 @@ from analysis.segmentation.cnn import ProximityNet, SegmentationModel, Selection
 from analysis.segmentation.models import NOT_FOR_CLINICAL_USE
 
 from .datasets import DatasetImage, scan_dataset
+from .seg_evaluate import SUPPORT_THRESHOLDS, collect_matches, froc, sensitivity_at
 from .seg_patches import Patches, image_patches
+
+
+CALIBRATION_FP_PER_CM2 = 1.0
+
+
+def calibrate_threshold(model: SegmentationModel, items: list[DatasetImage]) -> tuple[float, dict]:
+    """The prediction threshold for the model, from the FROC on ``items`` (images with ROIs)."""
+    images = collect_matches([i for i in items if i.roi_paths], model, "calibration")
+    if not images:
+        return model.params.prediction_threshold, {"calibrated": False,
+                                                   "reason": "no validation image with ROIs"}
+    points = froc(images, "support", SUPPORT_THRESHOLDS)
+    best = sensitivity_at(points, CALIBRATION_FP_PER_CM2)
+    if best["threshold"] is None:  # never that few false positives: the strictest threshold
+        best = min(points, key=lambda p: (p["fp_per_cm2"], -p["sensitivity"]))
+    return float(best["threshold"]), {"calibrated": True, "max_fp_per_cm2": CALIBRATION_FP_PER_CM2,
+                                      "validation_images": len(images), **best}
 
 
 @dataclass(frozen=True)
@@ -148,6 +171,10 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
             break
     net.load_state_dict(best_state)
     net.eval()
+    threshold, calibration = calibrate_threshold(SegmentationModel(net=net, params=params), val_items)
+    params = replace(params, prediction_threshold=threshold)
+    print(f"calibrated prediction threshold {threshold:.4g} on the validation ROIs "
+          f"({calibration})", file=sys.stderr)
     info = {
         "model": "calcnode HDoGReg selection CNN",
         "notice": NOT_FOR_CLINICAL_USE,
@@ -160,6 +187,7 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
         "settings": asdict(settings),
         "best_epoch": best_epoch,
         "best_validation_loss": round(float(best_loss), 5),
+        "threshold_calibration": calibration,
         "history": history,
         "seconds": round(time.monotonic() - started, 1),
         "torch": torch.__version__,

@@ -38,6 +38,8 @@ class SelectionParams:
 
     proximity_radius_mm: float = 0.7   # x = 10 px at 0.07 mm
     proximity_a: float = 1.0
+    # HDoGReg's 10^-3.5 belongs to its own network's output scale; a trained model carries the
+    # threshold calibrated on its validation images (training/seg_train.py).
     prediction_threshold: float = 10 ** -3.5
     min_fraction: float = 0.30         # a component is kept when MORE than this fraction is >= threshold
     crop_margin_mm: float = 1.4        # context around a candidate: >= the receptive field radius (1.15 mm)
@@ -199,9 +201,30 @@ def candidate_crops(labels: np.ndarray, margin_px: int) -> list[tuple[tuple[slic
     return [(regions[region - 1], sorted(labels_in)) for region, labels_in in sorted(members.items())]
 
 
+def support_scores(prediction: np.ndarray, labels: np.ndarray, members: list[int],
+                   min_fraction: float) -> np.ndarray:
+    """Per candidate, the largest threshold t for which MORE than ``min_fraction`` of its pixels
+    have prediction >= t: the k-th largest prediction, k = floor(min_fraction * n) + 1.
+
+    So "more than 30 % of the pixels >= t" holds exactly when the score is >= t, and one score per
+    candidate serves every threshold (FROC sweeps, calibration).
+    """
+    inside = np.isin(labels, members)
+    labs, vals = labels[inside], prediction[inside]
+    order = np.lexsort((-vals, labs))               # by label, then prediction descending
+    labs, vals = labs[order], vals[order]
+    starts = np.searchsorted(labs, members)
+    counts = np.searchsorted(labs, members, side="right") - starts
+    k = np.floor(min_fraction * counts).astype(int)  # 0-based index of the k-th largest
+    return vals[starts + np.minimum(k, counts - 1)]
+
+
 def select_candidates(pixels: np.ndarray, spacing_mm: float, candidate_labels: np.ndarray,
                       model: SegmentationModel) -> tuple[np.ndarray, dict[int, float]]:
     """Keep the candidate components the network supports (SPEC §2.1.3).
+
+    A candidate is kept when more than ``min_fraction`` (30 %) of its pixels have a prediction
+    >= ``prediction_threshold``.
 
     Parameters
     ----------
@@ -212,25 +235,21 @@ def select_candidates(pixels: np.ndarray, spacing_mm: float, candidate_labels: n
     Returns
     -------
     kept : bool (rows, cols), the kept components with their holes filled.
-    fractions : {label: fraction of its pixels with prediction >= threshold}.
+    support : {label: support score} (:func:`support_scores`); kept <=> score >= threshold.
     """
     params = model.params
     labels = np.asarray(candidate_labels)
     kept = np.zeros(labels.shape, bool)
-    fractions: dict[int, float] = {}
+    support: dict[int, float] = {}
     if labels.max(initial=0) == 0:
-        return kept, fractions
+        return kept, support
     margin = int(np.ceil(params.crop_margin_mm / spacing_mm))
     for box, members in candidate_crops(labels, margin):
         prediction = predict_crop(model.net, pixels[box], spacing_mm)
         crop_labels = labels[box]
-        hits = ndimage.sum_labels(prediction >= params.prediction_threshold, crop_labels, members)
-        sizes = ndimage.sum_labels(np.ones(crop_labels.shape), crop_labels, members)
-        keep = []
-        for label, hit, size in zip(members, hits, sizes):
-            fractions[label] = float(hit / size)
-            if fractions[label] > params.min_fraction:
-                keep.append(label)
+        scores = support_scores(prediction, crop_labels, members, params.min_fraction)
+        support.update(zip(members, scores.tolist()))
+        keep = [label for label, score in zip(members, scores) if score >= params.prediction_threshold]
         if keep:
             kept[box] |= np.isin(crop_labels, keep)
-    return ndimage.binary_fill_holes(kept), fractions
+    return ndimage.binary_fill_holes(kept), support

@@ -33,13 +33,14 @@ class Segmentation:
     ``labels``: int32 (rows, cols), 0 = background, 1..n one per calcification.
     ``particles``: :data:`PARTICLE_DTYPE`, one row per label, sorted by label.
     ``candidates``: the HDoG stage's output (for evaluation and reports).
-    ``fractions``: per HDoG candidate label, the fraction of its pixels the CNN supports.
+    ``support``: per HDoG candidate label, its CNN support score (kept <=> score >= the model's
+    prediction threshold; :func:`analysis.segmentation.cnn.support_scores`).
     """
 
     labels: np.ndarray
     particles: np.ndarray
     candidates: Candidates
-    fractions: dict[int, float]
+    support: dict[int, float]
 
     def __len__(self) -> int:
         return len(self.particles)
@@ -101,8 +102,8 @@ def segment(pixels: np.ndarray, spacing_mm: tuple[float, float], region: np.ndar
     if region is not None:
         region = grow_region(np.asarray(region, bool), spacing_mm, REGION_GROWTH_MM)
     candidates = hdog_candidates(pixels, spacing_mm, region, hdog_params)
-    kept, fractions = select_candidates(pixels, float(np.mean(spacing_mm)), candidates.labels, model)
+    kept, support = select_candidates(pixels, float(np.mean(spacing_mm)), candidates.labels, model)
     labels, _ = ndimage.label(kept, structure=_EIGHT)
     labels = labels.astype(np.int32)
     return Segmentation(labels=labels, particles=particle_table(labels, pixels, spacing_mm),
-                        candidates=candidates, fractions=fractions)
+                        candidates=candidates, support=support)
