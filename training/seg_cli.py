@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from .seg_evaluate import evaluate_segmentation
-from .seg_train import TrainSettings, train_segmentation
+# Defaults shown in --help; the training code (torch) is imported only when a command runs.
+DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS = 25, 4, 2
 
 
 def register(subparsers) -> None:
@@ -15,9 +15,9 @@ def register(subparsers) -> None:
     train.add_argument("--data", action="append", required=True, metavar="DIR")
     train.add_argument("--out", required=True, metavar="MODEL", help="weights file to write (.pt)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--max-epochs", type=int, default=TrainSettings.max_epochs)
-    train.add_argument("--patience", type=int, default=TrainSettings.patience)
-    train.add_argument("--workers", type=int, default=TrainSettings.workers)
+    train.add_argument("--max-epochs", type=int, default=DEFAULT_MAX_EPOCHS)
+    train.add_argument("--patience", type=int, default=DEFAULT_PATIENCE)
+    train.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
     train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser(
@@ -32,6 +32,8 @@ def register(subparsers) -> None:
 
 
 def run_train(args) -> int:
+    from .seg_train import TrainSettings, train_segmentation
+
     settings = TrainSettings(seed=args.seed, max_epochs=args.max_epochs, patience=args.patience,
                              workers=args.workers)
     train_segmentation(args.data, args.out, settings)
@@ -39,6 +41,8 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
+    from .seg_evaluate import evaluate_segmentation
+
     report = evaluate_segmentation(args.model, args.data, args.out)
     summary = {k: report[k] for k in ("images", "truth_objects", "region_cm2")}
     for stage in ("hdog", "hdog_cnn"):

@@ -9,9 +9,7 @@ import numpy as np
 
 from analysis.dicom_input import load_image
 from analysis.dicom_input.rois import parse_rois
-from analysis.segmentation.cnn import SegmentationModel
 from analysis.segmentation.models import DEFAULT_SEGMENTATION_MODEL, NOT_FOR_CLINICAL_USE
-from analysis.segmentation.pipeline import segment
 
 from ..config import load_config
 
@@ -32,6 +30,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from analysis.segmentation.cnn import SegmentationModel  # torch: only when segmenting
+    from analysis.segmentation.pipeline import segment
+
     config = load_config()
     image = load_image(args.image, default_pixel_spacing_mm=config.analysis.default_pixel_spacing_mm or None)
     rois, problems = [], []

@@ -1,0 +1,104 @@
+"""Training, evaluating and running the segmenter end to end on a small simulated data set."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from analysis.segmentation.cnn import SegmentationModel
+from analysis.segmentation.models import DEFAULT_SEGMENTATION_MODEL
+from conftest import CALCNODE, ROOT
+
+
+def run(*args, check=True):
+    result = subprocess.run(CALCNODE + list(map(str, args)), cwd=ROOT, capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("seg") / "data"
+    run("synth", "--out", out, "--cases", 3, "--seed", 7, "--size", "768x640", "--quiet",
+        "--types", "amorphous,punctate,fine_pleomorphic")
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(small_data, tmp_path_factory) -> Path:
+    model = tmp_path_factory.mktemp("model") / "seg.pt"
+    result = run("train-seg", "--data", small_data, "--out", model, "--max-epochs", 2, "--seed", 3)
+    assert "epoch  1/2" in result.stderr and "NOT FOR CLINICAL USE" in result.stderr
+    return model
+
+
+def test_training_writes_a_small_documented_model(trained):
+    assert trained.stat().st_size < 20e6
+    model = SegmentationModel.load(trained)
+    assert "NOT FOR CLINICAL USE" in model.info["notice"]
+    assert 1 <= len(model.info["history"]) <= 2
+    assert model.info["images"]["validation"] >= 1 and model.info["patches"]["training"] > 0
+    assert model.info["patches"]["training_by_kind"]["calcification"] > 0
+
+
+def test_evaluate_seg_reports_both_stages(trained, small_data, tmp_path):
+    result = run("evaluate-seg", "--model", trained, "--data", small_data, "--out", tmp_path)
+    summary = json.loads(result.stdout)
+    report = json.loads((tmp_path / "segmentation_metrics.json").read_text())
+    assert summary["truth_objects"] == report["truth_objects"] > 0
+    hdog, cnn = report["hdog"]["operating_point"], report["hdog_cnn"]["operating_point"]
+    for point in (hdog, cnn):
+        assert 0 <= point["sensitivity"] <= 1 and point["fp_per_cm2"] >= 0
+    # the CNN only removes candidates: it can never find more or add false positives
+    assert cnn["sensitivity"] <= hdog["sensitivity"] and cnn["fp_per_cm2"] <= hdog["fp_per_cm2"]
+    assert hdog["sensitivity"] > 0.3  # HDoG finds calcifications of the simulator at all
+    with Image.open(tmp_path / "froc.png") as png:
+        assert png.size[0] > 300
+
+
+def test_segment_command_in_rois_and_whole_breast(trained, small_data, tmp_path):
+    labels = (small_data / "labels.csv").read_text().splitlines()
+    header = labels[0].split(",")
+    row = dict(zip(header, labels[1].split(",")))
+    image, roi = small_data / row["image_file"], small_data / row["roi_file"]
+    result = run("segment", image, "--roi", roi, "--model", trained, "--json", "--out", tmp_path)
+    summary = json.loads(result.stdout)
+    assert summary["mode"] == "rois" and summary["rois"]
+    assert sum(r["calcifications"] for r in summary["rois"]) <= summary["calcifications"]
+    with np.load(tmp_path / "labels.npz") as npz:
+        assert npz["labels"].max() == summary["calcifications"]
+    assert (tmp_path / "overlay.png").stat().st_size > 1000
+    whole = json.loads(run("segment", image, "--model", trained, "--json").stdout)
+    assert whole["mode"] == "whole_breast" and whole["hdog_candidates"] >= summary["hdog_candidates"]
+
+
+def test_segment_bad_roi_is_a_clear_error(trained, small_data, tmp_path):
+    image = next((small_data / "dicom").rglob("MG_*.dcm"))
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom")
+    result = run("segment", image, "--roi", junk, "--model", trained, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "not a DICOM" in result.stderr
+
+
+def test_shipped_demonstration_model():
+    if not DEFAULT_SEGMENTATION_MODEL.exists():
+        pytest.fail(f"the shipped model {DEFAULT_SEGMENTATION_MODEL} is missing "
+                    "(make demo-seg-model trains it)")
+    model = SegmentationModel.load(DEFAULT_SEGMENTATION_MODEL)
+    assert DEFAULT_SEGMENTATION_MODEL.stat().st_size < 20e6
+    assert "NOT FOR CLINICAL USE" in model.info["notice"]
+    assert model.info["data"], "the model must record what it was trained on"
+
+
+def test_cli_defaults_match_the_training_settings():
+    from training.seg_cli import DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS
+    from training.seg_train import TrainSettings
+
+    assert (DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS) == (
+        TrainSettings.max_epochs, TrainSettings.patience, TrainSettings.workers)
