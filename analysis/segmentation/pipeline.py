@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .cnn import SegmentationModel, select_candidates
+from .cnn import SegmentationModel, nonzero_extent, select_candidates
 from .hdog import Candidates, HDoGParams, hdog_candidates
 
 PARTICLE_DTYPE = np.dtype([
@@ -52,12 +52,15 @@ def particle_table(labels: np.ndarray, pixels: np.ndarray, spacing_mm: tuple[flo
     table = np.zeros(n, PARTICLE_DTYPE)
     if n == 0:
         return table
+    extent = nonzero_extent(labels)
+    offset = np.array([extent[0].start, extent[1].start], float)
+    labels, pixels = labels[extent], pixels[extent]
     index = np.arange(1, n + 1)
     inside = labels > 0  # uniform weights: a bool image is enough and 8x smaller than ones()
     centroids = np.array(ndimage.center_of_mass(inside, labels, index)).reshape(n, 2)
     areas = ndimage.sum_labels(inside, labels, index)
     table["label"] = index
-    table["row"], table["col"] = centroids[:, 0], centroids[:, 1]
+    table["row"], table["col"] = centroids[:, 0] + offset[0], centroids[:, 1] + offset[1]
     table["area_px"] = areas
     table["area_mm2"] = areas * spacing_mm[0] * spacing_mm[1]
     table["max_intensity"] = ndimage.maximum(pixels, labels, index)
@@ -70,17 +73,15 @@ REGION_GROWTH_MM = 1.0
 def grow_region(region: np.ndarray, spacing_mm: tuple[float, float], grow_mm: float) -> np.ndarray:
     """``region`` dilated by ``grow_mm`` (an ellipse in pixels for unequal spacing), computed on
     its bounding box only."""
-    rows, cols = np.nonzero(region)
-    if len(rows) == 0:
-        return region.copy()
     rr = int(np.ceil(grow_mm / spacing_mm[0]))
     rc = int(np.ceil(grow_mm / spacing_mm[1]))
-    r0, r1 = max(rows.min() - rr, 0), min(rows.max() + rr + 1, region.shape[0])
-    c0, c1 = max(cols.min() - rc, 0), min(cols.max() + rc + 1, region.shape[1])
+    extent = nonzero_extent(region, max(rr, rc))
+    grown = region.copy()
+    if extent is None:
+        return grown
     y, x = np.ogrid[-rr:rr + 1, -rc:rc + 1]
     disk = (y / max(rr, 1)) ** 2 + (x / max(rc, 1)) ** 2 <= 1.0
-    grown = region.copy()
-    grown[r0:r1, c0:c1] = ndimage.binary_dilation(region[r0:r1, c0:c1], structure=disk)
+    grown[extent] = ndimage.binary_dilation(region[extent], structure=disk)
     return grown
 
 
@@ -103,7 +104,9 @@ def segment(pixels: np.ndarray, spacing_mm: tuple[float, float], region: np.ndar
         region = grow_region(np.asarray(region, bool), spacing_mm, REGION_GROWTH_MM)
     candidates = hdog_candidates(pixels, spacing_mm, region, hdog_params)
     kept, support = select_candidates(pixels, float(np.mean(spacing_mm)), candidates.labels, model)
-    labels, _ = ndimage.label(kept, structure=_EIGHT)
-    labels = labels.astype(np.int32)
+    labels = np.zeros(kept.shape, np.int32)
+    extent = nonzero_extent(kept)
+    if extent is not None:
+        labels[extent] = ndimage.label(kept[extent], structure=_EIGHT)[0]
     return Segmentation(labels=labels, particles=particle_table(labels, pixels, spacing_mm),
                         candidates=candidates, support=support)
