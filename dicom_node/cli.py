@@ -11,6 +11,7 @@ to stderr as one line each and the exit code is non-zero.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from analysis.dicom_input import InputError
@@ -19,15 +20,18 @@ from . import __version__
 from .config import ConfigError
 
 # Modules that provide sub-commands, in the order they appear in --help.
-# Each has register(subparsers). Imported lazily so `calcnode --help` stays fast
-# and a broken optional part cannot stop the node from starting.
+# Each has register(subparsers); heavy imports (torch, radiomics) stay inside the commands.
 SUBCOMMAND_MODULES = (
     "dicom_node.commands.serve",
     "dicom_node.commands.check_config",
+    "dicom_node.commands.queue",
+    "dicom_node.commands.demo",
     "dicom_node.commands.inspect",
     "dicom_node.commands.segment",
     "training.synth.cli",
     "training.seg_cli",
+    "dicom_node.commands.analyze",
+    "training.classifier.cli",
 )
 
 
@@ -39,16 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"calcnode {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    import importlib
-
     for module_name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # that part of the product is not built yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

@@ -61,6 +61,8 @@ def setup_logging(fmt: str = "json", level: str = "INFO", stream=None) -> None:
     # pynetdicom logs every PDU (and, at DEBUG, whole datasets with patient
     # names): never below INFO, and warnings only unless the operator asks for DEBUG.
     logging.getLogger("pynetdicom").setLevel("INFO" if level == "DEBUG" else "WARNING")
+    # highdicom narrates every attribute copy at INFO: keep its warnings only.
+    logging.getLogger("highdicom").setLevel("INFO" if level == "DEBUG" else "WARNING")
 
 
 def event(logger: logging.Logger, level: int, message: str, **fields) -> None:

@@ -2,8 +2,13 @@
 
 Handlers do little and return fast (the pynetdicom way): a C-STORE reads the
 few header attributes it needs, writes the raw received bytes with their file
-meta to the spool (no pixel decoding, no re-encoding) and answers. Analysis
-happens elsewhere, later.
+meta to the spool (no pixel decoding, no re-encoding), records the instance in
+the state database and only then answers success. Analysis happens elsewhere,
+later (:mod:`dicom_node.service`).
+
+Objects this node wrote itself (Manufacturer "calcnode": SEG, SR, GSPS results a
+PACS routes back) are answered with success and not kept, so a routing rule that
+forwards a whole study never makes the node analyse its own output.
 
 What the node keeps: Digital Mammography X-Ray Images (For Presentation and
 For Processing), Grayscale Softcopy Presentation States and Segmentations.
@@ -15,8 +20,11 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import pydicom
 from pydicom.tag import Tag
@@ -27,9 +35,12 @@ from pynetdicom.sop_class import Verification
 from analysis.dicom_input.image import DECODABLE_TRANSFER_SYNTAXES, MAMMOGRAPHY_SOP_CLASSES, \
     TOMOSYNTHESIS_SOP_CLASSES
 from analysis.dicom_input.rois import GSPS_SOP_CLASS, SEG_SOP_CLASS
+from sr_templates.common import MANUFACTURER as OWN_MANUFACTURER
 
+from .audit import AuditLog
 from .config import Config
 from .logs import event
+from .metrics import Counters
 from .spool import InvalidUidError, Spool, SpoolError
 
 log = logging.getLogger("calcnode.scp")
@@ -47,7 +58,16 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
 
-_HEADER_TAGS = [Tag("StudyInstanceUID"), Tag("SOPInstanceUID"), Tag("SOPClassUID")]
+_HEADER_TAGS = [Tag("StudyInstanceUID"), Tag("SOPInstanceUID"), Tag("SOPClassUID"), Tag("Manufacturer")]
+
+
+def instance_kind(sop_class: str) -> str:
+    """MG, GSPS or SEG for a kept SOP class."""
+    if sop_class == GSPS_SOP_CLASS:
+        return "GSPS"
+    if sop_class == SEG_SOP_CLASS:
+        return "SEG"
+    return "MG"
 
 
 def _refusal_reason(sop_class: str) -> str:
@@ -61,12 +81,16 @@ def _refusal_reason(sop_class: str) -> str:
 class StorageSCP:
     """The node's DICOM listener. ``start()`` returns once it accepts associations."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, db=None, audit: AuditLog | None = None,
+                 counters: Counters | None = None):
         self.config = config
-        self.spool = Spool(config.node.spool_dir)
+        self.spool = Spool(Path(config.node.spool_dir).absolute())
+        self.db = db
+        self.audit = audit or AuditLog(None)
+        self.counters = counters or Counters()
         self.ae = self._make_ae()
         self._server = None
-        self.counts = {"stored": 0, "duplicate": 0, "refused": 0, "failed": 0}
+        self.counts = {"stored": 0, "duplicate": 0, "refused": 0, "failed": 0, "own_results": 0}
         self._lock = threading.Lock()
 
     def _make_ae(self) -> AE:
@@ -88,10 +112,18 @@ class StorageSCP:
     def _count(self, key: str) -> None:
         with self._lock:
             self.counts[key] += 1
+        self.counters.inc("calcnode_instances_received_total", result=key)
 
     def handle_echo(self, ev) -> int:
         event(log, logging.INFO, "C-ECHO", calling_ae=ev.assoc.requestor.ae_title)
         return STATUS_SUCCESS
+
+    def _free_mb(self) -> float | None:
+        try:
+            st = os.statvfs(self.spool.root)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize / 1e6
 
     def handle_store(self, ev) -> int:
         started = time.monotonic()
@@ -100,70 +132,139 @@ class StorageSCP:
         sop_uid = str(request.AffectedSOPInstanceUID)
         calling = ev.assoc.requestor.ae_title
         fields = dict(calling_ae=calling, sop_class=UID(sop_class).name, sop_instance_uid=sop_uid)
+        status, study_uid = self._store(ev, sop_class, sop_uid, calling, fields, started)
+        self.audit.write("instance_received", calling_ae=calling,
+                         peer=f"{ev.assoc.requestor.address}:{ev.assoc.requestor.port}",
+                         sop_class_uid=sop_class, sop_instance_uid=sop_uid,
+                         study_instance_uid=study_uid, status=f"0x{status:04X}")
+        return status
+
+    def _store(self, ev, sop_class, sop_uid, calling, fields, started) -> tuple[int, str | None]:
         if sop_class not in KEPT_SOP_CLASSES:
             self._count("refused")
             event(log, logging.WARNING, "C-STORE refused: SOP class not handled",
                   reason=_refusal_reason(sop_class), status="0x0122", **fields)
-            return STATUS_SOP_CLASS_NOT_SUPPORTED
+            return STATUS_SOP_CLASS_NOT_SUPPORTED, None
+        min_free = self.config.storage.min_free_mb
+        if min_free > 0:
+            free = self._free_mb()
+            if free is not None and free < min_free:
+                self._count("failed")
+                event(log, logging.ERROR, "C-STORE refused: disk below the high-water mark",
+                      free_mb=round(free), min_free_mb=min_free, status="0xA700", **fields)
+                return STATUS_OUT_OF_RESOURCES, None
+        study_uid = None
         try:
             data = ev.encoded_dataset(include_meta=True)
             header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
                                      specific_tags=_HEADER_TAGS)
             study_uid = str(header.get("StudyInstanceUID", ""))
+            if str(header.get("Manufacturer", "")) == OWN_MANUFACTURER:
+                self._count("own_results")
+                event(log, logging.INFO, "C-STORE ignored: a result object of this node",
+                      study_instance_uid=study_uid, status="0x0000", **fields)
+                return STATUS_SUCCESS, study_uid
+            if min_free > 0:
+                free = self._free_mb()
+                if free is not None and free - len(data) / 1e6 < min_free:
+                    raise SpoolError(f"{free:.0f} MB free, high-water mark storage.min_free_mb = "
+                                     f"{min_free} MB", out_of_resources=True)
             result = self.spool.store(study_uid, sop_uid, data)
         except InvalidUidError as exc:
             self._count("failed")
             event(log, logging.ERROR, "C-STORE failed: instance cannot be filed",
                   reason=str(exc), status="0xC000", **fields)
-            return STATUS_CANNOT_UNDERSTAND
+            return STATUS_CANNOT_UNDERSTAND, study_uid
         except SpoolError as exc:
             self._count("failed")
             status = STATUS_OUT_OF_RESOURCES if exc.out_of_resources else STATUS_PROCESSING_FAILURE
             event(log, logging.ERROR, "C-STORE failed: spool write error",
                   reason=str(exc), status=f"0x{status:04X}", **fields)
-            return status
+            return status, study_uid
         except Exception as exc:  # a broken dataset must never take the node down
             self._count("failed")
             event(log, logging.ERROR, "C-STORE failed: dataset cannot be read",
                   reason=f"{type(exc).__name__}: {exc}", status="0xC000", **fields)
-            return STATUS_CANNOT_UNDERSTAND
+            return STATUS_CANNOT_UNDERSTAND, study_uid
+        if self.db is not None:
+            try:
+                self.db.record_instance(sop_instance_uid=sop_uid, study_instance_uid=study_uid,
+                                        sop_class_uid=sop_class, kind=instance_kind(sop_class),
+                                        path=str(result.path), calling_ae=calling)
+            except sqlite3.Error as exc:
+                # Not recorded: not kept. Answer failure so the sender retries later.
+                if not result.duplicate:
+                    self.spool.discard(result.path)
+                self._count("failed")
+                full = "full" in str(exc).lower() or getattr(exc, "sqlite_errorcode", None) == 13
+                status = STATUS_OUT_OF_RESOURCES if full else STATUS_PROCESSING_FAILURE
+                event(log, logging.ERROR, "C-STORE failed: state database error",
+                      reason=str(exc), status=f"0x{status:04X}", **fields)
+                return status, study_uid
         self._count("duplicate" if result.duplicate else "stored")
         event(log, logging.INFO,
               "C-STORE duplicate: already in spool" if result.duplicate else "C-STORE stored",
               study_instance_uid=study_uid, bytes=len(data),
               ms=round((time.monotonic() - started) * 1000, 1), **fields)
-        return STATUS_SUCCESS
+        return STATUS_SUCCESS, study_uid
+
+    def _peer(self, ev) -> dict:
+        return dict(calling_ae=ev.assoc.requestor.ae_title, called_ae=self.config.node.ae_title,
+                    peer=f"{ev.assoc.requestor.address}:{ev.assoc.requestor.port}")
 
     def handle_accepted(self, ev) -> None:
+        self.counters.inc("calcnode_associations_total", result="accepted")
         event(log, logging.INFO, "association accepted", calling_ae=ev.assoc.requestor.ae_title,
               peer=f"{ev.assoc.requestor.address}:{ev.assoc.requestor.port}")
+        self.audit.write("association", result="accepted", **self._peer(ev))
 
     def handle_rejected(self, ev) -> None:
+        self.counters.inc("calcnode_associations_total", result="rejected")
         event(log, logging.WARNING, "association rejected", calling_ae=ev.assoc.requestor.ae_title,
               peer=f"{ev.assoc.requestor.address}:{ev.assoc.requestor.port}",
               reason="calling AE title not allowed or too many associations")
+        self.audit.write("association", result="rejected", **self._peer(ev))
+
+    def handle_released(self, ev) -> None:
+        self.audit.write("association", result="released", **self._peer(ev))
+
+    def handle_aborted(self, ev) -> None:
+        self.audit.write("association", result="aborted", **self._peer(ev))
 
     # -- lifecycle --------------------------------------------------------------
-    def start(self) -> None:
+    def open_spool(self) -> None:
         removed = self.spool.open()
         if removed:
             event(log, logging.WARNING, "removed incomplete files left by an earlier stop",
                   count=removed)
+
+    def start(self, *, open_spool: bool = True) -> None:
+        if open_spool:
+            self.open_spool()
         node = self.config.node
         handlers = [
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_ACCEPTED, self.handle_accepted),
             (evt.EVT_REJECTED, self.handle_rejected),
+            (evt.EVT_RELEASED, self.handle_released),
+            (evt.EVT_ABORTED, self.handle_aborted),
         ]
+        from .tls import server_context
+
+        ssl_context = server_context(self.config)
         self._server = self.ae.start_server((node.host, node.port), block=False,
-                                            evt_handlers=handlers)
+                                            evt_handlers=handlers, ssl_context=ssl_context)
         event(log, logging.INFO, "listening", ae_title=node.ae_title, host=node.host,
-              port=node.port, spool=str(self.spool.root),
+              port=node.port, tls=ssl_context is not None, spool=str(self.spool.root),
               allowed_calling_ae_titles=list(node.allowed_calling_ae_titles) or "any")
 
-    def stop(self) -> None:
+    def stop_listening(self) -> None:
+        """Close the listening socket; associations in progress finish."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+    def stop(self) -> None:
+        self.stop_listening()
         event(log, logging.INFO, "stopped", **self.counts)

@@ -112,6 +112,14 @@ class Spool:
                 pass
         return StoreResult(final, duplicate=duplicate)
 
+    def discard(self, path: Path) -> None:
+        """Remove a stored instance again (it could not be recorded; the sender will retry)."""
+        try:
+            Path(path).unlink(missing_ok=True)
+            _fsync_dir(Path(path).parent)
+        except OSError:
+            pass
+
     def instances(self) -> list[Path]:
         """Every stored instance file, sorted."""
         return sorted(self.incoming.glob("*/*.dcm"))

@@ -1,4 +1,8 @@
-"""``calcnode serve``: run the node in the foreground until SIGTERM/SIGINT."""
+"""``calcnode serve``: run the node in the foreground until SIGTERM/SIGINT.
+
+The node (:class:`dicom_node.service.Node`): the Storage SCP, study assembly, analysis
+worker processes, the outbound sender and the monitoring HTTP port.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,7 +11,7 @@ import threading
 
 from ..config import describe, load_config
 from ..logs import event, setup_logging
-from ..scp import StorageSCP
+from ..state import StateError
 
 log = logging.getLogger("calcnode.serve")
 
@@ -41,11 +45,12 @@ def run(args) -> int:
     setup_logging(config.logging.format, config.logging.level)
     event(log, logging.INFO, "calcnode starting (research software, not for clinical use)",
           config_source=config.source, config=describe(config))
-    scp = StorageSCP(config)
+    from ..service import Node
+
     try:
-        scp.start()
-    except OSError as exc:
-        event(log, logging.ERROR, "cannot listen", host=config.node.host, port=config.node.port,
+        node = Node(config)
+    except (StateError, OSError) as exc:
+        event(log, logging.ERROR, "cannot open the state directory", state_dir=str(config.node.state_dir),
               reason=str(exc))
         return 1
     stop = threading.Event()
@@ -56,6 +61,13 @@ def run(args) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    try:
+        node.start()
+    except OSError as exc:
+        event(log, logging.ERROR, "cannot listen", host=config.node.host, port=config.node.port,
+              reason=str(exc))
+        node.stop()
+        return 1
     stop.wait()
-    scp.stop()
+    node.stop()
     return 0

@@ -1,0 +1,389 @@
+"""One study end to end: images + ROI objects -> :class:`sr_templates.results.StudyResult`.
+
+``analyze_study(images, roi_files, seg_model, bundle)``:
+
+1. every image is read (:func:`analysis.dicom_input.load_image`); an unusable one is left out
+   with its reason in the study warnings (the others are still analysed);
+2. every ROI object is read leniently (:func:`parse_rois`): a bad graphic object or segment is
+   reported (study warnings and :attr:`StudyAnalysis.problems`) and the others are kept; an ROI
+   that parses but cannot be used on its image (it encloses no pixel, a POINT on an image
+   without spacing, ...) becomes a ``failed`` ROI with the reason;
+3. per image, the calcifications are segmented once inside the union of its ROIs
+   (:func:`analysis.segmentation.pipeline.segment`); an image without ROI is analysed over the
+   whole breast (``no_roi="whole_breast"``, the default, one ROI ``whole-breast`` whose outline
+   is the breast mask's) or left out (``no_roi="skip"``, with a warning). ROI ids are the
+   reader's (``ann1-obj2``, ``seg3``); when several ROI objects annotate one image, each id gets
+   ``-src<k>``, k = the object's rank among the ROI files given;
+4. per ROI, :func:`analyse_roi` — a pure function of (pixels, spacing, bit depth, ROI mask,
+   label image) and the bundle, so it can be mapped over ROIs by any engine: its calcifications
+   are the segmented objects whose centroid lies inside it (SPEC 2.2); with 0 or 1 the ROI is
+   ``not_assessable`` with the reason, else its features are extracted and scored by the
+   bundle (:mod:`analysis.classify`).
+
+The segmentation CNN defaults to the one inside the bundle (the one its features were
+trained with); another one can be given and is then named in a warning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from analysis.classify import ClassifierBundle, Score, load_bundle, segmentation_identity
+from analysis.dicom_input import InputError, RoiError, load_image, parse_rois
+from analysis.dicom_input.rois import DEFAULT_POINT_RADIUS_MM, Roi
+from analysis.features import extract_roi_features, select_roi_objects
+
+MIN_CALCIFICATIONS = 2
+NO_ROI_POLICIES = ("whole_breast", "skip")
+WHOLE_BREAST_ROI_ID = "whole-breast"
+
+
+@dataclass(frozen=True)
+class RoiAnalysis:
+    """What :func:`analyse_roi` found for one ROI."""
+
+    calcification_labels: tuple[int, ...]
+    status: str  # "ok" or "not_assessable"
+    reason: str | None = None
+    score: Score | None = None
+
+    @property
+    def n_calcifications(self) -> int:
+        return len(self.calcification_labels)
+
+
+def not_assessable_reason(n: int) -> str | None:
+    """Why an ROI with ``n`` calcifications cannot be scored (None when it can)."""
+    if n >= MIN_CALCIFICATIONS:
+        return None
+    found = "no calcification" if n == 0 else "1 calcification"
+    return f"{found} in the ROI; at least {MIN_CALCIFICATIONS} are needed"
+
+
+def roi_calcifications(labels: np.ndarray, roi_mask: np.ndarray | None) -> tuple[int, ...]:
+    """Labels of the objects whose centroid (nearest pixel) lies inside the ROI (SPEC 2.2)."""
+    return tuple(int(o.label) for o in select_roi_objects(np.asarray(labels), roi_mask))
+
+
+def analyse_roi(pixels: np.ndarray, spacing_mm, bits_stored: int, roi_mask: np.ndarray, labels: np.ndarray,
+                bundle: ClassifierBundle, *, executor=None) -> RoiAnalysis:
+    """One ROI: its calcifications, then not-assessable or features -> score (pure; inputs untouched)."""
+    calcs = roi_calcifications(labels, roi_mask)
+    reason = not_assessable_reason(len(calcs))
+    if reason is not None:
+        return RoiAnalysis(calcification_labels=calcs, status="not_assessable", reason=reason)
+    features = extract_roi_features(pixels, spacing_mm, bits_stored, roi_mask, labels,
+                                    params=bundle.feature_params, executor=executor)
+    return RoiAnalysis(calcification_labels=tuple(int(v) for v in features.labels), status="ok",
+                       score=bundle.score(features))
+
+
+# --------------------------------------------------------------------------- outlines
+
+def _one_line(text: str, limit: int) -> str:
+    return " ".join(str(text).replace("\\", "/").split())[:limit]
+
+
+def _ellipse_outline(centre, axis, a: float, b: float, n: int = 72) -> np.ndarray:
+    t = np.linspace(0.0, 2 * np.pi, n, endpoint=False)
+    u = np.asarray(axis, float) / max(np.hypot(*axis), 1e-12)
+    v = np.array([-u[1], u[0]])
+    return np.asarray(centre, float) + np.outer(a * np.cos(t), u) + np.outer(b * np.sin(t), v)
+
+
+def roi_outline(roi: Roi, geometry) -> np.ndarray:
+    """(N >= 3, 2) (column, row) polygon of an ROI in the PIXEL convention, for the result writers."""
+    pts = np.asarray(roi.points_px, dtype=float)
+    if roi.kind in ("polygon", "polyline") and len(pts) >= 3:
+        return pts
+    if roi.kind == "circle" and len(pts) >= 2:
+        r = float(np.hypot(*(pts[1] - pts[0])))
+        return _ellipse_outline(pts[0], (1.0, 0.0), r, r)
+    if roi.kind == "ellipse" and len(pts) >= 4:
+        major, minor = pts[1] - pts[0], pts[3] - pts[2]
+        return _ellipse_outline((pts[0] + pts[1]) / 2, major, np.hypot(*major) / 2, np.hypot(*minor) / 2)
+    if roi.kind == "point" and len(pts) >= 1:
+        spacing = geometry.pixel_spacing_mm if geometry is not None else None
+        radius = roi.radius_mm or DEFAULT_POINT_RADIUS_MM
+        a, b = (radius / spacing[1], radius / spacing[0]) if spacing else (5.0, 5.0)
+        return _ellipse_outline(pts[0], (1.0, 0.0), a, b)
+    if roi.kind == "seg" and roi.mask is not None and roi.mask.any():
+        if len(pts) >= 3:
+            return pts
+        rows, cols = np.nonzero(roi.mask)
+        return _box(rows.min(), cols.min(), rows.max() + 1, cols.max() + 1)
+    if len(pts) >= 1:  # degenerate: a small box around what there is
+        x0, y0 = pts.min(axis=0)
+        x1, y1 = pts.max(axis=0)
+        return np.array([[x0 - 1, y0 - 1], [x1 + 1, y0 - 1], [x1 + 1, y1 + 1], [x0 - 1, y1 + 1]])
+    return _box(0, 0, geometry.rows, geometry.columns)
+
+
+def _box(r0, c0, r1, c1) -> np.ndarray:
+    return np.array([[c0, r0], [c1, r0], [c1, r1], [c0, r1]], dtype=float)
+
+
+def mask_outline(mask: np.ndarray, tolerance_px: float = 2.0) -> np.ndarray | None:
+    """Outer contour of the largest component of a mask as a (column, row) polygon (None if empty)."""
+    from skimage import measure
+
+    if not mask.any():
+        return None
+    padded = np.pad(mask.astype(np.uint8), 1)
+    contours = measure.find_contours(padded, 0.5)
+    if not contours:
+        return None
+    contour = max(contours, key=len) - 1.0  # (row, col) indices of the unpadded image
+    contour = measure.approximate_polygon(contour, tolerance=tolerance_px)
+    if len(contour) > 3 and np.array_equal(contour[0], contour[-1]):
+        contour = contour[:-1]
+    if len(contour) < 3:
+        return None
+    rows, cols = mask.shape
+    xy = np.stack([contour[:, 1] + 0.5, contour[:, 0] + 0.5], axis=1)
+    xy[:, 0] = np.clip(xy[:, 0], 0.0, cols)
+    xy[:, 1] = np.clip(xy[:, 1], 0.0, rows)
+    return xy
+
+
+# --------------------------------------------------------------------------- the study
+
+@dataclass(frozen=True, eq=False)
+class StudyAnalysis:
+    """:func:`study_analysis`'s full answer: the result for the writers, plus what they do not
+    carry (per-ROI contributions, input problems, which file each image came from)."""
+
+    result: Any  # sr_templates.results.StudyResult
+    scores: dict = field(default_factory=dict)  # (image SOP UID, roi_id) -> Score
+    problems: tuple[str, ...] = ()  # one sentence per input that could not be used
+    image_files: dict = field(default_factory=dict)  # image SOP UID -> path (or Dataset) it was read from
+
+    def records(self) -> list[dict]:
+        """One JSON-ready dict per ROI (what ``calcnode analyze --json`` prints)."""
+        model = self.result.model
+        model_json = {"name": model.name, "version": model.version, "sha256": model.sha256,
+                      "not_for_clinical_use": model.not_for_clinical_use}
+        out = []
+        for image, roi in self.result.rois:
+            score = self.scores.get((image.sop_instance_uid, roi.roi_id))
+            source = self.image_files.get(image.sop_instance_uid)
+            out.append({
+                "image": str(source) if isinstance(source, (str, Path)) else "",
+                "sop_instance_uid": image.sop_instance_uid,
+                "roi_id": roi.roi_id,
+                "roi_label": roi.label,
+                "roi_kind": roi.kind,
+                "calcifications": roi.n_calcifications,
+                "score": None if roi.score is None else round(roi.score, 6),
+                "threshold": roi.threshold,
+                "decision": roi.decision,
+                "assessable": roi.assessable,
+                "status": roi.status,
+                "reason": roi.reason,
+                "top_features": [c.to_json() for c in score.top_features] if score else [],
+                "model": model_json,
+            })
+        return out
+
+
+def _study_uid_of(path) -> str | None:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+        return str(ds.StudyInstanceUID)
+    except Exception:
+        return None
+
+
+def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
+                   bundle: ClassifierBundle | str | Path | None = None, *, executor=None,
+                   no_roi: str = "whole_breast", point_radius_mm: float = DEFAULT_POINT_RADIUS_MM,
+                   default_pixel_spacing_mm: float | None = None) -> StudyAnalysis:
+    """See the module docstring. ``images``: paths (or datasets) of one study's mammograms;
+    ``roi_files``: GSPS/SEG paths; ``seg_model``: SegmentationModel, a path, or None (the
+    bundle's); ``bundle``: ClassifierBundle, a path, or None (the shipped demonstration bundle);
+    ``executor``: optional pool for the per-object radiomics (:func:`analysis.features.feature_pool`).
+
+    Raises :class:`InputError` when no image can be used at all (nothing to report on) and
+    ``ValueError`` when the images belong to several studies.
+    """
+    from analysis.segmentation.breast_mask import breast_mask
+    from analysis.segmentation.cnn import SegmentationModel
+    from analysis.segmentation.pipeline import segment
+    from sr_templates.results import ImageResult, RoiResult, StudyResult
+
+    if no_roi not in NO_ROI_POLICIES:
+        raise ValueError(f"no_roi must be one of {NO_ROI_POLICIES}, got {no_roi!r}")
+    started = datetime.now()
+    if not isinstance(bundle, ClassifierBundle):
+        bundle = load_bundle(bundle)
+    warnings: list[str] = []
+    problems: list[str] = []
+    if seg_model is None:
+        model = bundle.segmentation_model()
+    else:
+        model = seg_model if isinstance(seg_model, SegmentationModel) else SegmentationModel.load(seg_model)
+        if segmentation_identity(model) != bundle.segmentation_sha256:
+            warnings.append(f"segmentation CNN {segmentation_identity(model)[:12]} is not the one the classifier "
+                            f"was trained with ({bundle.segmentation_sha256[:12]}): scores may be off")
+
+    loaded = []
+    files: dict[str, Any] = {}
+    for source in images:
+        try:
+            image = load_image(source, default_pixel_spacing_mm=default_pixel_spacing_mm)
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
+        if image.sop_instance_uid in files:
+            warnings.append(f"image {image.sop_instance_uid} given twice; analysed once")
+            continue
+        files[image.sop_instance_uid] = source  # a path, or the Dataset itself (for the writers)
+        loaded.append(image)
+    studies = sorted({im.study_instance_uid for im in loaded})
+    if len(studies) > 1:
+        raise ValueError(f"the images belong to {len(studies)} studies; analyse one study at a time")
+    if not loaded:
+        uids = {u for u in (_study_uid_of(s) for s in images if isinstance(s, (str, Path))) if u}
+        if len(uids) != 1:
+            raise InputError("no usable image: " + ("; ".join(problems) or "none given"), reason="no_image")
+        study_uid = uids.pop()
+    else:
+        study_uid = studies[0]
+
+    geometries = [im.geometry for im in loaded]
+    by_image: dict[str, list[Roi]] = {}
+    for path in roi_files:
+        found, errors = parse_rois(path, images=geometries, point_radius_mm=point_radius_mm)
+        for roi in found:
+            by_image.setdefault(roi.referenced_sop_instance_uid, []).append(roi)
+        for error in errors:
+            if error.reason == "unknown_image":
+                warnings.append(f"ignored: {error}")
+            else:
+                problems.append(str(error))
+    warnings += [f"ROI not analysed: {p}" for p in problems]
+
+    scores: dict = {}
+    image_results = []
+    threshold = bundle.threshold
+    for image in loaded:
+        uid = image.sop_instance_uid
+        geometry = image.geometry
+        spacing = geometry.pixel_spacing_mm
+        rois = by_image.get(uid, [])
+        if not rois and no_roi == "skip":
+            warnings.append(f"image {uid} has no ROI: not analysed (no_roi = skip)")
+            continue
+
+        entries = []  # (roi_id, kind, label, outline, mask or None, failure reason or None)
+        sources = list(dict.fromkeys(r.source_sop_instance_uid for r in rois))
+        for roi in rois:
+            # ROI ids are unique within one GSPS/SEG; with several objects on one image, say which
+            roi_id = roi.roi_id
+            if len(sources) > 1:
+                roi_id += f"-src{sources.index(roi.source_sop_instance_uid) + 1}"
+            label = _one_line(roi.label, 64)
+            outline = roi_outline(roi, geometry)
+            try:
+                if spacing is None:
+                    raise RoiError("the image states no pixel spacing, so nothing can be measured in mm",
+                                   reason="no_spacing")
+                entries.append((roi_id, roi.kind, label, outline, roi.rasterise(geometry), None))
+            except RoiError as exc:
+                entries.append((roi_id, roi.kind, label, outline, None, _one_line(str(exc), 1000)))
+        whole = not rois
+        if whole:
+            full = _box(0, 0, geometry.rows, geometry.columns)
+            if spacing is None:
+                entries.append((WHOLE_BREAST_ROI_ID, "whole_breast", "whole breast", full, None,
+                                "the image states no pixel spacing, so nothing can be measured in mm"))
+            else:
+                mask = breast_mask(image.pixels, spacing)
+                outline = mask_outline(mask)
+                if outline is None:
+                    entries.append((WHOLE_BREAST_ROI_ID, "whole_breast", "whole breast", full, None,
+                                    "no breast found in the image"))
+                else:
+                    entries.append((WHOLE_BREAST_ROI_ID, "whole_breast", "whole breast", outline, mask, None))
+
+        labels = None
+        seg_failure = None
+        usable = [e for e in entries if e[4] is not None]
+        if usable:
+            region = None if whole else np.logical_or.reduce([e[4] for e in usable])
+            try:
+                labels = segment(image.pixels, spacing, region, model).labels
+            except Exception as exc:  # one image's failure must not lose the study
+                seg_failure = _one_line(f"segmentation failed: {type(exc).__name__}: {exc}", 1000)
+
+        roi_results = []
+        for roi_id, kind, label, outline, mask, failure in entries:
+            common = dict(roi_id=roi_id, referenced_sop_instance_uid=uid, outline_px=outline, kind=kind,
+                          label=label)
+            failure = failure or (seg_failure if mask is not None else None)
+            if failure is None and labels is None:
+                failure = "segmentation did not run"
+            if failure is not None:
+                roi_results.append(RoiResult(status="failed", reason=failure, **common))
+                continue
+            try:
+                found = analyse_roi(image.pixels, spacing, image.bits_stored, mask, labels, bundle,
+                                    executor=executor)
+            except Exception as exc:
+                roi_results.append(RoiResult(status="failed", threshold=threshold, **common,
+                                             reason=_one_line(f"analysis failed: {type(exc).__name__}: {exc}",
+                                                              1000)))
+                continue
+            if found.status == "ok":
+                scores[(uid, roi_id)] = found.score
+                roi_results.append(RoiResult(status="ok", calcification_labels=found.calcification_labels,
+                                             score=found.score.score, decision=found.score.decision,
+                                             threshold=threshold, **common))
+            else:
+                roi_results.append(RoiResult(status="not_assessable", reason=found.reason, threshold=threshold,
+                                             calcification_labels=found.calcification_labels, **common))
+        if labels is None:
+            image_results.append(ImageResult(sop_instance_uid=uid, shape=image.shape, label_image=None,
+                                             rois=tuple(roi_results), warnings=image.warnings))
+        else:
+            image_results.append(ImageResult.from_label_image(
+                sop_instance_uid=uid, label_image=labels, rois=roi_results, pixel_spacing_mm=spacing,
+                warnings=image.warnings))
+
+    parameters = {
+        "threshold": float(threshold),
+        "segmentation_cnn": segmentation_identity(model),
+        "min_calcifications": MIN_CALCIFICATIONS,
+        "no_roi": no_roi,
+    }
+    k = getattr(bundle.aggregator, "k", None)
+    if k is not None:
+        parameters["kmeans_k"] = int(k)
+    failure = None
+    if not image_results:
+        failure = "; ".join(problems)[:1000] or "no image analysed"
+    result = StudyResult(study_instance_uid=study_uid, images=tuple(image_results), model=bundle.identity(),
+                         started=started, finished=max(datetime.now(), started), parameters=parameters,
+                         warnings=tuple(_one_line(w, 1000) for w in warnings), failure=failure)
+    return StudyAnalysis(result=result, scores=scores, problems=tuple(problems), image_files=files)
+
+
+def analyze_study(images: Sequence, roi_files: Sequence = (), seg_model=None,
+                  bundle: ClassifierBundle | str | Path | None = None, *, executor=None,
+                  no_roi: str = "whole_breast", point_radius_mm: float = DEFAULT_POINT_RADIUS_MM,
+                  default_pixel_spacing_mm: float | None = None):
+    """The :class:`sr_templates.results.StudyResult` of one study (see :func:`study_analysis`)."""
+    return study_analysis(images, roi_files, seg_model, bundle, executor=executor, no_roi=no_roi,
+                          point_radius_mm=point_radius_mm,
+                          default_pixel_spacing_mm=default_pixel_spacing_mm).result
+
+
+__all__ = ["analyze_study", "study_analysis", "analyse_roi", "RoiAnalysis", "StudyAnalysis",
+           "roi_calcifications", "not_assessable_reason", "roi_outline", "mask_outline",
+           "MIN_CALCIFICATIONS", "NO_ROI_POLICIES", "WHOLE_BREAST_ROI_ID"]

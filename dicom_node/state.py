@@ -1,0 +1,577 @@
+"""The node's durable state: one SQLite database (WAL) under the state directory.
+
+Tables
+------
+``instances``  every instance the SCP kept: SOP Instance UID, Study Instance UID, SOP class,
+               kind (MG / GSPS / SEG), spool path, received time, calling AE title.
+``studies``    one row per study: first/last instance received, the input set of the last
+               analysis job (a hash of the sorted SOP Instance UIDs), status and a note.
+``jobs``       analysis jobs: queued -> running -> done | failed, attempts, reason, the input
+               set (JSON), result folder, analysis seconds.
+``sends``      outbound C-STOREs: one row per (result object, destination):
+               pending -> sent | dead, attempts, next attempt time, last error.
+
+Every main-process thread shares one connection behind a lock; worker processes and
+``calcnode queue`` open their own. Writes are ``BEGIN IMMEDIATE`` transactions, so two
+processes never interleave a read-modify-write (a job is claimed by exactly one worker).
+``synchronous = FULL``: a committed row survives a power cut, so an object recorded as
+sent is never sent again.
+
+Times are Unix seconds (``time.time()``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid   TEXT PRIMARY KEY,
+    study_instance_uid TEXT NOT NULL,
+    sop_class_uid      TEXT NOT NULL,
+    kind               TEXT NOT NULL,
+    path               TEXT NOT NULL,
+    received_at        REAL NOT NULL,
+    calling_ae         TEXT
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
+CREATE TABLE IF NOT EXISTS studies (
+    study_instance_uid TEXT PRIMARY KEY,
+    first_received_at  REAL NOT NULL,
+    last_received_at   REAL NOT NULL,
+    assessed_at        REAL,
+    input_hash         TEXT,
+    status             TEXT NOT NULL DEFAULT 'receiving',
+    note               TEXT,
+    updated_at         REAL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_instance_uid TEXT NOT NULL,
+    input_hash         TEXT NOT NULL,
+    inputs             TEXT NOT NULL,
+    state              TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    reason             TEXT,
+    created_at         REAL NOT NULL,
+    started_at         REAL,
+    finished_at        REAL,
+    worker_pid         INTEGER,
+    result_dir         TEXT,
+    analysis_s         REAL,
+    outputs            INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_instance_uid);
+CREATE TABLE IF NOT EXISTS sends (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id             INTEGER NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    destination        TEXT NOT NULL,
+    sop_instance_uid   TEXT NOT NULL,
+    sop_class_uid      TEXT NOT NULL,
+    kind               TEXT,
+    path               TEXT NOT NULL,
+    state              TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'dead')),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at    REAL NOT NULL,
+    last_error         TEXT,
+    created_at         REAL NOT NULL,
+    sent_at            REAL,
+    UNIQUE (destination, sop_instance_uid, job_id)
+);
+CREATE INDEX IF NOT EXISTS sends_due ON sends (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS sends_sop ON sends (destination, sop_instance_uid, state);
+"""
+
+INPUT_KINDS = ("MG", "GSPS", "SEG")
+ROI_KINDS = ("GSPS", "SEG")
+JOB_STATES = ("queued", "running", "done", "failed")
+SEND_STATES = ("pending", "sent", "dead")
+
+
+class StateError(RuntimeError):
+    """The state database cannot be used (message says why)."""
+
+
+@dataclass(frozen=True)
+class InputInstance:
+    sop_instance_uid: str
+    sop_class_uid: str
+    kind: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    study_instance_uid: str
+    input_hash: str
+    inputs: tuple[InputInstance, ...]
+    state: str
+    attempts: int
+    reason: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    worker_pid: int | None
+    result_dir: str | None
+    analysis_s: float | None
+    outputs: int | None
+
+    @property
+    def images(self) -> list[InputInstance]:
+        return [i for i in self.inputs if i.kind == "MG"]
+
+    @property
+    def roi_objects(self) -> list[InputInstance]:
+        return [i for i in self.inputs if i.kind in ROI_KINDS]
+
+
+@dataclass(frozen=True)
+class Send:
+    id: int
+    job_id: int
+    study_instance_uid: str
+    destination: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    kind: str | None
+    path: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    created_at: float
+    sent_at: float | None
+
+
+@dataclass(frozen=True)
+class OutputObject:
+    """A result file of a job, to be sent to every destination."""
+
+    path: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class AssemblyEvent:
+    """What the assembler decided for one study (for the log)."""
+
+    study_instance_uid: str
+    action: str            # "queued", "updated", "unchanged", "waiting", "skipped"
+    note: str
+    job_id: int | None = None
+    n_images: int = 0
+    n_roi_objects: int = 0
+
+
+def input_hash(sop_instance_uids: Iterable[str]) -> str:
+    """SHA-256 of the sorted SOP Instance UIDs of a study's input set."""
+    h = hashlib.sha256()
+    for uid in sorted(set(sop_instance_uids)):
+        h.update(uid.encode("ascii", "replace"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _job(row: sqlite3.Row) -> Job:
+    inputs = tuple(InputInstance(**item) for item in json.loads(row["inputs"]))
+    return Job(id=row["id"], study_instance_uid=row["study_instance_uid"], input_hash=row["input_hash"],
+               inputs=inputs, state=row["state"], attempts=row["attempts"], reason=row["reason"],
+               created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+               worker_pid=row["worker_pid"], result_dir=row["result_dir"], analysis_s=row["analysis_s"],
+               outputs=row["outputs"])
+
+
+def _send(row: sqlite3.Row) -> Send:
+    return Send(**{k: row[k] for k in row.keys()})
+
+
+class StateDB:
+    """The state database. Thread-safe within a process; safe across processes (SQLite locks)."""
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 60.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StateError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+            self._conn.executescript(SCHEMA)
+            with self._tx() as c:
+                row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                if row is None:
+                    c.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                elif int(row[0]) > SCHEMA_VERSION:
+                    raise StateError(f"{self.path}: written by a newer calcnode (schema {row[0]}, "
+                                     f"this version reads {SCHEMA_VERSION})")
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # ------------------------------------------------------------------ helpers
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE), committed on success, rolled back on error."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def ping(self) -> None:
+        self._read("SELECT 1")
+
+    # ---------------------------------------------------------------- instances
+    def record_instance(self, *, sop_instance_uid: str, study_instance_uid: str, sop_class_uid: str,
+                        kind: str, path: str | Path, received_at: float | None = None,
+                        calling_ae: str | None = None) -> bool:
+        """Record a spooled instance. True if it is new (False: already recorded)."""
+        now = time.time() if received_at is None else received_at
+        with self._tx() as c:
+            cur = c.execute("INSERT OR IGNORE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (sop_instance_uid, study_instance_uid, sop_class_uid, kind, str(path), now,
+                             calling_ae))
+            if cur.rowcount == 0:
+                return False
+            c.execute("""INSERT INTO studies (study_instance_uid, first_received_at, last_received_at,
+                                              status, updated_at)
+                         VALUES (?, ?, ?, 'receiving', ?)
+                         ON CONFLICT (study_instance_uid) DO UPDATE SET
+                             last_received_at = max(last_received_at, excluded.last_received_at),
+                             status = 'receiving', updated_at = excluded.updated_at""",
+                      (study_instance_uid, now, now, now))
+            return True
+
+    def recorded_paths(self) -> set[str]:
+        return {row[0] for row in self._read("SELECT path FROM instances")}
+
+    def study_instances(self, study_uid: str) -> list[sqlite3.Row]:
+        return self._read("SELECT * FROM instances WHERE study_instance_uid = ? ORDER BY sop_instance_uid",
+                          (study_uid,))
+
+    # ----------------------------------------------------------------- assembly
+    def assemble(self, *, now: float, stable_seconds: float, no_roi_policy: str) -> list[AssemblyEvent]:
+        """Queue an analysis for every study that is ready and whose input set changed.
+
+        Ready: no instance arrived for ``stable_seconds`` and at least one MG image (and, with
+        ``no_roi_policy == "skip"``, at least one ROI object). A study whose set equals the set
+        of its last job is not analysed again. A queued (not yet running) job of the study is
+        updated in place instead of queueing a second one.
+        """
+        events = []
+        candidates = self._read(
+            """SELECT study_instance_uid FROM studies
+               WHERE (assessed_at IS NULL OR assessed_at < last_received_at)
+                 AND last_received_at <= ?""", (now - stable_seconds,))
+        for (study_uid,) in candidates:
+            with self._tx() as c:
+                study = c.execute("SELECT * FROM studies WHERE study_instance_uid = ?", (study_uid,)).fetchone()
+                if study is None or study["last_received_at"] > now - stable_seconds:
+                    continue  # an instance arrived meanwhile
+                rows = c.execute("""SELECT sop_instance_uid, sop_class_uid, kind, path FROM instances
+                                    WHERE study_instance_uid = ? ORDER BY sop_instance_uid""",
+                                 (study_uid,)).fetchall()
+                inputs = [InputInstance(**dict(r)) for r in rows if r["kind"] in INPUT_KINDS]
+                n_images = sum(i.kind == "MG" for i in inputs)
+                n_rois = sum(i.kind in ROI_KINDS for i in inputs)
+                c.execute("UPDATE studies SET assessed_at = ?, updated_at = ? WHERE study_instance_uid = ?",
+                          (study["last_received_at"], now, study_uid))
+
+                def note(status: str, text: str, action: str, job_id=None):
+                    c.execute("UPDATE studies SET status = ?, note = ? WHERE study_instance_uid = ?",
+                              (status, text, study_uid))
+                    events.append(AssemblyEvent(study_uid, action, text, job_id, n_images, n_rois))
+
+                if n_images == 0:
+                    note("waiting", "no MG image (yet): nothing to analyse", "waiting")
+                    continue
+                if n_rois == 0 and no_roi_policy == "skip":
+                    note("skipped", "no ROI object and assembly.no_roi_policy = \"skip\"", "skipped")
+                    continue
+                digest = input_hash(i.sop_instance_uid for i in inputs)
+                if digest == study["input_hash"]:
+                    note(study["status"] if study["status"] != "receiving" else "queued",
+                         "input set unchanged since the last analysis: not analysed again", "unchanged")
+                    continue
+                payload = json.dumps([i.__dict__ for i in inputs])
+                queued = c.execute("""SELECT id FROM jobs WHERE study_instance_uid = ? AND state = 'queued'
+                                      ORDER BY id DESC LIMIT 1""", (study_uid,)).fetchone()
+                if queued is not None:
+                    c.execute("UPDATE jobs SET input_hash = ?, inputs = ? WHERE id = ?",
+                              (digest, payload, queued["id"]))
+                    job_id, action = queued["id"], "updated"
+                else:
+                    job_id = c.execute("""INSERT INTO jobs (study_instance_uid, input_hash, inputs, state,
+                                                            created_at)
+                                          VALUES (?, ?, ?, 'queued', ?)""",
+                                       (study_uid, digest, payload, now)).lastrowid
+                    action = "queued"
+                c.execute("UPDATE studies SET input_hash = ? WHERE study_instance_uid = ?", (digest, study_uid))
+                again = " (input set changed: analysed again)" if study["input_hash"] else ""
+                note("queued", f"analysis job {job_id} {action}{again}", action, job_id)
+        return events
+
+    # --------------------------------------------------------------------- jobs
+    def recover_running_jobs(self) -> list[int]:
+        """At start: jobs left 'running' by a previous process go back to the queue."""
+        with self._tx() as c:
+            ids = [r[0] for r in c.execute("SELECT id FROM jobs WHERE state = 'running'")]
+            c.execute("""UPDATE jobs SET state = 'queued', worker_pid = NULL,
+                             reason = 'interrupted (node stopped during the analysis); re-queued'
+                         WHERE state = 'running'""")
+        return ids
+
+    def claim_job(self, worker_pid: int, now: float | None = None) -> Job | None:
+        """Take the oldest queued job: state running, attempts + 1. None when the queue is empty."""
+        now = time.time() if now is None else now
+        with self._tx() as c:
+            row = c.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            c.execute("""UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_pid = ?,
+                                         started_at = ?, finished_at = NULL
+                         WHERE id = ?""", (worker_pid, now, row["id"]))
+            return _job(c.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
+
+    def requeue_jobs_of(self, worker_pid: int, reason: str, *, count_attempt: bool) -> list[int]:
+        """Jobs a worker was running go back to the queue (the worker died or was stopped)."""
+        with self._tx() as c:
+            ids = [r[0] for r in c.execute("SELECT id FROM jobs WHERE state = 'running' AND worker_pid = ?",
+                                           (worker_pid,))]
+            c.execute(f"""UPDATE jobs SET state = 'queued', worker_pid = NULL, reason = ?
+                              {'' if count_attempt else ', attempts = max(attempts - 1, 0)'}
+                          WHERE state = 'running' AND worker_pid = ?""", (reason, worker_pid))
+        return ids
+
+    def finish_job(self, job_id: int, worker_pid: int, *, state: str, reason: str | None,
+                   result_dir: str | None, analysis_s: float | None, outputs: Sequence[OutputObject],
+                   destinations: Sequence[str], now: float | None = None) -> dict:
+        """Record a job's end and queue its outputs for every destination, in one transaction.
+
+        Returns {"recorded": bool, "queued": n, "already_sent": n, "superseded_by": job id | None}.
+        Not recorded when the job is no longer this worker's (it was re-queued meanwhile).
+        Outputs are not queued when a newer job of the same study is waiting or running (its
+        results replace these), and an object already sent to a destination is not queued again.
+        """
+        if state not in ("done", "failed"):
+            raise ValueError(f"a job ends 'done' or 'failed', not {state!r}")
+        now = time.time() if now is None else now
+        summary = {"recorded": False, "queued": 0, "already_sent": 0, "superseded_by": None}
+        with self._tx() as c:
+            job = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if job is None or job["state"] != "running" or job["worker_pid"] != worker_pid:
+                return summary
+            newer = c.execute("""SELECT id FROM jobs WHERE study_instance_uid = ? AND id > ?
+                                 AND state IN ('queued', 'running') ORDER BY id LIMIT 1""",
+                              (job["study_instance_uid"], job_id)).fetchone()
+            if newer is not None:
+                summary["superseded_by"] = newer["id"]
+                note = f"superseded by job {newer['id']} (the study changed): results not sent"
+                reason = f"{reason}; {note}" if reason else note
+            c.execute("""UPDATE jobs SET state = ?, reason = ?, finished_at = ?, result_dir = ?,
+                                         analysis_s = ?, outputs = ?
+                         WHERE id = ?""", (state, reason, now, result_dir, analysis_s, len(outputs), job_id))
+            c.execute("UPDATE studies SET status = ?, note = ?, updated_at = ? WHERE study_instance_uid = ?",
+                      ("analysed" if state == "done" else "failed", f"job {job_id}: {reason or state}", now,
+                       job["study_instance_uid"]))
+            summary["recorded"] = True
+            if newer is not None:
+                return summary
+            for destination in destinations:
+                for out in outputs:
+                    sent = c.execute("""SELECT 1 FROM sends WHERE destination = ? AND sop_instance_uid = ?
+                                        AND state = 'sent' LIMIT 1""",
+                                     (destination, out.sop_instance_uid)).fetchone()
+                    if sent is not None:
+                        summary["already_sent"] += 1
+                        continue
+                    cur = c.execute("""INSERT OR IGNORE INTO sends (job_id, study_instance_uid, destination,
+                                           sop_instance_uid, sop_class_uid, kind, path, state, attempts,
+                                           next_attempt_at, created_at)
+                                       VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)""",
+                                    (job_id, job["study_instance_uid"], destination, out.sop_instance_uid,
+                                     out.sop_class_uid, out.kind, out.path, now, now))
+                    summary["queued"] += cur.rowcount
+        return summary
+
+    def job(self, job_id: int) -> Job | None:
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def jobs(self, states: Iterable[str] | None = None, study_uid: str | None = None,
+             limit: int = 1000) -> list[Job]:
+        sql, params = "SELECT * FROM jobs WHERE 1=1", []
+        if states:
+            states = list(states)
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            params += states
+        if study_uid:
+            sql += " AND study_instance_uid = ?"
+            params.append(study_uid)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        return [_job(r) for r in self._read(sql, params)]
+
+    # -------------------------------------------------------------------- sends
+    def due_sends(self, now: float | None = None, limit: int = 200) -> list[Send]:
+        now = time.time() if now is None else now
+        rows = self._read("""SELECT * FROM sends WHERE state = 'pending' AND next_attempt_at <= ?
+                             ORDER BY destination, id LIMIT ?""", (now, limit))
+        return [_send(r) for r in rows]
+
+    def next_send_due_at(self) -> float | None:
+        row = self._read("SELECT min(next_attempt_at) FROM sends WHERE state = 'pending'")[0]
+        return row[0]
+
+    def mark_sent(self, send_id: int, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        with self._tx() as c:
+            cur = c.execute("""UPDATE sends SET state = 'sent', sent_at = ?, attempts = attempts + 1,
+                                   last_error = NULL WHERE id = ? AND state = 'pending'""", (now, send_id))
+            return cur.rowcount == 1
+
+    def mark_failed(self, send_id: int, error: str, *, max_attempts: int, backoff_initial_s: float,
+                    backoff_max_s: float, permanent: bool = False, now: float | None = None) -> Send | None:
+        """Count a failed attempt: retry later (exponential backoff) or dead-letter."""
+        now = time.time() if now is None else now
+        with self._tx() as c:
+            row = c.execute("SELECT * FROM sends WHERE id = ? AND state = 'pending'", (send_id,)).fetchone()
+            if row is None:
+                return None
+            attempts = row["attempts"] + 1
+            if permanent or attempts >= max_attempts:
+                why = "permanent failure" if permanent else f"{attempts} attempts failed"
+                c.execute("""UPDATE sends SET state = 'dead', attempts = ?, last_error = ?, next_attempt_at = ?
+                             WHERE id = ?""", (attempts, f"{why}; last: {error}", now, send_id))
+            else:
+                delay = min(backoff_initial_s * 2 ** (attempts - 1), backoff_max_s)
+                c.execute("""UPDATE sends SET attempts = ?, last_error = ?, next_attempt_at = ?
+                             WHERE id = ?""", (attempts, error, now + delay, send_id))
+            return _send(c.execute("SELECT * FROM sends WHERE id = ?", (send_id,)).fetchone())
+
+    def sends(self, states: Iterable[str] | None = None, *, ids: Iterable[int] | None = None,
+              destination: str | None = None, job_id: int | None = None, limit: int = 10000) -> list[Send]:
+        sql, params = "SELECT * FROM sends WHERE 1=1", []
+        if states:
+            states = list(states)
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            params += states
+        if ids is not None:
+            ids = list(ids)
+            sql += f" AND id IN ({','.join('?' * len(ids))})"
+            params += ids
+        if destination:
+            sql += " AND destination = ?"
+            params.append(destination)
+        if job_id is not None:
+            sql += " AND job_id = ?"
+            params.append(job_id)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        return [_send(r) for r in self._read(sql, params)]
+
+    def retry_sends(self, ids: Iterable[int] | None = None, destination: str | None = None,
+                    now: float | None = None) -> int:
+        """Dead-lettered sends (all, by id, or of one destination) go back to pending, attempts 0.
+        A sent object is never re-sent."""
+        now = time.time() if now is None else now
+        sql = ("UPDATE sends SET state = 'pending', attempts = 0, next_attempt_at = ?, "
+               "last_error = 'retry requested; was: ' || coalesce(last_error, '') WHERE state = 'dead'")
+        params: list = [now]
+        if ids is not None:
+            ids = list(ids)
+            sql += f" AND id IN ({','.join('?' * len(ids))})"
+            params += ids
+        if destination:
+            sql += " AND destination = ?"
+            params.append(destination)
+        with self._tx() as c:
+            return c.execute(sql, params).rowcount
+
+    def purge_sends(self, *, states: Sequence[str] = ("dead",), ids: Iterable[int] | None = None,
+                    older_than: float | None = None) -> int:
+        """Delete send rows (dead ones by default). Pending rows are removed only when asked by id."""
+        sql, params = "DELETE FROM sends WHERE 1=1", []
+        if ids is not None:
+            ids = list(ids)
+            sql += f" AND id IN ({','.join('?' * len(ids))})"
+            params += ids
+        else:
+            states = [s for s in states if s in ("dead", "sent")]
+            if not states:
+                return 0
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            params += states
+        if older_than is not None:
+            sql += " AND coalesce(sent_at, next_attempt_at, created_at) < ?"
+            params.append(older_than)
+        with self._tx() as c:
+            return c.execute(sql, params).rowcount
+
+    # ------------------------------------------------------------------ metrics
+    def counts(self) -> dict:
+        """Numbers for /metrics and /healthz: rows by state, analysis durations."""
+        jobs = {state: 0 for state in JOB_STATES}
+        for state, n in self._read("SELECT state, count(*) FROM jobs GROUP BY state"):
+            jobs[state] = n
+        sends: dict[tuple[str, str], int] = {}
+        for destination, state, n in self._read(
+                "SELECT destination, state, count(*) FROM sends GROUP BY destination, state"):
+            sends[(destination, state)] = n
+        durations = [(r[0], r[1]) for r in self._read(
+            "SELECT state, analysis_s FROM jobs WHERE analysis_s IS NOT NULL")]
+        instances = {kind: n for kind, n in self._read("SELECT kind, count(*) FROM instances GROUP BY kind")}
+        studies = {status: n for status, n in self._read("SELECT status, count(*) FROM studies GROUP BY status")}
+        return {"jobs": jobs, "sends": sends, "durations": durations, "instances": instances,
+                "studies": studies}
+
+    # ---------------------------------------------------------------- retention
+    def expired_studies(self, before: float) -> list[str]:
+        """Studies with no activity since ``before``, no job queued or running and nothing
+        left to send (every send sent or purged)."""
+        rows = self._read(
+            """SELECT s.study_instance_uid FROM studies s
+               WHERE s.last_received_at < ? AND coalesce(s.updated_at, 0) < ?
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_instance_uid = s.study_instance_uid
+                                 AND (j.state IN ('queued', 'running') OR coalesce(j.finished_at, 0) >= ?))
+                 AND NOT EXISTS (SELECT 1 FROM sends d WHERE d.study_instance_uid = s.study_instance_uid
+                                 AND d.state != 'sent')
+                 AND NOT EXISTS (SELECT 1 FROM sends d WHERE d.study_instance_uid = s.study_instance_uid
+                                 AND coalesce(d.sent_at, 0) >= ?)""", (before, before, before, before))
+        return [r[0] for r in rows]
+
+    def forget_study(self, study_uid: str) -> None:
+        with self._tx() as c:
+            for table in ("instances", "sends", "jobs", "studies"):
+                c.execute(f"DELETE FROM {table} WHERE study_instance_uid = ?", (study_uid,))

@@ -1,0 +1,220 @@
+"""Analysis worker processes.
+
+Each worker is a separate process (``multiprocessing`` spawn) that claims the oldest queued
+job from the state database, analyses the study, writes the result objects to
+``state_dir/results/<StudyInstanceUID>/<job id>/`` and, in one transaction, marks the job
+done (or failed) and queues every result object for every destination. The SCP never waits
+for a worker.
+
+* A failed analysis still produces an SR and a CAD SR that say it failed and why (when the
+  source images can be read at all).
+* A worker that dies during a job (crash, out of memory, kill -9 of the node) leaves the job
+  'running'; the supervisor (or the next start) puts it back in the queue. A job that was
+  interrupted ``workers.max_attempts`` times is not analysed again: its failure is reported.
+* Workers run at nice +10, so on a machine whose cores the analysis fills the DICOM listener
+  and the sender still get the CPU first.
+* Workers die with the node: the kernel sends them SIGKILL when their parent goes
+  (PR_SET_PDEATHSIG), so no orphan ever finishes a job behind a restarted node's back.
+* SIGTERM stops a worker after its current job (the node sends it on stop; systemd sends it to
+  the whole control group). No multiprocessing lock or event is shared with the node: a worker
+  killed at any moment can never leave the node blocked.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+
+from .config import Config
+from .logs import event, setup_logging
+from .state import Job, OutputObject, StateDB
+
+log = logging.getLogger("calcnode.worker")
+
+PR_SET_PDEATHSIG = 1
+IDLE_POLL_S = 0.5
+WORKER_NICENESS = 10
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent exits (no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class EngineBox:
+    """The worker's engine, built at the first job (and rebuilt after a failed build)."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.engine = None
+        self.error: str | None = None
+
+    def get(self):
+        if self.engine is None:
+            from .engine import EngineError, build_engine
+
+            try:
+                self.engine = build_engine(self.config)
+            except EngineError as exc:
+                self.error = str(exc)
+                raise
+            self.error = None
+            identity = self.engine.model_identity()
+            event(log, logging.WARNING if identity.not_for_clinical_use else logging.INFO,
+                  "model loaded" + (" (NOT FOR CLINICAL USE)" if identity.not_for_clinical_use else ""),
+                  model=identity.name, version=identity.version, sha256=identity.sha256,
+                  training_data=identity.training_data)
+        return self.engine
+
+    def identity(self):
+        from .engine import unavailable_identity
+
+        if self.engine is not None:
+            try:
+                return self.engine.model_identity()
+            except Exception:  # noqa: BLE001 - a report must still be written
+                pass
+        return unavailable_identity(self.error or "no model loaded")
+
+
+def _one_line(text: str, limit: int = 1000) -> str:
+    text = " ".join(str(text).replace("\\", "/").split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def failure_result(study_uid: str, reason: str, identity, started: datetime, input_hash: str):
+    from sr_templates import StudyResult
+
+    finished = datetime.now()
+    return StudyResult(study_instance_uid=study_uid, images=(), model=identity, started=started,
+                       finished=max(finished, started), failure=_one_line(reason),
+                       # keeps failure reports of different input sets apart (UIDs derive from it)
+                       parameters={"input_set": input_hash[:16]})
+
+
+def _outputs(paths: list[Path]) -> list[OutputObject]:
+    import pydicom
+
+    outputs = []
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID", "SOPClassUID"])
+        outputs.append(OutputObject(path=str(path), sop_instance_uid=str(ds.SOPInstanceUID),
+                                    sop_class_uid=str(ds.SOPClassUID), kind=path.name.split("-", 1)[0]))
+    return outputs
+
+
+def run_job(db: StateDB, config: Config, job: Job, engines: EngineBox, pid: int | None = None) -> dict:
+    """Analyse one claimed job, write its results, record the outcome. Returns a summary."""
+    from sr_templates import write_study_results
+
+    pid = os.getpid() if pid is None else pid
+    out_dir = config.results_dir.absolute() / job.study_instance_uid / str(job.id)
+    shutil.rmtree(out_dir, ignore_errors=True)  # what an interrupted earlier attempt left
+    images = [Path(i.path) for i in job.images]
+    rois = [Path(i.path) for i in job.roi_objects]
+    started, t0 = datetime.now(), time.monotonic()
+    fields = dict(job=job.id, study_instance_uid=job.study_instance_uid, attempt=job.attempts)
+    event(log, logging.INFO, "analysis started", images=len(images), roi_objects=len(rois), **fields)
+
+    failure: str | None = None
+    paths: list[Path] = []
+    missing = [str(p) for p in images + rois if not p.exists()]
+    if job.attempts > config.workers.max_attempts:
+        failure = (f"the analysis was interrupted {job.attempts - 1} times (worker process ended: crash, "
+                   "out of memory or node killed) and is not tried again")
+    elif missing:
+        failure = f"{len(missing)} input file(s) are no longer in the spool (retention or manual removal)"
+    else:
+        analysed = images
+        if not analysed:
+            failure = "the study holds no MG image"
+        else:
+            try:
+                engine = engines.get()
+                result = engine.analyse(analysed, rois)
+                if result.study_instance_uid != job.study_instance_uid:
+                    raise ValueError(f"the analysis returned study {result.study_instance_uid}, "
+                                     f"expected {job.study_instance_uid}")
+                paths = write_study_results(result, images, out_dir, gsps=config.analysis.write_gsps)
+                if result.failure:
+                    failure = result.failure
+            except Exception as exc:  # noqa: BLE001 - reported in the SR, the node carries on
+                from .engine import EngineError
+
+                failure = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+                event(log, logging.ERROR, "analysis failed", reason=_one_line(failure),
+                      exception=type(exc).__name__, **fields)
+                shutil.rmtree(out_dir, ignore_errors=True)
+                paths = []
+    if failure is not None and not paths:
+        try:
+            report = failure_result(job.study_instance_uid, failure, engines.identity(), started, job.input_hash)
+            paths = write_study_results(report, images, out_dir, gsps=False)
+        except Exception as exc:  # noqa: BLE001 - e.g. no readable source image at all
+            failure = f"{failure}; no failure report could be written ({type(exc).__name__}: {exc})"
+            shutil.rmtree(out_dir, ignore_errors=True)
+            paths = []
+    seconds = round(time.monotonic() - t0, 3)
+    state = "failed" if failure is not None else "done"
+    outputs = _outputs(paths)
+    summary = db.finish_job(job.id, pid, state=state, reason=_one_line(failure) if failure else None,
+                            result_dir=str(out_dir) if paths else None, analysis_s=seconds, outputs=outputs,
+                            destinations=[d.name for d in config.destinations])
+    level = logging.INFO if state == "done" else logging.WARNING
+    event(log, level, f"analysis {state}", seconds=seconds, outputs=[o.kind for o in outputs],
+          sends_queued=summary["queued"], already_sent=summary["already_sent"],
+          superseded_by=summary["superseded_by"], recorded=summary["recorded"],
+          reason=_one_line(failure) if failure else None, **fields)
+    return {"state": state, "reason": failure, "outputs": outputs, **summary}
+
+
+def _sleep(seconds: float, stopping: dict) -> None:
+    deadline = time.monotonic() + seconds
+    while not stopping["flag"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def worker_main(config: Config, index: int) -> None:
+    """Entry point of a worker process."""
+    die_with_parent()
+    parent = os.getppid()
+    stopping = {"flag": False}
+
+    def _term(signum, _frame):
+        stopping["flag"] = True
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the node, which stops us
+    try:
+        os.nice(WORKER_NICENESS)  # the DICOM listener and the sender come first on a busy machine
+    except OSError:
+        pass
+    setup_logging(config.logging.format, config.logging.level)
+    pid = os.getpid()
+    db = StateDB(config.state_db)
+    engines = EngineBox(config)
+    event(log, logging.INFO, "worker started", worker=index, pid=pid)
+    while not stopping["flag"]:
+        if os.getppid() != parent:
+            break  # the node is gone (PDEATHSIG covers this on Linux)
+        try:
+            job = db.claim_job(pid)
+        except Exception as exc:  # noqa: BLE001 - database busy or broken: wait, retry
+            event(log, logging.ERROR, "cannot read the job queue", reason=str(exc), worker=index)
+            _sleep(5, stopping)
+            continue
+        if job is None:
+            _sleep(IDLE_POLL_S, stopping)
+            continue
+        run_job(db, config, job, engines, pid)
+    event(log, logging.INFO, "worker stopped", worker=index, pid=pid)
+    db.close()

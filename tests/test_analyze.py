@@ -1,0 +1,134 @@
+"""`calcnode analyze` and `analysis.study` on a simulated study, with the bundle of
+tests/test_train_classifier.py (built once per session)."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+
+import roi_factory as rf
+from analysis.classify import ClassifierBundle
+from analysis.study import study_analysis
+from conftest import need_tool
+from test_train_classifier import classifier_world, run
+
+DCIODVFY = "/usr/bin/dciodvfy"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return classifier_world(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def study(world):
+    """A patient's images with ROIs, one of its images without, the GSPS files and the labelled ROIs."""
+    with open(world.data / "labels.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for patient in sorted({r["patient_id"] for r in rows}):
+        mine = [r for r in rows if r["patient_id"] == patient]
+        with_roi = sorted({r["image_file"] for r in mine})
+        folder = (world.data / with_roi[0]).parent
+        without = sorted(p for p in folder.glob("MG_*.dcm") if str(p.relative_to(world.data)) not in with_roi)
+        if without:
+            return {"images": [world.data / f for f in with_roi], "no_roi": without[0],
+                    "gsps": sorted({world.data / r["roi_file"] for r in mine}), "rows": mine}
+    pytest.fail("no simulated patient with an image without ROI")
+
+
+@pytest.fixture(scope="module")
+def analyzed(world, study, tmp_path_factory):
+    out = tmp_path_factory.mktemp("analyze") / "results"
+    result = run("analyze", *study["images"], study["no_roi"], "--roi", *study["gsps"], "--model", world.bundle,
+                 "--json", "--out", out)
+    return result, out
+
+
+def test_analyze_json_gives_one_object_per_roi(world, study, analyzed):
+    result, _ = analyzed
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    bundle = ClassifierBundle.load(world.bundle)
+    assert len(records) == len(study["rows"]) + 1  # every labelled ROI + the whole breast of the other image
+    expected = {(r["image_sop_instance_uid"], f"ann1-obj{r['roi_id']}") for r in study["rows"]}
+    assert {(r["sop_instance_uid"], r["roi_id"]) for r in records if r["roi_kind"] != "whole_breast"} == expected
+    whole = [r for r in records if r["roi_kind"] == "whole_breast"]
+    assert len(whole) == 1 and whole[0]["roi_id"] == "whole-breast" and Path(whole[0]["image"]) == study["no_roi"]
+    for r in records:
+        assert set(r) >= {"image", "roi_id", "calcifications", "score", "decision", "assessable", "reason", "model"}
+        assert r["model"] == {"name": "test-classifier", "version": "0.0.1", "sha256": bundle.sha256,
+                              "not_for_clinical_use": True}
+        assert r["assessable"] == (r["status"] == "ok") == (r["score"] is not None)
+        if r["assessable"]:
+            assert r["calcifications"] >= 2 and 0 <= r["score"] <= 1 and r["threshold"] == bundle.threshold
+            assert r["decision"] == ("actionable" if r["score"] >= bundle.threshold else "benign")
+            assert r["top_features"] and all(t["feature"] in bundle.feature_names for t in r["top_features"])
+        else:
+            assert r["reason"] and r["decision"] is None
+    assert "NOT FOR CLINICAL USE" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_analyze_out_writes_dicom_results_that_pass_dciodvfy(study, analyzed):
+    need_tool(DCIODVFY)
+    _, out = analyzed
+    files = sorted(out.glob("*.dcm"))
+    kinds = [f.name.split("-")[0] for f in files]
+    n_images = len(study["images"]) + 1
+    assert kinds.count("SEG") == n_images and kinds.count("SR") == 1 and kinds.count("CADSR") == 1
+    assert kinds.count("GSPS") == n_images
+    for f in files:
+        check = subprocess.run([DCIODVFY, str(f)], capture_output=True, text=True)
+        errors = [line for line in (check.stdout + check.stderr).splitlines() if "Error" in line]
+        assert not errors, (f.name, errors)
+    sr = pydicom.dcmread(next(f for f in files if f.name.startswith("SR-")))
+    source = pydicom.dcmread(study["images"][0], stop_before_pixels=True)
+    assert sr.StudyInstanceUID == source.StudyInstanceUID and sr.PatientID == source.PatientID
+    assert "NOT FOR CLINICAL USE" in sr.SeriesDescription
+
+
+def test_empty_roi_is_not_assessable_and_a_bad_roi_is_reported_without_losing_the_others(world, study, tmp_path):
+    image = study["images"][0]
+    header = pydicom.dcmread(image, stop_before_pixels=True)
+    uid, cols = header.SOPInstanceUID, int(header.Columns)
+    laterality = header.get("ImageLaterality", "L")
+    x0 = cols - 40 if laterality == "L" else 5  # the corner away from the chest wall: air, no calcification
+    gsps = rf.make_gsps([rf.annotation([
+        rf.graphic_object("POLYLINE", [(x0, 5), (x0 + 30, 5), (x0 + 30, 35), (x0, 35), (x0, 5)]),
+        rf.graphic_object("CIRCLE", [(100, 100), (110, 100), (120, 100)]),  # unreadable: 3 points
+        rf.graphic_object("POLYLINE", [(100.2, 100.2), (100.4, 100.4)]),  # readable, encloses no pixel
+    ], images=[uid], layer="TEST")])
+    path = rf.save(gsps, tmp_path / "extra.dcm")
+    found = study_analysis([image], [path], None, world.bundle)
+    rois = {roi.roi_id: roi for _, roi in found.result.rois}
+    assert set(rois) == {"ann1-obj1", "ann1-obj3"}
+    empty = rois["ann1-obj1"]
+    assert empty.status == "not_assessable" and not empty.assessable and empty.score is None
+    assert empty.n_calcifications == 0 and empty.reason == "no calcification in the ROI; at least 2 are needed"
+    failed = rois["ann1-obj3"]
+    assert failed.status == "failed" and "encloses no pixel" in failed.reason and failed.score is None
+    assert len(found.problems) == 1 and "object 2" in found.problems[0] and "CIRCLE" in found.problems[0]
+    assert any("object 2" in w for w in found.result.warnings)
+    # the study's own GSPS is still read beside the bad one
+    both = study_analysis([image], [path, *study["gsps"]], None, world.bundle)
+    ids = [roi.roi_id for _, roi in both.result.rois]
+    assert len(ids) == len(set(ids)) == 2 + sum(r["image_sop_instance_uid"] == uid for r in study["rows"])
+    assert {"ann1-obj1-src1", "ann1-obj3-src1", "ann1-obj1-src2"} <= set(ids)
+    assert both.result.model.sha256 == ClassifierBundle.load(world.bundle).sha256
+
+
+def test_image_without_roi_is_skipped_on_request(world, study):
+    found = study_analysis([study["no_roi"]], [], None, world.bundle, no_roi="skip")
+    assert found.result.images == () and found.result.failure
+    assert any("no ROI: not analysed" in w for w in found.result.warnings)
+
+
+def test_analyze_errors_are_one_line_without_traceback(world, study, tmp_path):
+    result = run("analyze", tmp_path / "missing.dcm", "--model", world.bundle, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "missing.dcm: no such file" in result.stderr and result.stdout == ""
+    result = run("analyze", study["no_roi"], "--model", tmp_path, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "not a classifier bundle" in result.stderr

@@ -1,0 +1,204 @@
+"""The state database on its own: study assembly rules, the job queue, the outbound queue.
+
+Real SQLite files in tmp_path; no network. The node-level behaviour (SCP, workers, sender)
+is in test_node_*.py.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+
+import pytest
+
+from dicom_node.state import OutputObject, StateDB, input_hash
+
+MG = "1.2.840.10008.5.1.4.1.1.1.2"
+GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
+STUDY = "1.2.3.4"
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = StateDB(tmp_path / "state.db")
+    yield database
+    database.close()
+
+
+def receive(db, sop, kind="MG", at=100.0, study=STUDY):
+    return db.record_instance(sop_instance_uid=sop, study_instance_uid=study,
+                              sop_class_uid=MG if kind == "MG" else GSPS, kind=kind,
+                              path=f"/spool/{study}/{sop}.dcm", received_at=at)
+
+
+def assemble(db, now, policy="whole_breast"):
+    return db.assemble(now=now, stable_seconds=10, no_roi_policy=policy)
+
+
+def finish(db, job, outputs=(), destinations=("pacs",), state="done", pid=1):
+    return db.finish_job(job.id, pid, state=state, reason=None, result_dir="/r", analysis_s=1.0,
+                         outputs=outputs, destinations=destinations)
+
+
+def test_wal_mode_and_schema(db, tmp_path):
+    conn = sqlite3.connect(tmp_path / "state.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"instances", "studies", "jobs", "sends"} <= tables
+
+
+def test_study_is_ready_only_when_stable_and_with_an_image(db):
+    assert receive(db, "1.1", "GSPS", at=100)
+    assert assemble(db, now=105) == []                      # not stable yet
+    [waiting] = assemble(db, now=111)
+    assert waiting.action == "waiting" and "no MG image" in waiting.note
+    assert db.jobs() == []
+    receive(db, "1.2", "MG", at=120)
+    assert assemble(db, now=125) == []
+    [queued] = assemble(db, now=131)
+    assert (queued.action, queued.n_images, queued.n_roi_objects) == ("queued", 1, 1)
+    [job] = db.jobs()
+    assert job.state == "queued" and job.input_hash == input_hash(["1.1", "1.2"])
+    assert [i.kind for i in job.inputs] == ["GSPS", "MG"]
+    assert assemble(db, now=200) == []                      # nothing new: not assessed again
+
+
+def test_no_roi_policy(db):
+    receive(db, "1.2", "MG", at=100)
+    [skipped] = assemble(db, now=111, policy="skip")
+    assert skipped.action == "skipped" and db.jobs() == []
+    receive(db, "1.3", "GSPS", at=120)                      # the ROI arrives later
+    [queued] = assemble(db, now=131, policy="skip")
+    assert queued.action == "queued"
+
+
+def test_changed_input_set_reanalyses_identical_one_does_not(db):
+    receive(db, "1.2", "MG", at=100)
+    assemble(db, now=111)
+    job1 = db.claim_job(worker_pid=1, now=112)
+    finish(db, job1)
+    assert not receive(db, "1.2", "MG", at=150)             # the same image re-sent: nothing new
+    assert assemble(db, now=170) == []
+    receive(db, "1.3", "GSPS", at=200)                      # a ROI arrives after the images
+    [again] = assemble(db, now=211)
+    assert again.action == "queued" and "analysed again" in again.note
+    receive(db, "1.4", "GSPS", at=300)                      # a second ROI object, while job 2 waits
+    [updated] = assemble(db, now=311)
+    assert updated.action == "updated" and updated.job_id == again.job_id
+    jobs = db.jobs()
+    assert len(jobs) == 2 and jobs[1].input_hash == input_hash(["1.2", "1.3", "1.4"])
+
+
+def test_claim_is_exclusive_and_attempts_count(db):
+    receive(db, "1.2", at=100)
+    assemble(db, now=111)
+    job = db.claim_job(worker_pid=7)
+    assert job.state == "running" and job.attempts == 1
+    assert db.claim_job(worker_pid=8) is None
+    assert db.requeue_jobs_of(7, "worker died", count_attempt=True) == [job.id]
+    again = db.claim_job(worker_pid=8)
+    assert again.attempts == 2
+    assert db.requeue_jobs_of(8, "node stopping", count_attempt=False) == [job.id]
+    assert db.job(job.id).attempts == 1                     # a graceful stop costs no attempt
+    db.claim_job(worker_pid=9)
+    assert db.recover_running_jobs() == [job.id]            # what a crashed node left running
+    assert db.job(job.id).state == "queued"
+
+
+def _claim_in_process(path, queue):
+    db = StateDB(path)
+    claimed = []
+    while (job := db.claim_job(worker_pid=multiprocessing.current_process().pid)) is not None:
+        claimed.append(job.id)
+    queue.put(claimed)
+
+
+def test_two_processes_never_claim_the_same_job(tmp_path):
+    db = StateDB(tmp_path / "state.db")
+    for k in range(40):
+        receive(db, f"1.{k}", at=100, study=f"2.{k}")
+    assert len(assemble(db, now=200)) == 40
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_claim_in_process, args=(tmp_path / "state.db", queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    claimed = queue.get(timeout=60) + queue.get(timeout=60)
+    for p in procs:
+        p.join(30)
+    assert sorted(claimed) == sorted(j.id for j in db.jobs())
+
+
+def test_finish_queues_sends_once_and_never_resends_a_sent_object(db):
+    receive(db, "1.2", at=100)
+    assemble(db, now=111)
+    job = db.claim_job(worker_pid=1)
+    outputs = [OutputObject(path=f"/r/{k}.dcm", sop_instance_uid=f"9.{k}", sop_class_uid=GSPS, kind="GSPS")
+               for k in range(2)]
+    summary = finish(db, job, outputs, destinations=("pacs", "archive"))
+    assert summary["queued"] == 4 and summary["recorded"]
+    assert not finish(db, job, outputs)["recorded"]          # a second finish of the same job is ignored
+    for send in db.sends(destination="pacs"):
+        assert db.mark_sent(send.id)
+        assert not db.mark_sent(send.id)
+    # the same study analysed again with identical result UIDs: what pacs has is not re-sent
+    receive(db, "1.3", "GSPS", at=200)
+    assemble(db, now=211)
+    job2 = db.claim_job(worker_pid=1)
+    summary = finish(db, job2, outputs, destinations=("pacs", "archive"))
+    assert summary["already_sent"] == 2
+    assert [(s.destination, s.job_id) for s in db.sends(["pending"])] == [
+        ("archive", job.id), ("archive", job.id), ("archive", job2.id), ("archive", job2.id)]
+
+
+def test_superseded_job_sends_nothing(db):
+    receive(db, "1.2", at=100)
+    assemble(db, now=111)
+    job1 = db.claim_job(worker_pid=1)
+    receive(db, "1.3", "GSPS", at=120)                       # the study changes while job 1 runs
+    assemble(db, now=131)
+    out = [OutputObject(path="/r/a.dcm", sop_instance_uid="9.1", sop_class_uid=GSPS, kind="GSPS")]
+    summary = finish(db, job1, out)
+    assert summary["superseded_by"] == job1.id + 1 and summary["queued"] == 0
+    assert "superseded" in db.job(job1.id).reason
+
+
+def test_backoff_then_dead_letter_then_retry(db):
+    receive(db, "1.2", at=100)
+    assemble(db, now=111)
+    job = db.claim_job(worker_pid=1)
+    finish(db, job, [OutputObject(path="/r/a.dcm", sop_instance_uid="9.1", sop_class_uid=GSPS, kind="GSPS")])
+    [send] = db.sends()
+    kwargs = dict(max_attempts=3, backoff_initial_s=10, backoff_max_s=15)
+    first = db.mark_failed(send.id, "refused", now=1000, **kwargs)
+    assert (first.state, first.attempts, first.next_attempt_at) == ("pending", 1, 1010)
+    assert db.due_sends(now=1005) == [] and len(db.due_sends(now=1010)) == 1
+    second = db.mark_failed(send.id, "refused", now=1010, **kwargs)
+    assert second.next_attempt_at == 1010 + 15                 # 20 s capped at backoff_max_s
+    dead = db.mark_failed(send.id, "connection refused", now=1025, **kwargs)
+    assert dead.state == "dead" and "3 attempts failed" in dead.last_error
+    assert "connection refused" in dead.last_error
+    assert db.due_sends(now=10**10) == []
+    assert db.retry_sends() == 1
+    [again] = db.sends(["pending"])
+    assert again.attempts == 0
+    assert db.mark_sent(again.id)
+    assert db.retry_sends() == 0                               # sent stays sent
+    assert db.purge_sends(states=("dead",)) == 0
+    permanent = db.mark_failed(again.id, "x", permanent=True, **kwargs)
+    assert permanent is None                                   # a sent row is not touched
+
+
+def test_retention_selects_only_finished_and_sent_studies(db):
+    receive(db, "1.2", at=100, study="5.1")
+    receive(db, "1.3", at=100, study="5.2")
+    assemble(db, now=200)
+    job = db.claim_job(worker_pid=1, now=200)
+    db.finish_job(job.id, 1, state="done", reason=None, result_dir="/r", analysis_s=1, now=210,
+                  outputs=[OutputObject("/r/a.dcm", "9.1", GSPS, "GSPS")], destinations=["pacs"])
+    assert db.expired_studies(before=10**10) == []             # 5.1 has a pending send, 5.2 a queued job
+    [send] = db.sends()
+    db.mark_sent(send.id, now=220)
+    assert db.expired_studies(before=215) == []
+    assert db.expired_studies(before=10**10) == ["5.1"]
+    db.forget_study("5.1")
+    assert db.study_instances("5.1") == [] and db.sends() == []
