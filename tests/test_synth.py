@@ -560,3 +560,17 @@ def test_background_right_breast_monochrome1_with_stated_spacing(interop, tmp_pa
     rr, cc = np.nonzero(labels)
     assert rr.size and np.median(src[rr, cc]) > np.percentile(src, 40)  # in the breast, not the air
     assert dciodvfy_errors(out / rows[0]["image_file"]) == []
+
+
+def test_generated_studies_are_stored_whole_by_a_running_node(gsps_set, seg_set, node):
+    """What a site does to smoke-test a deployment: send a generated study with DCMTK storescu."""
+    import pydicom
+
+    files = sorted((gsps_set / "dicom").rglob("*.dcm")) + sorted((seg_set / "dicom").rglob("*.dcm"))
+    assert any(f.name.startswith("PR_") for f in files) and any(f.name.startswith("SEG_") for f in files)
+    result = node.storescu(*files)
+    assert result.returncode == 0, result.stderr
+    sent = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    assert {p.stem for p in node.stored_files()} == sent
+    studies = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
+    assert {p.parent.name for p in node.stored_files()} == studies
