@@ -25,6 +25,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
+from analysis.dicom_input.image import header_pixel_spacing
+
 from .results import ImageResult, RoiResult, StudyResult
 
 MANUFACTURER = "calcnode"
@@ -207,16 +209,7 @@ def patient_orientation(source: Dataset):
 
 def pixel_spacing_mm(source: Dataset) -> tuple[float, float] | None:
     """(row, column) spacing in mm: Imager Pixel Spacing, else Pixel Spacing (as the analysis)."""
-    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
-        value = source.get(keyword)
-        if value is not None and len(value) == 2:
-            try:
-                row, col = float(value[0]), float(value[1])
-            except (TypeError, ValueError):
-                continue
-            if row > 0 and col > 0:
-                return row, col
-    return None
+    return header_pixel_spacing(source)[0]
 
 
 # ----------------------------------------------------------------------- dates

@@ -281,37 +281,8 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 def start_orthanc_with_lua(workdir: Path, lua_scripts: list[Path], modalities: dict, stable_age: int = 1,
                            dicom_port: int | None = None):
-    """A real Orthanc like tests/orthanc.py's, plus LuaScripts (the REST API refuses to run Lua)."""
-    import urllib.error
+    """A real Orthanc (tests/orthanc.py) running Lua scripts (the REST API refuses to run Lua)."""
+    from orthanc import Orthanc
 
-    from orthanc import ORTHANC, Orthanc
-
-    class OrthancWithLua(Orthanc):
-        def __init__(self):  # noqa: D401 - same as Orthanc.__init__, with LuaScripts
-            self.workdir = Path(workdir)
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            self.http_port, self.dicom_port, self.aet = free_port(), dicom_port or free_port(), "TESTPACS"
-            config = {
-                "Name": self.aet, "StorageDirectory": str(self.workdir / "db"),
-                "IndexDirectory": str(self.workdir / "db"), "HttpPort": self.http_port,
-                "DicomPort": self.dicom_port, "DicomAet": self.aet, "RemoteAccessAllowed": False,
-                "AuthenticationEnabled": False, "DicomModalities": modalities, "DicomScuTimeout": 30,
-                "Plugins": [], "StableAge": stable_age, "LuaScripts": [str(p) for p in lua_scripts],
-            }
-            self.config_path = self.workdir / "orthanc.json"
-            self.config_path.write_text(json.dumps(config, indent=2))
-            self.log = open(self.workdir / "orthanc.log", "wb")
-            self.proc = subprocess.Popen([ORTHANC, str(self.config_path)], stdout=self.log,
-                                         stderr=subprocess.STDOUT)
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    self.get("/system")
-                    return
-                except (urllib.error.URLError, ConnectionError):
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("Orthanc did not start:\n"
-                                           + (self.workdir / "orthanc.log").read_text(errors="replace"))
-                    time.sleep(0.2)
-
-    return OrthancWithLua()
+    return Orthanc(Path(workdir), free_port(), dicom_port or free_port(), modalities,
+                   extra_config={"StableAge": stable_age, "LuaScripts": [str(p) for p in lua_scripts]})

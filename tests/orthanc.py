@@ -13,7 +13,7 @@ ORTHANC = "/usr/sbin/Orthanc"
 
 class Orthanc:
     def __init__(self, workdir: Path, http_port: int, dicom_port: int, modalities: dict,
-                 aet: str = "TESTPACS"):
+                 aet: str = "TESTPACS", extra_config: dict | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.http_port, self.dicom_port, self.aet = http_port, dicom_port, aet
@@ -30,6 +30,7 @@ class Orthanc:
             "DicomScuTimeout": 30,
             "Plugins": [],
             "StableAge": 1,
+            **(extra_config or {}),
         }
         self.config_path = self.workdir / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=2))

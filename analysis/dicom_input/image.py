@@ -204,7 +204,10 @@ def read_dataset(source: str | os.PathLike | Dataset, *, stop_before_pixels: boo
     return ds
 
 
-def _spacing(ds: Dataset, default_mm: float | None) -> tuple[tuple[float, float] | None, str | None]:
+def header_pixel_spacing(ds: Dataset, default_mm: float | None = None
+                         ) -> tuple[tuple[float, float] | None, str | None]:
+    """(row, column) spacing in mm and the attribute it came from: Imager Pixel Spacing, else
+    Pixel Spacing, else ``default_mm`` ("default"), else (None, None)."""
     for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
         value = ds.get(keyword)
         if value is not None and len(value) == 2:
@@ -231,7 +234,7 @@ def read_geometry(source: str | os.PathLike | Dataset, *,
     if "Rows" not in ds or "Columns" not in ds:
         raise UnusableImageError(
             f"{sop_class_name(ds)} is not an image (no Rows/Columns)", reason="not_an_image", source=name)
-    spacing, spacing_source = _spacing(ds, default_pixel_spacing_mm)
+    spacing, spacing_source = header_pixel_spacing(ds, default_pixel_spacing_mm)
     return ImageGeometry(
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         rows=int(ds.Rows),
@@ -363,7 +366,7 @@ def load_image(source: str | os.PathLike | Dataset, *,
         np.subtract(1.0, pixels, out=pixels)
 
     warnings: list[str] = []
-    spacing, spacing_source = _spacing(ds, default_pixel_spacing_mm)
+    spacing, spacing_source = header_pixel_spacing(ds, default_pixel_spacing_mm)
     if spacing is None:
         raise UnusableImageError("states no Imager Pixel Spacing or Pixel Spacing and no default "
                                  "spacing is configured, so lengths in mm cannot be measured",
