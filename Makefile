@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install system-deps bench clean demo-seg-model
+.PHONY: run test install system-deps bench clean demo-seg-model demo-classifier
 
 # The venv is rebuilt when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -42,6 +42,16 @@ demo-seg-model: $(STAMP)
 	    $(INTEROP_MG)/cbis_ddsm/benign_1-130.dcm $(INTEROP_MG)/cbis_ddsm/malignant_1-280.dcm
 	$(BIN)/calcnode train-seg --data data/seg-train --data data/seg-train-bg --seed 0 \
 	    --out analysis/segmentation/weights/demo-seg-cnn.pt
+
+# The shipped demonstration classifier (NOT FOR CLINICAL USE): simulated amorphous clusters with
+# fixed seeds, segmented with the demonstration CNN (run demo-seg-model first) at HDoGReg's
+# selection threshold 10^-3.5. About 25 minutes on 2 cores. See docs/classifier.md.
+demo-classifier: $(STAMP)
+	rm -rf data/cls-train
+	$(BIN)/calcnode synth --out data/cls-train --cases 170 --seed 201 --lateralities L --quiet
+	$(BIN)/calcnode train --data data/cls-train --seed 0 --seg-threshold 0.000316 \
+	    --name calcnode-demo --version 1.0.0 \
+	    --out analysis/models/calcnode-demo-1.0.0 --report analysis/models/calcnode-demo-1.0.0-report
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -239,6 +239,7 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
             image = load_image(source, default_pixel_spacing_mm=default_pixel_spacing_mm)
         except InputError as exc:
             problems.append(str(exc))
+            warnings.append(f"image not analysed: {exc}")
             continue
         if image.sop_instance_uid in files:
             warnings.append(f"image {image.sop_instance_uid} given twice; analysed once")
@@ -267,7 +268,7 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
                 warnings.append(f"ignored: {error}")
             else:
                 problems.append(str(error))
-    warnings += [f"ROI not analysed: {p}" for p in problems]
+                warnings.append(f"ROI not analysed: {error}")
 
     scores: dict = {}
     image_results = []

@@ -103,7 +103,7 @@ def run(args) -> int:
                 print(f"calcnode analyze: error: {problem}", file=sys.stderr)
                 status = 1
             for warning in found.result.warnings:
-                if not warning.startswith("ROI not analysed: "):
+                if not warning.startswith(("ROI not analysed: ", "image not analysed: ")):  # printed above
                     print(f"calcnode analyze: warning: {warning}", file=sys.stderr)
             for record in found.records():
                 print(json.dumps(record) if args.json else _line(record), flush=True)

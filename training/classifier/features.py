@@ -96,7 +96,7 @@ class ExtractedRoi:
 
 
 class Progress:
-    """A one-line progress bar on stderr (a line every few seconds when stderr is not a terminal)."""
+    """A one-line progress bar on stderr (a line every 10 s when stderr is not a terminal)."""
 
     def __init__(self, what: str, total: int, enabled: bool = True):
         self.what, self.total, self.enabled = what, total, enabled
@@ -111,7 +111,7 @@ class Progress:
         if not self.enabled:
             return
         now = time.monotonic()
-        if not (force or self.tty or now - self.last >= 5.0) or self._shown == self.done:
+        if not (force or self.tty or now - self.last >= 10.0) or self._shown == self.done:
             return
         self._shown = self.done
         self.last = now

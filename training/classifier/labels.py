@@ -136,6 +136,8 @@ def match_outcomes(data_dirs, labels_path: str | Path, *, point_radius_mm: float
         data_dirs = [data_dirs]
     items: dict[str, DatasetImage] = {}
     for folder in data_dirs:
+        if not Path(folder).is_dir():
+            raise LabelsError("no such data folder", reason="not_found", source=str(folder))
         for item in scan_dataset(folder):
             items.setdefault(item.sop_instance_uid, item)
     problems: list[str] = []
