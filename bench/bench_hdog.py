@@ -30,14 +30,12 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from math import log
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import peak_rss_mb, write_results
+from bench.common import peak_rss_mb, run_stage, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 MG1 = ROOT.parent / "shared" / "interop" / "mg" / "MG1_J2KI.dcm"
@@ -192,11 +190,7 @@ def _stage(name: str, npy: str) -> dict:
 
 
 def _run(name: str, npy: str) -> dict:
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        result = pool.submit(_stage, name, npy).result()
-    shown = {k: v for k, v in result.items() if not k.startswith("_")}
-    print(f"{name}: {shown}", flush=True)
-    return result
+    return run_stage(_stage, name, npy)
 
 
 # --------------------------------------------------------------------------- agreement

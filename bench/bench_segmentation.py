@@ -22,14 +22,12 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 from bench.bench_hdog import MG1, ROI_MM, SPACING, _random_centres, _roi_mask
-from bench.common import peak_rss_mb, write_results
+from bench.common import peak_rss_mb, run_stage, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,10 +92,7 @@ def _stage(name: str, npy: str) -> dict:
 
 
 def _run(name: str, npy: str) -> dict:
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        result = pool.submit(_stage, name, npy).result()
-    print(f"{name}: {result}", flush=True)
-    return result
+    return run_stage(_stage, name, npy)
 
 
 def main() -> None:

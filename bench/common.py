@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import platform
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 import resource
 import time
 from contextlib import contextmanager
@@ -32,3 +34,13 @@ def write_results(name: str, figures: dict) -> Path:
     path.write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures, indent=2))
     return path
+
+
+def run_stage(stage, name: str, *args) -> dict:
+    """``stage(name, *args)`` in a fresh (spawned) process, so its peak RSS is its own; prints the
+    result without its private ``_``-keys and returns all of it."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        result = pool.submit(stage, name, *args).result()
+    shown = {k: v for k, v in result.items() if not k.startswith("_")}
+    print(f"{name}: {shown}", flush=True)
+    return result
