@@ -100,6 +100,13 @@ JOB_STATES = ("queued", "running", "done", "failed")
 SEND_STATES = ("pending", "sent", "dead")
 
 
+
+def _in_clause(column: str, values, params: list) -> str:
+    """`` AND column IN (?, ?, ...)`` for ``values``, appending them to ``params``."""
+    values = list(values)
+    params += values
+    return f" AND {column} IN ({','.join('?' * len(values))})"
+
 class StateError(RuntimeError):
     """The state database cannot be used (message says why)."""
 
@@ -433,9 +440,7 @@ class StateDB:
              limit: int = 1000) -> list[Job]:
         sql, params = "SELECT * FROM jobs WHERE 1=1", []
         if states:
-            states = list(states)
-            sql += f" AND state IN ({','.join('?' * len(states))})"
-            params += states
+            sql += _in_clause("state", states, params)
         if study_uid:
             sql += " AND study_instance_uid = ?"
             params.append(study_uid)
@@ -484,13 +489,9 @@ class StateDB:
               destination: str | None = None, job_id: int | None = None, limit: int = 10000) -> list[Send]:
         sql, params = "SELECT * FROM sends WHERE 1=1", []
         if states:
-            states = list(states)
-            sql += f" AND state IN ({','.join('?' * len(states))})"
-            params += states
+            sql += _in_clause("state", states, params)
         if ids is not None:
-            ids = list(ids)
-            sql += f" AND id IN ({','.join('?' * len(ids))})"
-            params += ids
+            sql += _in_clause("id", ids, params)
         if destination:
             sql += " AND destination = ?"
             params.append(destination)
@@ -510,9 +511,7 @@ class StateDB:
                "last_error = 'retry requested; was: ' || coalesce(last_error, '') WHERE state = 'dead'")
         params: list = [now]
         if ids is not None:
-            ids = list(ids)
-            sql += f" AND id IN ({','.join('?' * len(ids))})"
-            params += ids
+            sql += _in_clause("id", ids, params)
         if destination:
             sql += " AND destination = ?"
             params.append(destination)
@@ -524,15 +523,12 @@ class StateDB:
         """Delete send rows (dead ones by default). Pending rows are removed only when asked by id."""
         sql, params = "DELETE FROM sends WHERE 1=1", []
         if ids is not None:
-            ids = list(ids)
-            sql += f" AND id IN ({','.join('?' * len(ids))})"
-            params += ids
+            sql += _in_clause("id", ids, params)
         else:
             states = [s for s in states if s in ("dead", "sent")]
             if not states:
                 return 0
-            sql += f" AND state IN ({','.join('?' * len(states))})"
-            params += states
+            sql += _in_clause("state", states, params)
         if older_than is not None:
             sql += " AND coalesce(sent_at, next_attempt_at, created_at) < ?"
             params.append(older_than)
