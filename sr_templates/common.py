@@ -134,6 +134,21 @@ def uuid_uid(name: str) -> str:
     return f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}"
 
 
+def per_image_object(result: StudyResult, kind: str, image: ImageResult) -> dict:
+    """The identity keywords highdicom's per-image builders (SEG, GSPS) take: series, instance,
+    and the device that made it."""
+    return dict(
+        series_instance_uid=series_uid(result, kind),
+        series_number=SERIES_NUMBERS[kind],
+        sop_instance_uid=instance_uid(result, kind, image.sop_instance_uid),
+        instance_number=result.images.index(image) + 1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MANUFACTURER_MODEL_NAME,
+        software_versions=software_versions(result),
+        device_serial_number=DEVICE_SERIAL_NUMBER,
+    )
+
+
 def series_uid(result: StudyResult, kind: str) -> str:
     return derived_uid(result, "series", kind)
 

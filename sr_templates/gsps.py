@@ -25,9 +25,8 @@ from scipy import ndimage
 from skimage import measure
 
 from .common import (
-    DEVICE_SERIAL_NUMBER, MANUFACTURER, MANUFACTURER_MODEL_NAME, NOT_FOR_CLINICAL_USE, SERIES_NUMBERS,
-    clip_outline, closed_outline, contributing_equipment, instance_uid, series_description, series_uid,
-    software_versions, tracking_identifier, tracking_uid,
+    NOT_FOR_CLINICAL_USE, clip_outline, closed_outline, contributing_equipment, per_image_object,
+    series_description, tracking_identifier, tracking_uid,
 )
 from .measurement_report import status_sentence
 from .results import ImageResult, RoiResult, StudyResult
@@ -116,14 +115,7 @@ def build_presentation_state(result: StudyResult, image: ImageResult, source: Da
                                                    graphic_objects=objects, text_objects=[text]))
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[source],
-        series_instance_uid=series_uid(result, "GSPS"),
-        series_number=SERIES_NUMBERS["GSPS"],
-        sop_instance_uid=instance_uid(result, "GSPS", image.sop_instance_uid),
-        instance_number=result.images.index(image) + 1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=MANUFACTURER_MODEL_NAME,
-        software_versions=software_versions(result),
-        device_serial_number=DEVICE_SERIAL_NUMBER,
+        **per_image_object(result, "GSPS", image),
         content_label="CALCNODE",
         content_description=description[:64],
         graphic_annotations=annotations,

@@ -25,9 +25,8 @@ from pydicom.dataset import Dataset
 
 from . import codes
 from .common import (
-    DEVICE_SERIAL_NUMBER, MANUFACTURER, MANUFACTURER_MODEL_NAME, NOT_FOR_CLINICAL_USE, SERIES_NUMBERS,
-    contributing_equipment, instance_uid, patient_orientation, pixel_spacing_mm, series_description, series_uid,
-    set_content_datetime, software_versions, tracking_identifier, tracking_uid,
+    MANUFACTURER, NOT_FOR_CLINICAL_USE, contributing_equipment, patient_orientation, per_image_object,
+    pixel_spacing_mm, series_description, set_content_datetime, tracking_identifier, tracking_uid,
 )
 from .results import ImageResult, RoiResult, StudyResult
 
@@ -105,14 +104,7 @@ def build_segmentation(result: StudyResult, image: ImageResult, source: Dataset
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=series_uid(result, "SEG"),
-        series_number=SERIES_NUMBERS["SEG"],
-        sop_instance_uid=instance_uid(result, "SEG", image.sop_instance_uid),
-        instance_number=result.images.index(image) + 1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=MANUFACTURER_MODEL_NAME,
-        software_versions=software_versions(result),
-        device_serial_number=DEVICE_SERIAL_NUMBER,
+        **per_image_object(result, "SEG", image),
         content_label="CALCIFICATIONS",
         content_description=series_description(result, "calcifications"),
         pixel_measures=pixel_measures,
