@@ -286,3 +286,35 @@ def start_orthanc_with_lua(workdir: Path, lua_scripts: list[Path], modalities: d
 
     return Orthanc(Path(workdir), free_port(), dicom_port or free_port(), modalities,
                    extra_config={"StableAge": stable_age, "LuaScripts": [str(p) for p in lua_scripts]})
+
+
+def sr_scores(path: Path) -> list[tuple[str, float]]:
+    """(source image SOP Instance UID, score) of every scored ROI in a calcnode TID 1500 SR, read
+    from the content tree as any SR reader would: Measurement Group -> Image Region's SELECTED
+    FROM image and the NUM "Actionable calcification cluster score"."""
+    import pydicom
+
+    from sr_templates.codes import ACTIONABLE_SCORE
+
+    def code(item):
+        seq = item.get("ConceptNameCodeSequence")
+        return (seq[0].CodeValue, seq[0].CodingSchemeDesignator) if seq else None
+
+    def walk(item):
+        for child in item.get("ContentSequence", []):
+            yield child
+            yield from walk(child)
+
+    out = []
+    for group in walk(pydicom.dcmread(path)):
+        if code(group) != ("125007", "DCM"):
+            continue
+        image = score = None
+        for child in group.get("ContentSequence", []):
+            if code(child) == ("111030", "DCM"):
+                image = str(child.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            elif code(child) == (ACTIONABLE_SCORE.value, ACTIONABLE_SCORE.scheme_designator):
+                score = float(child.MeasuredValueSequence[0].NumericValue)
+        if score is not None:
+            out.append((image, score))
+    return sorted(out)

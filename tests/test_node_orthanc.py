@@ -4,6 +4,9 @@ A ``calcnode synth`` study (768 x 640, one case) is stored in Orthanc, Orthanc f
 the node (``POST /modalities/calcnode/store``), and the test finds in Orthanc new SEG, SR,
 Mammography CAD SR and GSPS series for that study, each passing dciodvfy without "Error".
 
+With the shipped demonstration models, the scores in the SR that Orthanc holds must equal
+`calcnode analyze --json` on the same files.
+
 Three variants of the analysis the node runs:
 * calcnode's own with the shipped demonstration models (skipped, with the reason, while
   analysis/models/ holds no bundle);
@@ -14,6 +17,7 @@ Three variants of the analysis the node runs:
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import urllib.request
@@ -24,8 +28,8 @@ import pytest
 
 from conftest import CALCNODE, ROOT, free_port
 from node_helpers import (
-    DCIODVFY, audit_events, dciodvfy_errors, node_env, node_sections, start_orthanc_with_lua, wait_until,
-    write_config,
+    DCIODVFY, audit_events, dciodvfy_errors, node_env, node_sections, sr_scores, start_orthanc_with_lua,
+    wait_until, write_config,
 )
 
 __all__ = ["node_env"]
@@ -136,6 +140,19 @@ def test_orthanc_routes_a_study_and_gets_results_from_calcnodes_analysis(node_en
     _check_valid(files)
     model = pydicom.dcmread(files["SR"][0])
     assert "NOT FOR CLINICAL USE" in str(model.get("SeriesDescription", ""))
+    # the scores the radiologist reads in the PACS are the ones `calcnode analyze` gives on the same files
+    sources = sorted(synth_case.glob("*.dcm"))
+    kinds = {p: pydicom.dcmread(p, stop_before_pixels=True).Modality for p in sources}
+    images = [str(p) for p in sources if kinds[p] == "MG"]
+    rois = [str(p) for p in sources if kinds[p] != "MG"]
+    run = subprocess.run(CALCNODE + ["analyze", *images, "--roi", *rois, "--json"], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    expected = sorted((r["sop_instance_uid"], r["score"]) for r in map(json.loads, run.stdout.splitlines())
+                      if r["score"] is not None)
+    [sr] = files["SR"]
+    got = sr_scores(sr)
+    assert len(expected) >= 2 and [uid for uid, _ in got] == [uid for uid, _ in expected]
+    assert [s for _, s in got] == pytest.approx([s for _, s in expected], abs=1e-6)  # analyze prints 6 decimals
 
 
 @pytest.fixture(scope="module")
