@@ -1,0 +1,252 @@
+"""Load: 50 four-view studies from 4 parallel senders through a real node with the shipped models.
+
+What a PACS does on a busy morning: 4 senders (DCMTK ``storescu``, one association per study, each
+sender sending its studies one after the other) push 50 ``calcnode synth`` studies (4 views of
+3328 x 2560 at 0.07 mm, 17 MB each; the radiologist's GSPS ROIs on the two views of the affected
+breast) into a ``calcnode serve`` with ``workers.count = 2`` and the shipped demonstration models;
+the results go to a DCMTK ``storescp`` standing in for the PACS.
+
+Reported:
+
+* ingest: MB/s of the node while it also analyses (first association opened -> last instance
+  stored), and the same files from the same 4 senders into DCMTK ``storescp`` measured in this run
+  (one process, associations one after the other: its default) and ``storescp --fork`` (a process
+  per association): the ratios node / storescp;
+* per-study latency: last instance of the study received -> last result object stored by the
+  destination (both from the node's state database: ``studies.last_received_at`` and
+  ``sends.sent_at``, which is written after the destination's success status), p50 / p95 / max,
+  split into the stability wait, the queue wait and the analysis (``jobs.analysis_s``);
+* that every study got its results (a done job and every result object sent);
+* throughput: studies analysed per minute, and the node's peak memory (its worker processes
+  included).
+
+Settings that matter (written into the results): ``assembly.stable_seconds = 2`` (a study is
+taken as complete 2 s after its last instance; the production default is 30 s, which adds 28 s to
+every figure here) and ``assembly.no_roi_policy = "skip"`` (the two views without a ROI are not
+analysed over the whole breast: "per study with ROIs").
+
+    python -m bench.bench_load [--studies 50] [--senders 4] [--data DIR]   (~6 min on 2 cores)
+
+``--data DIR`` keeps the generated studies there and reuses them in the next run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.common import write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import CALCNODE, STORESCU, RunningNode, free_port  # noqa: E402
+from node_helpers import STORESCP, StoreSCP, node_sections, wait_until, write_config  # noqa: E402
+
+SEED = 9100
+STABLE_SECONDS = 2.0
+
+
+def _studies(data: Path, n: int) -> list[list[Path]]:
+    """n synthetic four-view studies (generated once into ``data``)."""
+    dicom = data / "dicom"
+    cases = sorted(dicom.glob("SYNTH*")) if dicom.is_dir() else []
+    if len(cases) < n:
+        subprocess.run(CALCNODE + ["synth", "--out", str(data), "--cases", str(n), "--seed", str(SEED),
+                                   "--negative-fraction", "0", "--quiet"], check=True, cwd=ROOT)
+        cases = sorted(dicom.glob("SYNTH*"))
+    return [sorted(c.glob("*.dcm")) for c in cases[:n]]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
+
+
+def _summary(values: list[float]) -> dict:
+    return {"p50": round(statistics.median(values), 2), "p95": round(_percentile(values, 0.95), 2),
+            "max": round(max(values), 2), "n": len(values)}
+
+
+def _send_all(studies: list[list[Path]], senders: int, aet: str, port: int) -> tuple[float, list[str]]:
+    """Each sender sends its share of the studies, one association per study. -> (seconds, errors)."""
+    shares = [studies[k::senders] for k in range(senders)]
+    errors: list[str] = []
+
+    def sender(share):
+        for files in share:
+            run = subprocess.run([STORESCU, "-aet", "PACS", "-aec", aet, "127.0.0.1", str(port),
+                                  *map(str, files)], capture_output=True, text=True)
+            if run.returncode != 0:
+                errors.append(run.stderr.strip()[-300:])
+
+    threads = [threading.Thread(target=sender, args=(share,)) for share in shares]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started, errors
+
+
+def _storescp_reference(studies, senders, tmp: Path, fork: bool) -> float:
+    out = tmp / ("storescp-fork" if fork else "storescp")
+    out.mkdir()
+    port = free_port()
+    proc = subprocess.Popen([STORESCP, *(["--fork"] if fork else []), "-aet", "REF", "-od", str(out), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        seconds, errors = _send_all(studies, senders, "REF", port)
+        assert not errors, errors[:3]
+        assert sum(1 for _ in out.iterdir()) == sum(len(s) for s in studies)
+        return seconds
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(out)
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children now, in MB."""
+    total = 0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            pids += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return total / 1e6
+
+
+def _node_figures(db_path: Path, n_studies: int) -> dict:
+    db = sqlite3.connect(db_path)
+    try:
+        studies = dict(db.execute("SELECT study_instance_uid, last_received_at FROM studies"))
+        jobs = db.execute("""SELECT study_instance_uid, id, state, created_at, started_at, finished_at, analysis_s
+                             FROM jobs ORDER BY id""").fetchall()
+        sends = db.execute("SELECT job_id, state, sent_at FROM sends").fetchall()
+    finally:
+        db.close()
+    last_job = {}
+    for study, job_id, state, created, started, finished, analysis_s in jobs:
+        last_job[study] = (job_id, state, created, started, finished, analysis_s)
+    by_job: dict[int, list] = {}
+    for job_id, state, sent_at in sends:
+        by_job.setdefault(job_id, []).append((state, sent_at))
+    latency, queue_wait, analysis, sending, complete = [], [], [], [], 0
+    for study, received in studies.items():
+        job = last_job.get(study)
+        if job is None:
+            continue
+        job_id, state, created, started, finished, analysis_s = job
+        job_sends = by_job.get(job_id, [])
+        if state == "done" and job_sends and all(s == "sent" for s, _ in job_sends):
+            complete += 1
+            done_at = max(t for _, t in job_sends)
+            latency.append(done_at - received)
+            queue_wait.append(started - created)
+            analysis.append(analysis_s)
+            sending.append(done_at - finished)
+    return {"studies_received": len(studies), "studies_with_all_results_sent": complete,
+            "every_study_got_its_results": complete == n_studies == len(studies),
+            "latency_s": _summary(latency) if latency else None,
+            "queue_wait_s": _summary(queue_wait) if queue_wait else None,
+            "analysis_and_write_s": _summary(analysis) if analysis else None,
+            "sending_s": _summary(sending) if sending else None,
+            "_first_job_created": min(j[2] for j in last_job.values()) if last_job else None,
+            "_last_sent": max((t for s in by_job.values() for _, t in s if t), default=None)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--studies", type=int, default=50)
+    parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2, help="node analysis processes (workers.count)")
+    parser.add_argument("--data", type=Path, help="keep / reuse the generated studies here")
+    args = parser.parse_args()
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    figures: dict = {"cpu_count": os.cpu_count(), "studies": args.studies, "senders": args.senders,
+                     "node_workers": args.workers, "stable_seconds": STABLE_SECONDS, "no_roi_policy": "skip",
+                     "model": "shipped demonstration models (NOT FOR CLINICAL USE)"}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        data = args.data or tmp / "synth"
+        t0 = time.perf_counter()
+        studies = _studies(data, args.studies)
+        figures["generate_s"] = round(time.perf_counter() - t0, 1)
+        n_files = sum(len(s) for s in studies)
+        megabytes = sum(p.stat().st_size for s in studies for p in s) / 1e6
+        figures["instances"] = n_files
+        figures["megabytes"] = round(megabytes, 1)
+        for s in studies:  # the files are read from the page cache by every run alike
+            for p in s:
+                p.read_bytes()
+
+        ref = {}
+        for fork in (False, True):
+            seconds = _storescp_reference(studies, args.senders, tmp, fork)
+            ref["storescp --fork" if fork else "storescp"] = {"seconds": round(seconds, 2),
+                                                              "mb_per_s": round(megabytes / seconds, 1)}
+        figures["reference_ingest"] = ref
+
+        dest = StoreSCP(tmp / "dest")
+        config = write_config(tmp / "node.toml", destinations=[dest.destination("pacs")], **node_sections(
+            assembly={"stable_seconds": STABLE_SECONDS, "no_roi_policy": "skip"},
+            workers={"count": args.workers, "stop_timeout_s": 30.0},
+            analysis={"engine": ""}, logging={"level": "WARNING"}))
+        node = RunningNode(tmp / "node", config=config)
+        peak = {"mb": 0.0}
+        sampling = threading.Event()
+
+        def sample():
+            while not sampling.is_set():
+                peak["mb"] = max(peak["mb"], _tree_rss_mb(node.proc.pid))
+                time.sleep(0.5)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            seconds, errors = _send_all(studies, args.senders, node.ae_title, node.port)
+            assert not errors, errors[:3]
+            ingest_done = time.time()
+            figures["node_ingest"] = {"seconds": round(seconds, 2), "mb_per_s": round(megabytes / seconds, 1)}
+            for name, r in ref.items():
+                figures["node_ingest"][f"seconds_ratio_vs_{name.replace(' --', '_')}"] = round(
+                    seconds / r["seconds"], 2)
+
+            def all_sent():
+                got = _node_figures(node.state_dir / "state.db", args.studies)
+                return got if got["studies_with_all_results_sent"] == args.studies else None
+
+            wait_until(all_sent, 60 * args.studies, "every study's results at the destination", interval=2.0,
+                       on_fail=lambda: str(_node_figures(node.state_dir / "state.db", args.studies)))
+        finally:
+            sampling.set()
+            sampler.join()
+            node.stop()
+            dest.stop()
+        result = _node_figures(node.state_dir / "state.db", args.studies)
+        last_sent = result.pop("_last_sent")
+        span = last_sent - result.pop("_first_job_created")
+        result["studies_per_minute"] = round(60 * args.studies / span, 1)
+        result["seconds_after_ingest_until_last_result"] = round(last_sent - ingest_done, 1)
+        result["node_peak_rss_mb_incl_workers"] = round(peak["mb"])
+        result["destination_objects"] = len(dest.received())
+        figures["node"] = result
+        figures["targets"] = {"latency_p50_s_max": 10.0, "ingest_ratio_max": 2.0}
+    write_results("bench_load", figures)
+
+
+if __name__ == "__main__":
+    main()
