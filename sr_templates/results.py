@@ -247,6 +247,17 @@ class RoiResult:
         return self.label or self.roi_id
 
 
+def _labels_present(labels: np.ndarray) -> set[int]:
+    """The non-zero labels of a label image. A histogram is one pass over the pixels where
+    ``np.unique`` sorts them (0.2 s for a full-field mammogram); ``np.unique`` is kept for
+    the rare label image whose largest label would make the histogram large."""
+    if labels.size == 0:
+        return set()
+    if int(labels.max()) <= 4 * labels.size:
+        return set(np.flatnonzero(np.bincount(labels.ravel())).tolist()) - {0}
+    return set(np.unique(labels).tolist()) - {0}
+
+
 @dataclass(frozen=True, eq=False, kw_only=True)
 class ImageResult:
     """The analysis of one source image.
@@ -284,7 +295,7 @@ class ImageResult:
                 raise ValueError(f"{where}: label_image values must be in [0, 2**31 - 1]")
             labels = _readonly(labels.astype(np.int32))
             object.__setattr__(self, "label_image", labels)
-            present = set(np.unique(labels).tolist()) - {0}
+            present = _labels_present(labels)
 
         rois = tuple(self.rois)
         object.__setattr__(self, "rois", rois)
