@@ -76,13 +76,17 @@ def _summary(values: list[float]) -> dict:
             "max": round(max(values), 2), "n": len(values)}
 
 
-def _send_all(studies: list[list[Path]], senders: int, aet: str, port: int) -> tuple[float, list[str]]:
-    """Each sender sends its share of the studies, one association per study. -> (seconds, errors)."""
+def _send_all(studies: list[list[Path]], senders: int, aet: str, port: int,
+              interval_s: float = 0.0) -> tuple[float, list[str]]:
+    """Each sender sends its share of the studies, one association per study, starting one every
+    ``interval_s`` seconds (0: back to back). -> (seconds, errors)."""
     shares = [studies[k::senders] for k in range(senders)]
     errors: list[str] = []
 
     def sender(share):
-        for files in share:
+        start = time.monotonic()
+        for k, files in enumerate(share):
+            time.sleep(max(0.0, start + k * interval_s - time.monotonic()))
             run = subprocess.run([STORESCU, "-aet", "PACS", "-aec", aet, "127.0.0.1", str(port),
                                   *map(str, files)], capture_output=True, text=True)
             if run.returncode != 0:
@@ -174,10 +178,13 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="node analysis processes (workers.count)")
     parser.add_argument("--data", type=Path, help="keep / reuse the generated studies here")
+    parser.add_argument("--interval", type=float, default=0.0,
+                        help="seconds between the starts of a sender's studies (default 0: back to back, "
+                             "the burst the targets are stated for; > 0 measures latency at a paced load)")
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")])
     figures: dict = {"cpu_count": os.cpu_count(), "studies": args.studies, "senders": args.senders,
-                     "node_workers": args.workers, "stable_seconds": STABLE_SECONDS, "no_roi_policy": "skip",
+                     "node_workers": args.workers, "sender_interval_s": args.interval, "stable_seconds": STABLE_SECONDS, "no_roi_policy": "skip",
                      "model": "shipped demonstration models (NOT FOR CLINICAL USE)"}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -217,11 +224,11 @@ def main() -> None:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:
-            seconds, errors = _send_all(studies, args.senders, node.ae_title, node.port)
+            seconds, errors = _send_all(studies, args.senders, node.ae_title, node.port, args.interval)
             assert not errors, errors[:3]
             ingest_done = time.time()
             figures["node_ingest"] = {"seconds": round(seconds, 2), "mb_per_s": round(megabytes / seconds, 1)}
-            for name, r in ref.items():
+            for name, r in ref.items() if not args.interval else ():
                 figures["node_ingest"][f"seconds_ratio_vs_{name.replace(' --', '_')}"] = round(
                     seconds / r["seconds"], 2)
 
@@ -245,7 +252,7 @@ def main() -> None:
         result["destination_objects"] = len(dest.received())
         figures["node"] = result
         figures["targets"] = {"latency_p50_s_max": 10.0, "ingest_ratio_max": 2.0}
-    write_results("bench_load", figures)
+    write_results("bench_load" if not args.interval else f"bench_load_paced_{args.interval:g}s", figures)
 
 
 if __name__ == "__main__":
