@@ -13,6 +13,12 @@ native 2D image changes 71 of them (tests/test_features_radiomics.py checks both
 
 A one-pixel object cannot be measured (pyradiomics refuses a single voxel): its row is
 NaN and the reason is returned; it is detected before pyradiomics is called.
+
+:func:`radiomics_rows` computes these values for all objects of a call at once
+(:mod:`analysis.features.fastrad`: pyradiomics' preprocessing and C matrices per object, its
+feature formulas once per batch), several times faster than one ``execute`` per object;
+:func:`radiomics_rows_reference` is that per-object pyradiomics call, the definition the
+batched values are tested against (within 1e-9 relative; most bit for bit).
 """
 from __future__ import annotations
 
@@ -114,12 +120,26 @@ def get_extractor(bin_width: float, with_shape: bool):
 
 
 def radiomics_rows(tasks, spacing_mm, bin_width: float, with_shape: bool):
-    """pyradiomics for a list of ``(image_crop, mask_crop)`` pairs.
+    """pyradiomics features for a list of ``(image_crop, mask_crop)`` pairs.
 
     ``image_crop``: float32 stored-value-scale intensities; ``mask_crop``: bool, same shape.
     Returns ``(values (n, n_features), errors [(index, reason)], seconds)``.
     A module-level function (picklable): it runs unchanged in a worker process.
+
+    The values (and errors) are those of :func:`radiomics_rows_reference` (one pyradiomics
+    ``execute`` per object), computed for all objects at once by
+    :func:`analysis.features.fastrad.batched_radiomics_rows`; each row depends only on its
+    own task, so the result is the same however the tasks are split into calls.
     """
+    from .fastrad import batched_radiomics_rows
+
+    return batched_radiomics_rows(tasks, spacing_mm, bin_width, with_shape)
+
+
+def radiomics_rows_reference(tasks, spacing_mm, bin_width: float, with_shape: bool):
+    """:func:`radiomics_rows` by pyradiomics itself: one ``RadiomicsFeatureExtractor.execute``
+    per object (the definition of the values; kept for tests, benchmarks and the objects the
+    batched path hands back to it)."""
     import SimpleITK as sitk
 
     names = FOREGROUND_NAMES if with_shape else BACKGROUND_NAMES
@@ -169,5 +189,6 @@ def _init_worker() -> None:
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    get_extractor(25.0, True)
+    get_extractor(25.0, True)  # the reference path, for the objects the batched path hands back
     get_extractor(25.0, False)
+    from . import fastrad  # noqa: F401  (the batched path)
