@@ -31,6 +31,7 @@ SUBCOMMAND_MODULES = (
     "training.synth.cli",
     "training.seg_cli",
     "dicom_node.commands.analyze",
+    "dicom_node.commands.batch",
     "training.classifier.cli",
 )
 

@@ -20,6 +20,7 @@ class ConfigError(ValueError):
 
 
 NO_ROI_POLICIES = ("whole_breast", "skip")
+WORKER_BACKENDS = ("local", "dask")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class WorkerSettings:
     count: int
     max_attempts: int
     stop_timeout_s: float
+    backend: str = "local"       # "local": `count` worker processes; "dask": the scheduler below
+    dask_scheduler: str = ""     # e.g. "tcp://10.1.2.3:8786" (backend = "dask")
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,11 @@ def _build(values: dict, source: str) -> Config:
         raise ConfigError("workers.max_attempts must be at least 1")
     if workers["stop_timeout_s"] < 0:
         raise ConfigError("workers.stop_timeout_s must be >= 0")
+    if workers["backend"] not in WORKER_BACKENDS:
+        raise ConfigError(f"workers.backend must be one of {', '.join(WORKER_BACKENDS)}, got {workers['backend']!r}")
+    workers["dask_scheduler"] = workers["dask_scheduler"].strip()
+    if workers["backend"] == "dask" and not workers["dask_scheduler"]:
+        raise ConfigError("workers.backend = \"dask\" needs workers.dask_scheduler (e.g. \"tcp://10.1.2.3:8786\")")
 
     outbound = dict(values["outbound"])
     if outbound["calling_ae_title"]:

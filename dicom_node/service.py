@@ -2,7 +2,9 @@
 
 One process with threads for the DICOM listener (pynetdicom), the supervisor (study
 assembly, worker supervision, retention), the sender and the monitoring HTTP server, plus
-``workers.count`` analysis processes (:mod:`dicom_node.worker`).
+``workers.count`` analysis processes (:mod:`dicom_node.worker`) -- or, with
+``workers.backend = "dask"``, a dispatcher thread that hands the jobs to a Dask cluster
+(:mod:`dicom_node.dask_backend`).
 
 Start: the spool's crash leftovers are removed, spool files the database does not know (a
 crash between the fsync and the database commit) are recorded, jobs left running are
@@ -65,6 +67,12 @@ class Node:
         # (OOM, kill -9) while waiting on an Event's condition deadlocks the next set().
         self._mp = multiprocessing.get_context("spawn")
         self.slots = [_WorkerSlot(i) for i in range(config.workers.count)]
+        self.dispatcher = None
+        if config.workers.backend == "dask":  # the analyses run on a Dask cluster, not in local processes
+            from .dask_backend import DaskDispatcher
+
+            self.slots = []
+            self.dispatcher = DaskDispatcher(config, self.db, self.counters, self._stop)
         self._supervisor: threading.Thread | None = None
         self.http = None
         self.listening = False
@@ -86,6 +94,8 @@ class Node:
                   "state_dir/results/ and not sent")
         for slot in self.slots:
             self._start_worker(slot)
+        if self.dispatcher is not None:
+            self.dispatcher.start()
         self.scp.start(open_spool=False)
         self.listening = True
         self.sender.start()
@@ -127,6 +137,8 @@ class Node:
                                                count_attempt=False)
                 event(log, logging.WARNING, "worker stopped before its job finished: job re-queued",
                       worker=slot.index, pid=slot.pid, jobs=jobs)
+        if self.dispatcher is not None:  # it lets running analyses finish, then re-queues the rest
+            self.dispatcher.join(self.config.workers.stop_timeout_s + 30)
         self.sender.join(self.config.outbound.timeout_s + 5)
         if self._supervisor is not None:
             self._supervisor.join(5)
@@ -239,14 +251,15 @@ class Node:
         if not self.listening:
             problems.append("dicom listener")
         alive = self.workers_alive()
-        if alive < len(self.slots):
+        if alive < len(self.slots) or (self.dispatcher is not None and not self.dispatcher.healthy()):
             problems.append("workers")
         if not self.sender.alive():
             problems.append("sender")
         body = {"status": "ok" if not problems else "degraded", "problems": problems,
                 "ae_title": self.config.node.ae_title, "port": self.config.node.port,
                 "listening": self.listening, "database": database,
-                "workers": {"configured": len(self.slots), "alive": alive},
+                "workers": self.dispatcher.status() if self.dispatcher is not None else
+                {"configured": len(self.slots), "alive": alive},
                 "sender": self.sender.alive(), "uptime_s": round(time.time() - self.started_at, 1)}
         if counts:
             body["jobs"] = counts["jobs"]
@@ -304,6 +317,12 @@ class Node:
         out.declare("calcnode_workers", "gauge", "analysis worker processes")
         out.sample("calcnode_workers", len(self.slots), state="configured")
         out.sample("calcnode_workers", self.workers_alive(), state="alive")
+        if self.dispatcher is not None:
+            status = self.dispatcher.status()
+            out.declare("calcnode_dask_worker_threads", "gauge", "threads of the connected Dask workers (0: none)")
+            out.sample("calcnode_dask_worker_threads", status["threads"])
+            out.declare("calcnode_dask_jobs_in_flight", "gauge", "analysis jobs handed to Dask and not back yet")
+            out.sample("calcnode_dask_jobs_in_flight", status["in_flight"])
         try:
             st = os.statvfs(self.scp.spool.root)
             out.declare("calcnode_spool_free_bytes", "gauge", "free space on the spool's file system")

@@ -6,6 +6,10 @@ job from the state database, analyses the study, writes the result objects to
 done (or failed) and queues every result object for every destination. The SCP never waits
 for a worker.
 
+The job is split in two: :func:`analyse_and_write` (analysis + result objects, no database: it
+can run on a Dask worker too, see :mod:`dicom_node.dask_backend`) and :func:`record_outcome`
+(the node's bookkeeping). :func:`run_job` is both, in this process.
+
 * A failed analysis still produces an SR and a CAD SR that say it failed and why (when the
   source images can be read at all).
 * A worker that dies during a job (crash, out of memory, kill -9 of the node) leaves the job
@@ -27,6 +31,7 @@ import os
 import shutil
 import signal
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -112,69 +117,179 @@ def _outputs(paths: list[Path]) -> list[OutputObject]:
     return outputs
 
 
-def run_job(db: StateDB, config: Config, job: Job, engines: EngineBox, pid: int | None = None) -> dict:
-    """Analyse one claimed job, write its results, record the outcome. Returns a summary."""
+@dataclass(frozen=True)
+class AnalysisOutcome:
+    """What :func:`analyse_and_write` did for one study. Plain data: it may come back from a Dask
+    worker (:mod:`dicom_node.dask_backend`, :mod:`dicom_node.batch`).
+
+    ``failure``: None when analysed, else why not (the written SR says so too); ``paths``: the
+    result objects written, in writing order; ``rows``: one dict per ROI (:func:`roi_rows`);
+    ``seconds``: wall-clock seconds of the whole call; ``stage_seconds``: ``analyse`` and ``write``
+    seconds plus the engine's own split when it reports one (``engine.stage_seconds()``).
+    """
+
+    failure: str | None
+    paths: tuple[str, ...]
+    rows: tuple[dict, ...] = ()
+    seconds: float = 0.0
+    stage_seconds: dict = field(default_factory=dict)
+    model: str = ""
+
+
+def roi_rows(result) -> list[dict]:
+    """One plain dict per ROI of a ``StudyResult`` (the batch results table, the job summary)."""
+    return [{"study_instance_uid": result.study_instance_uid, "image_sop_instance_uid": image.sop_instance_uid,
+             "roi_id": roi.roi_id, "roi_label": roi.label, "roi_kind": roi.kind, "status": roi.status,
+             "n_calcifications": roi.n_calcifications, "score": roi.score, "threshold": roi.threshold,
+             "decision": roi.decision, "reason": roi.reason}
+            for image, roi in result.rois]
+
+
+def give_up_reason(job: Job, config: Config) -> str | None:
+    """Why a job is not analysed again (it was interrupted too often), or None."""
+    if job.attempts > config.workers.max_attempts:
+        return (f"the analysis was interrupted {job.attempts - 1} times (worker process ended: crash, "
+                "out of memory or node killed) and is not tried again")
+    return None
+
+
+def analyse_and_write(study_uid: str, images: list[Path], rois: list[Path], out_dir: Path, engines: EngineBox, *,
+                      write_gsps: bool, input_hash: str, give_up: str | None = None,
+                      log_fields: dict | None = None) -> AnalysisOutcome:
+    """Analyse one study and write its result objects to ``out_dir`` (emptied first); no database.
+
+    The part of a job that can run anywhere the input files and ``out_dir`` are visible: in a
+    node worker process or on a Dask worker. A failed analysis still writes an SR and a CAD SR
+    that say why (when a source image can be read at all). ``give_up``: do not analyse, write a
+    failure report with this reason.
+    """
     from sr_templates import write_study_results
 
-    pid = os.getpid() if pid is None else pid
-    out_dir = config.results_dir.absolute() / job.study_instance_uid / str(job.id)
+    fields = log_fields or {}
+    out_dir = Path(out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)  # what an interrupted earlier attempt left
-    images = [Path(i.path) for i in job.images]
-    rois = [Path(i.path) for i in job.roi_objects]
+    images, rois = [Path(p) for p in images], [Path(p) for p in rois]
     started, t0 = datetime.now(), time.monotonic()
-    fields = dict(job=job.id, study_instance_uid=job.study_instance_uid, attempt=job.attempts)
-    event(log, logging.INFO, "analysis started", images=len(images), roi_objects=len(rois), **fields)
-
+    stages: dict[str, float] = {}
     failure: str | None = None
     paths: list[Path] = []
+    rows: list[dict] = []
     missing = [str(p) for p in images + rois if not p.exists()]
-    if job.attempts > config.workers.max_attempts:
-        failure = (f"the analysis was interrupted {job.attempts - 1} times (worker process ended: crash, "
-                   "out of memory or node killed) and is not tried again")
+    if give_up is not None:
+        failure = give_up
     elif missing:
-        failure = f"{len(missing)} input file(s) are no longer in the spool (retention or manual removal)"
+        failure = (f"{len(missing)} input file(s) cannot be found (removed by retention or by hand, or not "
+                   "on storage this worker shares)")
+    elif not images:
+        failure = "the study holds no MG image"
     else:
-        analysed = images
-        if not analysed:
-            failure = "the study holds no MG image"
-        else:
-            try:
-                engine = engines.get()
-                result = engine.analyse(analysed, rois)
-                if result.study_instance_uid != job.study_instance_uid:
-                    raise ValueError(f"the analysis returned study {result.study_instance_uid}, "
-                                     f"expected {job.study_instance_uid}")
-                paths = write_study_results(result, images, out_dir, gsps=config.analysis.write_gsps)
-                if result.failure:
-                    failure = result.failure
-            except Exception as exc:  # noqa: BLE001 - reported in the SR, the node carries on
-                from .engine import EngineError
+        try:
+            engine = engines.get()
+            t = time.monotonic()
+            result = engine.analyse(images, rois)
+            stages["analyse"] = time.monotonic() - t
+            split = getattr(engine, "stage_seconds", None)  # optional: the engine's own split (benchmarks)
+            if callable(split):
+                stages.update(split() or {})
+            if result.study_instance_uid != study_uid:
+                raise ValueError(f"the analysis returned study {result.study_instance_uid}, expected {study_uid}")
+            t = time.monotonic()
+            paths = write_study_results(result, images, out_dir, gsps=write_gsps)
+            stages["write"] = time.monotonic() - t
+            rows = roi_rows(result)
+            if result.failure:
+                failure = result.failure
+        except Exception as exc:  # noqa: BLE001 - reported in the SR, the node carries on
+            from .engine import EngineError
 
-                failure = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
-                event(log, logging.ERROR, "analysis failed", reason=_one_line(failure),
-                      exception=type(exc).__name__, **fields)
-                shutil.rmtree(out_dir, ignore_errors=True)
-                paths = []
+            failure = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+            event(log, logging.ERROR, "analysis failed", reason=_one_line(failure),
+                  exception=type(exc).__name__, **fields)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            paths, rows = [], []
     if failure is not None and not paths:
         try:
-            report = failure_result(job.study_instance_uid, failure, engines.identity(), started, job.input_hash)
+            report = failure_result(study_uid, failure, engines.identity(), started, input_hash)
             paths = write_study_results(report, images, out_dir, gsps=False)
         except Exception as exc:  # noqa: BLE001 - e.g. no readable source image at all
             failure = f"{failure}; no failure report could be written ({type(exc).__name__}: {exc})"
             shutil.rmtree(out_dir, ignore_errors=True)
             paths = []
-    seconds = round(time.monotonic() - t0, 3)
+    identity = engines.identity()
+    return AnalysisOutcome(failure=failure, paths=tuple(str(p) for p in paths), rows=tuple(rows),
+                           seconds=round(time.monotonic() - t0, 3),
+                           stage_seconds={k: round(v, 3) for k, v in stages.items()},
+                           model=f"{identity.name} {identity.version} (sha256 {identity.sha256[:12]})")
+
+
+def record_outcome(db: StateDB, config: Config, job: Job, outcome: AnalysisOutcome, pid: int,
+                   out_dir: Path) -> dict:
+    """The node's bookkeeping of a finished analysis (wherever it ran): mark the job done or
+    failed and queue its result objects for every destination, in one transaction."""
+    fields = dict(job=job.id, study_instance_uid=job.study_instance_uid, attempt=job.attempts)
+    failure = outcome.failure
     state = "failed" if failure is not None else "done"
-    outputs = _outputs(paths)
+    outputs = _outputs([Path(p) for p in outcome.paths])
     summary = db.finish_job(job.id, pid, state=state, reason=_one_line(failure) if failure else None,
-                            result_dir=str(out_dir) if paths else None, analysis_s=seconds, outputs=outputs,
-                            destinations=[d.name for d in config.destinations])
+                            result_dir=str(out_dir) if outputs else None, analysis_s=outcome.seconds,
+                            outputs=outputs, destinations=[d.name for d in config.destinations])
     level = logging.INFO if state == "done" else logging.WARNING
-    event(log, level, f"analysis {state}", seconds=seconds, outputs=[o.kind for o in outputs],
+    event(log, level, f"analysis {state}", seconds=outcome.seconds, outputs=[o.kind for o in outputs],
           sends_queued=summary["queued"], already_sent=summary["already_sent"],
           superseded_by=summary["superseded_by"], recorded=summary["recorded"],
           reason=_one_line(failure) if failure else None, **fields)
     return {"state": state, "reason": failure, "outputs": outputs, **summary}
+
+
+def job_inputs(job: Job) -> tuple[list[Path], list[Path]]:
+    """The job's MG images and ROI objects (spool paths)."""
+    return [Path(i.path) for i in job.images], [Path(i.path) for i in job.roi_objects]
+
+
+def run_job(db: StateDB, config: Config, job: Job, engines: EngineBox, pid: int | None = None) -> dict:
+    """Analyse one claimed job in this process, write its results, record the outcome. Returns a summary."""
+    pid = os.getpid() if pid is None else pid
+    out_dir = config.results_dir.absolute() / job.study_instance_uid / str(job.id)
+    images, rois = job_inputs(job)
+    fields = dict(job=job.id, study_instance_uid=job.study_instance_uid, attempt=job.attempts)
+    event(log, logging.INFO, "analysis started", images=len(images), roi_objects=len(rois), **fields)
+    outcome = analyse_and_write(job.study_instance_uid, images, rois, out_dir, engines,
+                                write_gsps=config.analysis.write_gsps, input_hash=job.input_hash,
+                                give_up=give_up_reason(job, config), log_fields=fields)
+    return record_outcome(db, config, job, outcome, pid, out_dir)
+
+
+# One engine per configuration per process: a Dask worker runs many studies (and, in a batch,
+# possibly for several configurations); the model is loaded once.
+_ENGINE_BOXES: dict[str, EngineBox] = {}
+
+
+def _file_stamp(path: str) -> tuple | None:
+    try:
+        st = os.stat(Path(path) / "manifest.json" if Path(path).is_dir() else path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return None
+
+
+def engine_box(config: Config) -> EngineBox:
+    """This process's :class:`EngineBox` for ``config``'s analysis settings. A Dask worker outlives
+    node restarts and batch runs: a model file replaced at the same path gets a new engine."""
+    analysis = config.analysis
+    key = repr((analysis, config.assembly.no_roi_policy,
+                [_file_stamp(p) for p in (analysis.model_bundle, analysis.segmentation_model) if p]))
+    if key not in _ENGINE_BOXES:
+        _ENGINE_BOXES[key] = EngineBox(config)
+    return _ENGINE_BOXES[key]
+
+
+def analyse_anywhere(config: Config, study_uid: str, images: list[str], rois: list[str], out_dir: str, *,
+                     input_hash: str, give_up: str | None = None, log_fields: dict | None = None) -> AnalysisOutcome:
+    """:func:`analyse_and_write` with this process's engine for ``config``: the function a Dask
+    task runs (paths, not pixels, travel; the files must be on storage the worker shares)."""
+    return analyse_and_write(study_uid, [Path(p) for p in images], [Path(p) for p in rois], Path(out_dir),
+                             engine_box(config), write_gsps=config.analysis.write_gsps, input_hash=input_hash,
+                             give_up=give_up, log_fields=log_fields)
 
 
 def _sleep(seconds: float, stopping: dict) -> None:

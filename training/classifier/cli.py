@@ -1,6 +1,7 @@
 """``calcnode train`` and ``calcnode evaluate``: the classifier on a data set with outcomes."""
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -9,6 +10,9 @@ from .model import GRIDS, Settings
 
 _DATA_HELP = ("folder with the DICOM images and their ROI objects (GSPS/SEG), searched recursively; "
               "repeatable")
+_SCHEDULER_HELP = ("run the segmentation and feature extraction on this Dask scheduler's workers "
+                   "(tcp://host:8786; --workers is then unused). The data folders and the segmentation CNN must "
+                   "be on storage the workers see at the same paths (docs/scale-out.md)")
 _LABELS_HELP = ("outcome table, one row per ROI: patient_id, image_sop_instance_uid, roi_id, outcome "
                 "(benign/actionable), optional roi_file, bayes_score (default: DATA/labels.csv)")
 
@@ -44,6 +48,7 @@ def register(subparsers) -> None:
     train.add_argument("--no-baseline", action="store_true", help="skip the mean/std aggregation baseline")
     train.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap replicates (default 2000)")
     train.add_argument("--workers", type=int, default=2, help="processes for segmentation and features")
+    train.add_argument("--scheduler", metavar="ADDRESS", help=_SCHEDULER_HELP)
     train.add_argument("--name", default="calcnode-classifier", help="model name (in every report and SR)")
     train.add_argument("--version", default="1.0.0", dest="model_version", help="model version")
     train.add_argument("--training-data", metavar="TEXT",
@@ -65,6 +70,7 @@ def register(subparsers) -> None:
     evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     evaluate.add_argument("--bootstrap", type=int, default=2000, metavar="N")
     evaluate.add_argument("--workers", type=int, default=2)
+    evaluate.add_argument("--scheduler", metavar="ADDRESS", help=_SCHEDULER_HELP)
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(func=run_evaluate)
 
@@ -78,6 +84,28 @@ def _config():
 
     analysis = load_config().analysis
     return analysis.default_pixel_spacing_mm or None
+
+
+@contextlib.contextmanager
+def _feature_executor(scheduler: str | None):
+    """With a scheduler address, the feature extraction runs on that Dask cluster (its client's
+    concurrent.futures executor, through the same code path as the local process pool)."""
+    if not scheduler:
+        yield
+        return
+    from dicom_node.cluster import SchedulerUnreachable, connect
+
+    from .features import use_executor
+
+    try:
+        client, _ = connect(scheduler)
+    except SchedulerUnreachable as exc:
+        raise SystemExit(f"calcnode: error: {exc}") from None
+    try:
+        with use_executor(client.get_executor(pure=False)):
+            yield
+    finally:
+        client.close()
 
 
 def run_train(args) -> int:
@@ -95,13 +123,15 @@ def run_train(args) -> int:
     settings = replace(Settings(), seed=args.seed, folds=args.folds, outer_folds=args.outer_folds,
                        grid=GRIDS[args.grid], min_specificity=args.min_specificity,
                        resampling="none" if args.no_resampling else "smoteenn", baseline=not args.no_baseline)
-    report = train(TrainOptions(
-        data_dirs=args.data, labels=_labels(args), out=Path(args.out),
-        seg_model=Path(args.seg_model) if args.seg_model else None, seg_threshold=args.seg_threshold,
-        report_dir=Path(args.report) if args.report else None, cache_dir=Path(args.cache) if args.cache else None,
-        use_cache=not args.no_cache, workers=max(1, args.workers), settings=settings, name=args.name,
-        version=args.model_version, training_data=args.training_data, n_boot=args.bootstrap, quiet=args.quiet,
-        default_pixel_spacing_mm=_config()))
+    with _feature_executor(args.scheduler):
+        report = train(TrainOptions(
+            data_dirs=args.data, labels=_labels(args), out=Path(args.out),
+            seg_model=Path(args.seg_model) if args.seg_model else None, seg_threshold=args.seg_threshold,
+            report_dir=Path(args.report) if args.report else None,
+            cache_dir=Path(args.cache) if args.cache else None, use_cache=not args.no_cache,
+            workers=max(1, args.workers), settings=settings, name=args.name, version=args.model_version,
+            training_data=args.training_data, n_boot=args.bootstrap, quiet=args.quiet,
+            default_pixel_spacing_mm=_config()))
     print(json.dumps(_summary(report), indent=2))
     return 0
 
@@ -109,11 +139,12 @@ def run_train(args) -> int:
 def run_evaluate(args) -> int:
     from .pipeline import evaluate
 
-    report = evaluate(Path(args.model), args.data, _labels(args), Path(args.out),
-                      seg_model=Path(args.seg_model) if args.seg_model else None,
-                      cache_dir=Path(args.cache) if args.cache else None, use_cache=not args.no_cache,
-                      workers=max(1, args.workers), n_boot=args.bootstrap, seed=args.seed, quiet=args.quiet,
-                      default_pixel_spacing_mm=_config())
+    with _feature_executor(args.scheduler):
+        report = evaluate(Path(args.model), args.data, _labels(args), Path(args.out),
+                          seg_model=Path(args.seg_model) if args.seg_model else None,
+                          cache_dir=Path(args.cache) if args.cache else None, use_cache=not args.no_cache,
+                          workers=max(1, args.workers), n_boot=args.bootstrap, seed=args.seed, quiet=args.quiet,
+                          default_pixel_spacing_mm=_config())
     print(json.dumps(_summary(report), indent=2))
     return 0
 

@@ -3,7 +3,10 @@
 Per image: the calcifications are segmented once inside the union of *all* its ROIs (exactly
 as ``calcnode analyze`` does, so training and analysis see the same objects), then each
 labelled ROI's features are extracted (:func:`analysis.features.extract_roi_features`, with the
-bundle's feature parameters). Images are spread over ``workers`` processes.
+bundle's feature parameters). Images are spread over ``workers`` processes, or over any
+``concurrent.futures`` executor set with :func:`use_executor` -- e.g. a Dask client's
+(``calcnode train --scheduler``), whose workers need the same initialisation as the pool's
+(:func:`_worker_init`; :mod:`dicom_node.cluster` registers it as a worker plugin).
 
 Cache: one ``.npz`` per ROI (``RoiFeatures.to_dict``, no pickle) under the cache folder, named by
 the SHA-256 of (cache format, image SOP Instance UID, ROI object SOP Instance UID, ROI id, the
@@ -15,12 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import contextlib
+import contextvars
 import multiprocessing
 import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,8 +103,8 @@ class ExtractedRoi:
 class Progress:
     """A one-line progress bar on stderr (a line every 10 s when stderr is not a terminal)."""
 
-    def __init__(self, what: str, total: int, enabled: bool = True):
-        self.what, self.total, self.enabled = what, total, enabled
+    def __init__(self, what: str, total: int, enabled: bool = True, unit: str = "ROIs"):
+        self.what, self.total, self.enabled, self.unit = what, total, enabled, unit
         self.done = self.cached = 0
         self.start = self.last = time.monotonic()
         self.tty = sys.stderr.isatty()
@@ -122,7 +127,7 @@ class Progress:
         width = 24
         filled = int(width * self.done / max(self.total, 1))
         bar = "#" * filled + "-" * (width - filled)
-        text = (f"{self.what}: [{bar}] {self.done}/{self.total} ROIs ({self.cached} cached) "
+        text = (f"{self.what}: [{bar}] {self.done}/{self.total} {self.unit} ({self.cached} cached) "
                 f"{_clock(elapsed)} elapsed, ~{_clock(eta)} left")
         print(("\r" if self.tty else "") + text, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
@@ -141,6 +146,19 @@ def _clock(seconds: float) -> str:
 # --------------------------------------------------------------------------- workers
 
 _MODELS: dict = {}
+# An executor the caller owns (a Dask client's), used instead of a process pool of our own.
+_EXECUTOR: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("feature_executor", default=None)
+
+
+@contextlib.contextmanager
+def use_executor(executor: Executor | None):
+    """Within the block, :func:`extract_features` runs its per-image tasks on ``executor``
+    (not shut down here) instead of its own ``workers`` processes. None: no change."""
+    token = _EXECUTOR.set(executor)
+    try:
+        yield executor
+    finally:
+        _EXECUTOR.reset(token)
 
 
 def _worker_init() -> None:
@@ -243,17 +261,20 @@ def extract_features(labelled: list[LabelledRoi], seg_model_path: str | Path, *,
             results[i] = ExtractedRoi(labelled[i], feats, error=error)
         bar.update(done=len(indices))
 
+    pool, own = _EXECUTOR.get(), None
+    if pool is None and workers > 1 and len(tasks) > 1:
+        own = pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
+                                         mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
     try:
-        if workers <= 1 or len(tasks) <= 1:
+        if pool is None:
             for indices, args in tasks:
                 collect(indices, image_features(*args))
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
-                                     initializer=_worker_init) as pool:
-                futures = {pool.submit(image_features, *args): indices for indices, args in tasks}
-                for future in as_completed(futures):
-                    collect(futures[future], future.result())
+            futures = {pool.submit(image_features, *args): indices for indices, args in tasks}
+            for future in as_completed(futures):
+                collect(futures[future], future.result())
     finally:
+        if own is not None:
+            own.shutdown()
         bar.close()
     return [r for r in results if r is not None]
