@@ -11,8 +11,9 @@ from .model import GRIDS, Settings
 _DATA_HELP = ("folder with the DICOM images and their ROI objects (GSPS/SEG), searched recursively; "
               "repeatable")
 _SCHEDULER_HELP = ("run the segmentation and feature extraction on this Dask scheduler's workers "
-                   "(tcp://host:8786; --workers is then unused). The data folders and the segmentation CNN must "
-                   "be on storage the workers see at the same paths (docs/scale-out.md)")
+                   "(tcp://host:8786; default: a local cluster of --workers processes). The data folders "
+                   "and the segmentation CNN must be on storage the workers see at the same paths "
+                   "(docs/scale-out.md)")
 _LABELS_HELP = ("outcome table, one row per ROI: patient_id, image_sop_instance_uid, roi_id, outcome "
                 "(benign/actionable), optional roi_file, bayes_score (default: DATA/labels.csv)")
 
@@ -47,7 +48,9 @@ def register(subparsers) -> None:
     train.add_argument("--no-resampling", action="store_true", help="train without SMOTE+ENN (for comparison)")
     train.add_argument("--no-baseline", action="store_true", help="skip the mean/std aggregation baseline")
     train.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap replicates (default 2000)")
-    train.add_argument("--workers", type=int, default=2, help="processes for segmentation and features")
+    train.add_argument("--workers", type=int, default=None,
+                       help="local Dask worker processes for segmentation and features (default: one per core; "
+                            "1: in this process)")
     train.add_argument("--scheduler", metavar="ADDRESS", help=_SCHEDULER_HELP)
     train.add_argument("--name", default="calcnode-classifier", help="model name (in every report and SR)")
     train.add_argument("--version", default="1.0.0", dest="model_version", help="model version")
@@ -69,7 +72,8 @@ def register(subparsers) -> None:
     evaluate.add_argument("--no-cache", action="store_true")
     evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     evaluate.add_argument("--bootstrap", type=int, default=2000, metavar="N")
-    evaluate.add_argument("--workers", type=int, default=2)
+    evaluate.add_argument("--workers", type=int, default=None,
+                          help="local Dask worker processes (default: one per core; 1: in this process)")
     evaluate.add_argument("--scheduler", metavar="ADDRESS", help=_SCHEDULER_HELP)
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(func=run_evaluate)
@@ -87,10 +91,12 @@ def _config():
 
 
 @contextlib.contextmanager
-def _feature_executor(scheduler: str | None):
-    """With a scheduler address, the feature extraction runs on that Dask cluster (its client's
-    concurrent.futures executor, through the same code path as the local process pool)."""
-    if not scheduler:
+def _feature_executor(scheduler: str | None, workers: int | None):
+    """The segmentation and feature extraction run on Dask: the workers of ``scheduler``, or
+    without one a local cluster of ``workers`` single-threaded processes (default: one per core,
+    the embedded default). ``workers <= 1`` without a scheduler: in this process, no cluster.
+    Either way through the same code path (the client's concurrent.futures executor)."""
+    if not scheduler and workers is not None and workers <= 1:
         yield
         return
     from dicom_node.cluster import SchedulerUnreachable, connect
@@ -98,7 +104,7 @@ def _feature_executor(scheduler: str | None):
     from .features import use_executor
 
     try:
-        client, _ = connect(scheduler)
+        client, cluster = connect(scheduler, n_workers=None if scheduler else workers)
     except SchedulerUnreachable as exc:
         raise SystemExit(f"calcnode: error: {exc}") from None
     try:
@@ -106,13 +112,15 @@ def _feature_executor(scheduler: str | None):
             yield
     finally:
         client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def run_train(args) -> int:
     from .pipeline import TrainOptions, train
 
     for name in ("folds", "outer_folds", "workers", "bootstrap"):
-        if getattr(args, name) < 0:
+        if (getattr(args, name) or 0) < 0:
             raise SystemExit(f"calcnode train: error: --{name.replace('_', '-')} must be >= 0")
     if args.folds < 2:
         raise SystemExit("calcnode train: error: --folds must be >= 2")
@@ -123,13 +131,13 @@ def run_train(args) -> int:
     settings = replace(Settings(), seed=args.seed, folds=args.folds, outer_folds=args.outer_folds,
                        grid=GRIDS[args.grid], min_specificity=args.min_specificity,
                        resampling="none" if args.no_resampling else "smoteenn", baseline=not args.no_baseline)
-    with _feature_executor(args.scheduler):
+    with _feature_executor(args.scheduler, args.workers):
         report = train(TrainOptions(
             data_dirs=args.data, labels=_labels(args), out=Path(args.out),
             seg_model=Path(args.seg_model) if args.seg_model else None, seg_threshold=args.seg_threshold,
             report_dir=Path(args.report) if args.report else None,
             cache_dir=Path(args.cache) if args.cache else None, use_cache=not args.no_cache,
-            workers=max(1, args.workers), settings=settings, name=args.name, version=args.model_version,
+            workers=max(1, args.workers or 1), settings=settings, name=args.name, version=args.model_version,
             training_data=args.training_data, n_boot=args.bootstrap, quiet=args.quiet,
             default_pixel_spacing_mm=_config()))
     print(json.dumps(_summary(report), indent=2))
@@ -139,11 +147,11 @@ def run_train(args) -> int:
 def run_evaluate(args) -> int:
     from .pipeline import evaluate
 
-    with _feature_executor(args.scheduler):
+    with _feature_executor(args.scheduler, args.workers):
         report = evaluate(Path(args.model), args.data, _labels(args), Path(args.out),
                           seg_model=Path(args.seg_model) if args.seg_model else None,
                           cache_dir=Path(args.cache) if args.cache else None, use_cache=not args.no_cache,
-                          workers=max(1, args.workers), n_boot=args.bootstrap, seed=args.seed, quiet=args.quiet,
+                          workers=max(1, args.workers or 1), n_boot=args.bootstrap, seed=args.seed, quiet=args.quiet,
                           default_pixel_spacing_mm=_config())
     print(json.dumps(_summary(report), indent=2))
     return 0
