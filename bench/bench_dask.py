@@ -122,21 +122,17 @@ def _synth(out: Path, studies: int, size: str) -> None:
 
 def _run(data: Path, out: Path, n_workers: int, no_roi: str) -> dict:
     from dicom_node.batch import BatchOptions, run_batch
-    from dicom_node.cluster import connect
+    from dicom_node.cluster import dask_client
     from dicom_node.config import load_config
 
     config = load_config(overrides={"analysis": {"engine": ENGINE}, "assembly": {"no_roi_policy": no_roi}})
     t0 = time.perf_counter()
-    client, cluster = connect(None, n_workers=n_workers)
-    try:
+    with dask_client(None, n_workers=n_workers) as client:
         start_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         summary = run_batch(config, BatchOptions(out=out, data=data, progress=True), client=client)
         seconds = time.perf_counter() - t1
         peaks = sorted(client.run(_worker_peak_rss_mb).values())
-    finally:
-        client.close()
-        cluster.close()
     if summary["failures"] or summary["computed"] != summary["studies"]:
         raise SystemExit(f"bench_dask: the run with {n_workers} worker(s) did not analyse every study: {summary}")
     stages = summary["stage_seconds_all_studies"]

@@ -167,10 +167,10 @@ class DaskDispatcher:
     # ------------------------------------------------------------------ jobs
     def _dispatch(self, job: Job, token: int) -> None:
         from .worker import EngineBox, analyse_and_write, analyse_anywhere, give_up_reason, job_inputs, \
-            record_outcome
+            job_log_fields, record_outcome
 
         images, rois = job_inputs(job)
-        fields = dict(job=job.id, study_instance_uid=job.study_instance_uid, attempt=job.attempts)
+        fields = job_log_fields(job)
         out_dir = self.config.results_dir.absolute() / job.study_instance_uid / f"{job.id}-{job.attempts}"
         give_up = give_up_reason(job, self.config)
         if give_up is not None:

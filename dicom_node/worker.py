@@ -226,7 +226,7 @@ def record_outcome(db: StateDB, config: Config, job: Job, outcome: AnalysisOutco
                    out_dir: Path) -> dict:
     """The node's bookkeeping of a finished analysis (wherever it ran): mark the job done or
     failed and queue its result objects for every destination, in one transaction."""
-    fields = dict(job=job.id, study_instance_uid=job.study_instance_uid, attempt=job.attempts)
+    fields = job_log_fields(job)
     failure = outcome.failure
     state = "failed" if failure is not None else "done"
     outputs = _outputs([Path(p) for p in outcome.paths])
@@ -241,6 +241,11 @@ def record_outcome(db: StateDB, config: Config, job: Job, outcome: AnalysisOutco
     return {"state": state, "reason": failure, "outputs": outputs, **summary}
 
 
+def job_log_fields(job: Job) -> dict:
+    """The fields every log line about a job carries (UIDs and numbers, no patient identity)."""
+    return dict(job=job.id, study_instance_uid=job.study_instance_uid, attempt=job.attempts)
+
+
 def job_inputs(job: Job) -> tuple[list[Path], list[Path]]:
     """The job's MG images and ROI objects (spool paths)."""
     return [Path(i.path) for i in job.images], [Path(i.path) for i in job.roi_objects]
@@ -251,7 +256,7 @@ def run_job(db: StateDB, config: Config, job: Job, engines: EngineBox, pid: int 
     pid = os.getpid() if pid is None else pid
     out_dir = config.results_dir.absolute() / job.study_instance_uid / str(job.id)
     images, rois = job_inputs(job)
-    fields = dict(job=job.id, study_instance_uid=job.study_instance_uid, attempt=job.attempts)
+    fields = job_log_fields(job)
     event(log, logging.INFO, "analysis started", images=len(images), roi_objects=len(rois), **fields)
     outcome = analyse_and_write(job.study_instance_uid, images, rois, out_dir, engines,
                                 write_gsps=config.analysis.write_gsps, input_hash=job.input_hash,

@@ -99,21 +99,16 @@ def _feature_executor(scheduler: str | None, workers: int | None):
     if not scheduler and workers is not None and workers <= 1:
         yield
         return
-    from dicom_node.cluster import SchedulerUnreachable, connect
+    from dicom_node.cluster import SchedulerUnreachable, dask_client
 
     from .features import use_executor
 
     try:
-        client, cluster = connect(scheduler, n_workers=None if scheduler else workers)
+        with dask_client(scheduler, n_workers=None if scheduler else workers) as client, \
+                use_executor(client.get_executor(pure=False)):
+            yield
     except SchedulerUnreachable as exc:
         raise SystemExit(f"calcnode: error: {exc}") from None
-    try:
-        with use_executor(client.get_executor(pure=False)):
-            yield
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def run_train(args) -> int:
