@@ -81,7 +81,10 @@ def segmentation_identity(model) -> str:
     (the prediction threshold above all). ``SegmentationModel.sha256`` covers the weights only."""
     from dataclasses import asdict
 
-    spec = {"weights_sha256": model.sha256, "params": asdict(model.params)}
+    params = asdict(model.params)
+    if params.get("outline_level") is None:  # HDoGReg's rule: the identity models had before outlines
+        params.pop("outline_level", None)
+    spec = {"weights_sha256": model.sha256, "params": params}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 

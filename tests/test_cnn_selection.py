@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from dataclasses import replace
+
 from analysis.segmentation.cnn import (ProximityNet, SegmentationModel, SelectionParams, candidate_crops,
-                                       predict_crop, proximity_target, select_candidates)
+                                       outline_objects, predict_crop, proximity_target, select_candidates)
 
 
 def test_proximity_target_follows_the_kernel():
@@ -65,19 +67,52 @@ class ConstantNet(ProximityNet):
 
 
 def test_decision_rule_uses_threshold_and_fraction():
+    """HDoGReg's rule on whole candidates (outline_level None) with a real net of constant output."""
     pixels = np.random.default_rng(0).random((64, 64), dtype=np.float32)
     labels = np.zeros((64, 64), np.int32)
     labels[10:14, 10:14] = 1
     labels[40:44, 40:44] = 2
-    params = SelectionParams()
+    params = SelectionParams(outline_level=None)
     above = SegmentationModel(ConstantNet(params.prediction_threshold * 2), params)
     below = SegmentationModel(ConstantNet(params.prediction_threshold / 2), params)
-    kept, support = select_candidates(pixels, 0.07, labels, above)
-    assert set(support) == {1, 2}
-    assert all(v == pytest.approx(params.prediction_threshold * 2, rel=1e-3) for v in support.values())
-    assert kept.sum() == 32
-    kept, support = select_candidates(pixels, 0.07, labels, below)
-    assert all(v < params.prediction_threshold for v in support.values()) and not kept.any()
+    selection = select_candidates(pixels, 0.07, labels, above)
+    assert len(selection.scores) == 2 and set(np.unique(selection.objects)) == {0, 1, 2}
+    assert np.allclose(selection.scores, params.prediction_threshold * 2, rtol=1e-3)
+    assert selection.kept.sum() == 32
+    selection = select_candidates(pixels, 0.07, labels, below)
+    assert np.all(selection.scores < params.prediction_threshold) and not selection.kept.any()
+
+
+def test_outlines_cut_a_merged_candidate_into_its_calcifications():
+    """A 20x20 candidate (texture merged with two calcifications) holding two 3x3 spots of high
+    prediction: two objects at the spots, each kept on its own by the 30 % rule that the whole
+    candidate (18/400 pixels high) fails."""
+    labels = np.zeros((40, 40), np.int32)
+    labels[5:25, 5:25] = 7
+    labels[30:33, 30:33] = 9            # another candidate, not judged here
+    prediction = np.full((40, 40), 0.05, np.float32)
+    prediction[8:11, 8:11] = 0.95
+    prediction[18:21, 12:15] = 0.9
+    prediction[30:33, 30:33] = 1.0
+    params = SelectionParams(outline_level=0.7, prediction_threshold=0.8)
+    objects, scores = outline_objects(prediction, labels, [7], params)
+    assert objects.max() == 2 and np.allclose(sorted(scores), [0.9, 0.95])
+    assert (objects > 0).sum() == 18 and not objects[30:33, 30:33].any()
+    whole, whole_score = outline_objects(prediction, labels, [7], replace(params, outline_level=None))
+    assert (whole == 1).sum() == 400 and whole_score[0] == pytest.approx(0.05)
+    # nothing above the outline level: no object at all
+    flat, flat_scores = outline_objects(np.full((40, 40), 0.5, np.float32), labels, [7, 9], params)
+    assert not flat.any() and flat_scores.size == 0
+
+
+def test_models_from_before_outlines_keep_hdogreg_rule(tmp_path):
+    model = SegmentationModel(ProximityNet(), SelectionParams(prediction_threshold=0.5))
+    model.save(tmp_path / "old.pt")
+    blob = torch.load(tmp_path / "old.pt", weights_only=True)
+    del blob["params"]["outline_level"]       # as written before outlines existed
+    torch.save(blob, tmp_path / "old.pt")
+    assert SegmentationModel.load(tmp_path / "old.pt").params.outline_level is None
+    assert SelectionParams().outline_level == pytest.approx(0.7)
 
 
 def test_support_score_is_the_fraction_rule():
@@ -97,9 +132,9 @@ def test_support_score_is_the_fraction_rule():
 
 def test_no_candidates_gives_empty_mask():
     model = SegmentationModel(ConstantNet(0.5))
-    kept, support = select_candidates(np.zeros((32, 32), np.float32), 0.07,
-                                      np.zeros((32, 32), np.int32), model)
-    assert not kept.any() and support == {}
+    selection = select_candidates(np.zeros((32, 32), np.float32), 0.07,
+                                  np.zeros((32, 32), np.int32), model)
+    assert not selection.kept.any() and not selection.objects.any() and selection.scores.size == 0
 
 
 def test_prediction_keeps_the_crop_shape_at_other_spacings():

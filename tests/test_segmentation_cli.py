@@ -51,11 +51,12 @@ def test_evaluate_seg_reports_both_stages(trained, small_data, tmp_path):
     summary = json.loads(result.stdout)
     report = json.loads((tmp_path / "segmentation_metrics.json").read_text())
     assert summary["truth_objects"] == report["truth_objects"] > 0
-    hdog, cnn = report["hdog"]["operating_point"], report["hdog_cnn"]["operating_point"]
-    for point in (hdog, cnn):
+    hdog, cnn, whole = (report[k]["operating_point"] for k in ("hdog", "hdog_cnn", "hdog_cnn_whole"))
+    for point in (hdog, cnn, whole):
         assert 0 <= point["sensitivity"] <= 1 and point["fp_per_cm2"] >= 0
-    # the CNN only removes candidates: it can never find more or add false positives
-    assert cnn["sensitivity"] <= hdog["sensitivity"] and cnn["fp_per_cm2"] <= hdog["fp_per_cm2"]
+    assert set(summary) >= {"hdog", "hdog_cnn", "hdog_cnn_whole"}
+    # HDoGReg's rule only removes candidates: it can never find more or add false positives
+    assert whole["sensitivity"] <= hdog["sensitivity"] and whole["fp_per_cm2"] <= hdog["fp_per_cm2"]
     assert hdog["sensitivity"] > 0.3  # HDoG finds calcifications of the simulator at all
     with Image.open(tmp_path / "froc.png") as png:
         assert png.size[0] > 300
@@ -97,8 +98,8 @@ def test_shipped_demonstration_model():
 
 
 def test_cli_defaults_match_the_training_settings():
-    from training.seg_cli import DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS
+    from training.seg_cli import DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WIDTH, DEFAULT_WORKERS
     from training.seg_train import TrainSettings
 
-    assert (DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS) == (
-        TrainSettings.max_epochs, TrainSettings.patience, TrainSettings.workers)
+    assert (DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS, DEFAULT_WIDTH) == (
+        TrainSettings.max_epochs, TrainSettings.patience, TrainSettings.workers, TrainSettings.width)

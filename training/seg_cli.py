@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 # Defaults shown in --help; the training code (torch) is imported only when a command runs.
-DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS = 25, 4, 2
+DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS, DEFAULT_WIDTH = 40, 6, 2, 8
 
 
 def register(subparsers) -> None:
@@ -18,6 +18,8 @@ def register(subparsers) -> None:
     train.add_argument("--max-epochs", type=int, default=DEFAULT_MAX_EPOCHS)
     train.add_argument("--patience", type=int, default=DEFAULT_PATIENCE)
     train.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
+    train.add_argument("--width", type=int, default=DEFAULT_WIDTH,
+                       help="channels of the first layers (compute grows with its square)")
     train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser(
@@ -35,7 +37,7 @@ def run_train(args) -> int:
     from .seg_train import TrainSettings, train_segmentation
 
     settings = TrainSettings(seed=args.seed, max_epochs=args.max_epochs, patience=args.patience,
-                             workers=args.workers)
+                             workers=args.workers, width=args.width)
     train_segmentation(args.data, args.out, settings)
     return 0
 
@@ -45,7 +47,7 @@ def run_evaluate(args) -> int:
 
     report = evaluate_segmentation(args.model, args.data, args.out)
     summary = {k: report[k] for k in ("images", "truth_objects", "region_cm2")}
-    for stage in ("hdog", "hdog_cnn"):
+    for stage in ("hdog", "hdog_cnn", "hdog_cnn_whole"):
         summary[stage] = {k: report[stage][k] for k in ("operating_point", "best_at_1_fp_per_cm2", "iou")}
     print(json.dumps(summary, indent=2))
     return 0

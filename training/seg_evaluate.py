@@ -3,13 +3,15 @@
 For every image with truth and ROIs, inside the union of its ROIs:
 
 * truth objects: 8-connected components of the truth mask whose centroid lies in the region;
-* predicted objects: HDoG candidates (HDoG stage) and the candidates the CNN keeps (HDoG + CNN);
+* predicted objects: HDoG candidates (HDoG stage), the CNN's scored objects (HDoG + CNN: the
+  candidates cut to their outlines, the product's segmentation) and, for comparison, HDoGReg's
+  own rule on whole candidates (HDoG + CNN, whole candidates);
 * a prediction *matches* a truth object when their centroids are <= 0.35 mm apart or their
   IoU is >= 0.3; sensitivity = matched truth / all truth; false positives = predictions matching
   no truth, per cm² of analysed region.
 
 The FROC curve sweeps the stage's own score: the peak DoG value for the HDoG stage, the CNN support
-score for HDoG + CNN (the threshold t such that more than 30 % of the candidate's pixels are >= t; the
+score for HDoG + CNN (the threshold t such that more than 30 % of the object's pixels are >= t; the
 operating point is the model's calibrated ``prediction_threshold``). Per-object
 IoU is that of each truth object with its best-overlapping kept prediction (0 when missed); mIoU
 is their mean, reported over detected objects and over all objects.
@@ -18,14 +20,14 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from analysis.dicom_input import load_image
-from analysis.segmentation.cnn import SegmentationModel
+from analysis.segmentation.cnn import SegmentationModel, select_candidates
 from analysis.segmentation.pipeline import segment
 
 from .datasets import DatasetImage, image_rois, load_truth, roi_region, scan_dataset
@@ -35,16 +37,27 @@ MATCH_IOU = 0.3
 _EIGHT = np.ones((3, 3), bool)
 
 
+STAGES = ("hdog", "hdog_cnn", "hdog_cnn_whole")
+STAGE_NAMES = {"hdog": "HDoG candidates", "hdog_cnn": "HDoG + CNN (outlined objects)",
+               "hdog_cnn_whole": "HDoG + CNN, HDoGReg's whole candidates"}
+
+
+@dataclass
+class StageMatches:
+    """Per predicted object of one stage: its score, the truth objects it matches, its IoUs."""
+
+    score: np.ndarray      # per object
+    matched: list[set]     # per object: indices of the truth objects it matches
+    best_iou: np.ndarray   # (n_objects, n_truth) IoU
+
+
 @dataclass
 class ImageMatches:
-    """Per-candidate scores and match flags of one image, ready for any threshold."""
+    """Per-stage scores and match flags of one image, ready for any threshold."""
 
     n_truth: int
     area_cm2: float
-    dog: np.ndarray        # per candidate: peak DoG value
-    support: np.ndarray    # per candidate: CNN support score
-    matched: list[set]     # per candidate: truth objects it matches
-    best_iou: np.ndarray   # per (candidate, truth) IoU, shape (n_candidates, n_truth)
+    stages: dict[str, StageMatches]
 
 
 def match_candidates(cand_labels: np.ndarray, truth_labels: np.ndarray, truth_ids: list[int],
@@ -87,27 +100,32 @@ def image_matches(item: DatasetImage, model: SegmentationModel) -> ImageMatches 
     truth_ids = [k + 1 for k, (r, c) in enumerate(com) if region[int(round(r)), int(round(c))]]
     result = segment(image.pixels, image.pixel_spacing_mm, region, model)
     cands = result.candidates
-    matched, iou = match_candidates(cands.labels, truth_labels, truth_ids, image.pixel_spacing_mm)
-    support = np.array([result.support.get(int(label), 0.0) for label in cands.table["label"]])
+    whole = select_candidates(image.pixels, float(np.mean(image.pixel_spacing_mm)), cands.labels,
+                              SegmentationModel(model.net, replace(model.params, outline_level=None)))
+    stages = {}
+    for stage, labels, score in (("hdog", cands.labels, np.asarray(cands.table["dog"], float)),
+                                 ("hdog_cnn", result.selection.objects, result.selection.scores),
+                                 ("hdog_cnn_whole", whole.objects, whole.scores)):
+        matched, iou = match_candidates(labels, truth_labels, truth_ids, image.pixel_spacing_mm)
+        stages[stage] = StageMatches(score=np.asarray(score, float), matched=matched, best_iou=iou)
     area_cm2 = float(region.sum() * np.prod(image.pixel_spacing_mm) / 100.0)
-    return ImageMatches(n_truth=len(truth_ids), area_cm2=area_cm2, dog=np.asarray(cands.table["dog"], float),
-                        support=support, matched=matched, best_iou=iou)
+    return ImageMatches(n_truth=len(truth_ids), area_cm2=area_cm2, stages=stages)
 
 
-def froc(images: list[ImageMatches], score: str, thresholds: np.ndarray) -> list[dict]:
-    """Sensitivity and FP/cm² when the candidates with score >= t are kept."""
+def froc(images: list[ImageMatches], stage: str, thresholds: np.ndarray) -> list[dict]:
+    """Sensitivity and FP/cm² when the objects of ``stage`` with score >= t are kept."""
     total_truth = sum(m.n_truth for m in images)
     area = sum(m.area_cm2 for m in images)
     points = []
     for t in thresholds:
         detected, false_pos = 0, 0
         for m in images:
-            s = getattr(m, score)
-            keep = s >= t
+            st = m.stages[stage]
+            keep = st.score >= t
             found: set = set()
             for c in np.nonzero(keep)[0]:
-                if m.matched[c]:
-                    found |= m.matched[c]
+                if st.matched[c]:
+                    found |= st.matched[c]
                 else:
                     false_pos += 1
             detected += len(found)
@@ -135,15 +153,20 @@ def collect_matches(items: list[DatasetImage], model: SegmentationModel, label: 
     return images
 
 
-SUPPORT_THRESHOLDS = np.concatenate([[0.0], np.logspace(-4, np.log10(0.99), 80)])
+# Dense at both ends: HDoGReg's 10^-3.5 lives at the low end, and a well-trained net puts most true
+# calcifications within 10^-2 of 1.
+SUPPORT_THRESHOLDS = np.unique(np.concatenate([[0.0], np.logspace(-4, np.log10(0.99), 80),
+                                               1.0 - np.logspace(-4, -1, 40)]))
 
 
-def iou_summary(images: list[ImageMatches], keep_rule) -> dict:
+def iou_summary(images: list[ImageMatches], stage: str, threshold: float) -> dict:
+    """Per truth object the IoU of its best-overlapping kept object (0 when missed)."""
     per_object = []
     for m in images:
-        keep = keep_rule(m)
+        st = m.stages[stage]
+        keep = st.score >= threshold
         for k in range(m.n_truth):
-            column = m.best_iou[keep, k] if keep.any() else np.zeros(0)
+            column = st.best_iou[keep, k] if keep.any() else np.zeros(0)
             per_object.append(float(column.max()) if column.size else 0.0)
     detected = [v for v in per_object if v > 0]
     return {"objects": len(per_object), "miou_all": float(np.mean(per_object)) if per_object else None,
@@ -157,30 +180,27 @@ def evaluate_segmentation(model_path: str | Path, data_dirs: list[str | Path], o
     if not images:
         raise ValueError("no image with both truth and ROIs found")
     op = model.params.prediction_threshold
-    dog_t = np.unique(np.quantile(np.concatenate([m.dog for m in images] or [np.zeros(1)]),
+    dog_t = np.unique(np.quantile(np.concatenate([m.stages["hdog"].score for m in images] or [np.zeros(1)]),
                                   np.linspace(0, 0.995, 60)))
-    hdog_froc = froc(images, "dog", dog_t)
-    cnn_froc = froc(images, "support", SUPPORT_THRESHOLDS)
     report = {
         "model": str(model_path),
         "model_sha256": model.sha256,
+        "outline_level": model.params.outline_level,
         "images": len(images),
         "truth_objects": sum(m.n_truth for m in images),
         "region_cm2": round(sum(m.area_cm2 for m in images), 3),
         "matching": {"centroid_distance_mm": MATCH_DISTANCE_MM, "iou": MATCH_IOU},
-        "hdog": {
-            "operating_point": froc(images, "dog", np.array([-np.inf]))[0],
-            "best_at_1_fp_per_cm2": sensitivity_at(hdog_froc, 1.0),
-            "froc": hdog_froc,
-            "iou": iou_summary(images, lambda m: np.ones(len(m.dog), bool)),
-        },
-        "hdog_cnn": {
-            "operating_point": froc(images, "support", np.array([op]))[0],
-            "best_at_1_fp_per_cm2": sensitivity_at(cnn_froc, 1.0),
-            "froc": cnn_froc,
-            "iou": iou_summary(images, lambda m: m.support >= op),
-        },
     }
+    for stage in STAGES:
+        thresholds, point = (dog_t, -np.inf) if stage == "hdog" else (SUPPORT_THRESHOLDS, op)
+        curve = froc(images, stage, thresholds)
+        report[stage] = {
+            "name": STAGE_NAMES[stage],
+            "operating_point": froc(images, stage, np.array([point]))[0],
+            "best_at_1_fp_per_cm2": sensitivity_at(curve, 1.0),
+            "froc": curve,
+            "iou": iou_summary(images, stage, point),
+        }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "segmentation_metrics.json").write_text(json.dumps(report, indent=2))
@@ -194,7 +214,7 @@ def _plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
-    for key, name in (("hdog", "HDoG candidates"), ("hdog_cnn", "HDoG + CNN")):
+    for key, name in STAGE_NAMES.items():
         pts = sorted(report[key]["froc"], key=lambda p: p["fp_per_cm2"])
         ax.plot([p["fp_per_cm2"] for p in pts], [p["sensitivity"] for p in pts], label=name)
         op = report[key]["operating_point"]

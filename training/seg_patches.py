@@ -24,8 +24,8 @@ from .datasets import DatasetImage, image_rois, load_truth, roi_region
 PATCH_PX = 48                 # at NET_SPACING_MM: 3.4 mm (the receptive field is 2.3 mm)
 RANDOM_BOX_MM = 12.0          # side of the random breast boxes
 RANDOM_BOXES = 3
-MAX_POSITIVES = 200           # per image, so one busy image does not dominate
-POSITIVE_REPEATS = 2          # each calcification twice, with different jitter
+MAX_POSITIVES = 300           # per image, so one busy image does not dominate
+POSITIVE_REPEATS = 3          # each calcification three times, with different jitter
 MAX_NEGATIVES = 80            # hard negatives per image: about 3:1 against calcifications overall
 
 

@@ -12,6 +12,15 @@ with dilated 3x3 convolutions (receptive field 2.3 mm) trained on the same
 target with the same decision rule, and it runs only where it can change the
 answer: on crops around candidate components, merged where they overlap.
 
+Outlines (calcnode's addition to HDoGReg, docs/segmentation.md): at the coarser DoG levels an HDoG
+candidate is the whole blob-like region around its peak, often 20x the calcification it holds,
+so HDoGReg's rule (30 % of the *candidate's* pixels) rejects faint calcifications that sit in
+hazy tissue, and a kept candidate's centroid and outline are not the calcification's. With
+``outline_level`` set, each candidate is first cut to its pixels whose prediction is >= that level
+(the proximity the target has within ~2 px of a calcification); every 8-connected piece is an
+object, and the same 30 % rule decides each object. ``outline_level = None`` is HDoGReg's rule on
+whole candidates.
+
 The network works at ``NET_SPACING_MM``; crops of images with another spacing
 are resampled to it and the prediction is resampled back, so the physical
 scale is the same for a 0.05 mm and a 0.094 mm image.
@@ -30,6 +39,7 @@ from scipy import ndimage
 from torch import nn
 
 NET_SPACING_MM = 0.07
+_EIGHT = np.ones((3, 3), bool)
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,9 @@ class SelectionParams:
     # threshold calibrated on its validation images (training/seg_train.py).
     prediction_threshold: float = 10 ** -3.5
     min_fraction: float = 0.30         # a component is kept when MORE than this fraction is >= threshold
+    # Candidates are cut to their pixels with prediction >= this before the rule (None: HDoGReg's
+    # whole candidates). 0.7 ~ the target K(d) at d = 2 px (0.14 mm) from a calcification pixel.
+    outline_level: float | None = 0.7
     crop_margin_mm: float = 1.4        # context around a candidate: >= the receptive field radius (1.15 mm)
 
 
@@ -130,7 +143,9 @@ class SegmentationModel:
         net = ProximityNet(width=int(blob["width"]))
         net.load_state_dict(blob["state_dict"])
         net.eval()
-        return cls(net=net, params=SelectionParams(**blob["params"]),
+        params = dict(blob["params"])
+        params.setdefault("outline_level", None)  # models from before outlines: HDoGReg's rule
+        return cls(net=net, params=SelectionParams(**params),
                    info=json.loads(blob["info_json"]))
 
     @property
@@ -242,11 +257,58 @@ def support_scores(prediction: np.ndarray, labels: np.ndarray, members: list[int
     return vals[starts + np.minimum(k, counts - 1)]
 
 
-def select_candidates(pixels: np.ndarray, spacing_mm: float, candidate_labels: np.ndarray,
-                      model: SegmentationModel) -> tuple[np.ndarray, dict[int, float]]:
-    """Keep the candidate components the network supports (SPEC §2.1.3).
+def outline_objects(prediction: np.ndarray, labels: np.ndarray, members: list[int],
+                    params: SelectionParams) -> tuple[np.ndarray, np.ndarray]:
+    """The scored objects of some candidates, given the network's prediction on their crop.
 
-    A candidate is kept when more than ``min_fraction`` (30 %) of its pixels have a prediction
+    Parameters
+    ----------
+    prediction : float (rows, cols) in [0, 1], the proximity prediction.
+    labels : int (rows, cols), candidate labels on the same crop.
+    members : sorted candidate labels to judge (others in ``labels`` are ignored).
+
+    Returns
+    -------
+    objects : int32 (rows, cols), 1..n. With ``params.outline_level`` None, one object per
+        candidate (HDoGReg); else the 8-connected pieces of the candidates' pixels with
+        prediction >= ``outline_level``.
+    scores : float (n,), :func:`support_scores` of each object with ``params.min_fraction``.
+    """
+    mine = np.isin(labels, members)
+    if params.outline_level is None:
+        # one object per candidate, even where two candidates touch
+        objects = np.where(mine, np.searchsorted(members, labels) + 1, 0).astype(np.int32)
+        n = len(members)
+    else:
+        objects, n = ndimage.label(mine & (prediction >= params.outline_level), structure=_EIGHT)
+        objects = objects.astype(np.int32, copy=False)
+    if n == 0:
+        return objects, np.zeros(0)
+    return objects, support_scores(prediction, objects, list(range(1, n + 1)), params.min_fraction)
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """What the selection step decided for one image.
+
+    ``objects``: int32 (rows, cols), the scored objects, 1..n (the candidates' outlined pieces, or
+    the candidates themselves when ``outline_level`` is None); ``scores``: float per object,
+    index = label - 1 (:func:`support_scores`); ``kept``: bool (rows, cols), the objects with
+    score >= the model's threshold, holes filled.
+    """
+
+    objects: np.ndarray
+    scores: np.ndarray
+    kept: np.ndarray
+
+
+def select_candidates(pixels: np.ndarray, spacing_mm: float, candidate_labels: np.ndarray,
+                      model: SegmentationModel) -> Selection:
+    """Keep what the network supports (SPEC §2.1.3, with calcnode's outlines).
+
+    Each candidate is cut to its pixels with prediction >= ``outline_level`` (8-connected pieces
+    are the objects; with ``outline_level = None`` the objects are the whole candidates), and an
+    object is kept when more than ``min_fraction`` (30 %) of its pixels have a prediction
     >= ``prediction_threshold``.
 
     Parameters
@@ -254,30 +316,32 @@ def select_candidates(pixels: np.ndarray, spacing_mm: float, candidate_labels: n
     pixels : float32 (rows, cols), [0, 1], calcifications bright.
     spacing_mm : pixel spacing in mm (mean of row and column spacing).
     candidate_labels : int (rows, cols), 0 = background, one label per HDoG candidate.
-
-    Returns
-    -------
-    kept : bool (rows, cols), the kept components with their holes filled.
-    support : {label: support score} (:func:`support_scores`); kept <=> score >= threshold.
     """
     params = model.params
     labels = np.asarray(candidate_labels)
+    objects = np.zeros(labels.shape, np.int32)
     kept = np.zeros(labels.shape, bool)
-    support: dict[int, float] = {}
+    scores: list[np.ndarray] = []
     if labels.max(initial=0) == 0:
-        return kept, support
+        return Selection(objects, np.zeros(0), kept)
     margin = int(np.ceil(params.crop_margin_mm / spacing_mm))
     filled_boxes = []
+    n_objects = 0
     for box, members in candidate_crops(labels, margin):
         prediction = predict_crop(model.net, pixels[box], spacing_mm)
-        crop_labels = labels[box]
-        scores = support_scores(prediction, crop_labels, members, params.min_fraction)
-        support.update(zip(members, scores.tolist()))
-        keep = [label for label, score in zip(members, scores) if score >= params.prediction_threshold]
-        if keep:
-            kept[box] |= np.isin(crop_labels, keep)
+        pieces, score = outline_objects(prediction, labels[box], members, params)
+        n = len(score)
+        if n == 0:
+            continue
+        scores.append(score)
+        inside = pieces > 0
+        objects[box][inside] = pieces[inside] + n_objects
+        n_objects += n
+        keep = np.flatnonzero(score >= params.prediction_threshold) + 1
+        if keep.size:
+            kept[box] |= np.isin(pieces, keep)
             filled_boxes.append(box)
-    # A hole of a kept component lies inside the component's box, so inside its crop.
+    # A hole of a kept object lies inside its box, so inside its crop.
     for box in filled_boxes:
         kept[box] = ndimage.binary_fill_holes(kept[box])
-    return kept, support
+    return Selection(objects, np.concatenate(scores) if scores else np.zeros(0), kept)

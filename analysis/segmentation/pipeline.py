@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .cnn import SegmentationModel, nonzero_extent, select_candidates
+from .cnn import SegmentationModel, Selection, nonzero_extent, select_candidates
 from .hdog import Candidates, HDoGParams, hdog_candidates
 
 PARTICLE_DTYPE = np.dtype([
@@ -33,14 +33,14 @@ class Segmentation:
     ``labels``: int32 (rows, cols), 0 = background, 1..n one per calcification.
     ``particles``: :data:`PARTICLE_DTYPE`, one row per label, sorted by label.
     ``candidates``: the HDoG stage's output (for evaluation and reports).
-    ``support``: per HDoG candidate label, its CNN support score (kept <=> score >= the model's
-    prediction threshold; :func:`analysis.segmentation.cnn.support_scores`).
+    ``selection``: the CNN step's scored objects (kept <=> score >= the model's prediction
+    threshold; :class:`analysis.segmentation.cnn.Selection`), for evaluation.
     """
 
     labels: np.ndarray
     particles: np.ndarray
     candidates: Candidates
-    support: dict[int, float]
+    selection: Selection
 
     def __len__(self) -> int:
         return len(self.particles)
@@ -103,10 +103,11 @@ def segment(pixels: np.ndarray, spacing_mm: tuple[float, float], region: np.ndar
     if region is not None:
         region = grow_region(np.asarray(region, bool), spacing_mm, REGION_GROWTH_MM)
     candidates = hdog_candidates(pixels, spacing_mm, region, hdog_params)
-    kept, support = select_candidates(pixels, float(np.mean(spacing_mm)), candidates.labels, model)
+    selection = select_candidates(pixels, float(np.mean(spacing_mm)), candidates.labels, model)
+    kept = selection.kept
     labels = np.zeros(kept.shape, np.int32)
     extent = nonzero_extent(kept)
     if extent is not None:
         labels[extent] = ndimage.label(kept[extent], structure=_EIGHT)[0]
     return Segmentation(labels=labels, particles=particle_table(labels, pixels, spacing_mm),
-                        candidates=candidates, support=support)
+                        candidates=candidates, selection=selection)
