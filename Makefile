@@ -31,16 +31,17 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 # The shipped demonstration segmentation model (NOT FOR CLINICAL USE): simulator data with
-# real-background insertion, fixed seeds. About 15 minutes on 2 cores. See docs/segmentation.md.
+# real-background insertion, fixed seeds. About 75 minutes on 2 cores. See docs/segmentation.md.
 INTEROP_MG := ../shared/interop/mg
 SYNTH_TYPES := amorphous:3,punctate,fine_pleomorphic,fine_linear
 demo-seg-model: $(STAMP)
-	rm -rf data/seg-train data/seg-train-bg
+	rm -rf data/seg-train data/seg-train-bg data/seg-train-2
 	$(BIN)/calcnode synth --out data/seg-train --cases 30 --seed 101 --types $(SYNTH_TYPES) --quiet
+	$(BIN)/calcnode synth --out data/seg-train-2 --cases 20 --seed 103 --types $(SYNTH_TYPES) --quiet
 	$(BIN)/calcnode synth --out data/seg-train-bg --cases 30 --seed 102 --types $(SYNTH_TYPES) \
 	    --max-clusters 3 --quiet --background $(INTEROP_MG)/MG1_J2KI.dcm \
 	    $(INTEROP_MG)/cbis_ddsm/benign_1-130.dcm $(INTEROP_MG)/cbis_ddsm/malignant_1-280.dcm
-	$(BIN)/calcnode train-seg --data data/seg-train --data data/seg-train-bg --seed 0 \
+	$(BIN)/calcnode train-seg --data data/seg-train --data data/seg-train-bg --data data/seg-train-2 --seed 0 \
 	    --out analysis/segmentation/weights/demo-seg-cnn.pt
 
 # The shipped demonstration classifier (NOT FOR CLINICAL USE): simulated amorphous clusters with
