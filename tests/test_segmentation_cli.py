@@ -58,6 +58,15 @@ def test_evaluate_seg_reports_both_stages(trained, small_data, tmp_path):
     # HDoGReg's rule only removes candidates: it can never find more or add false positives
     assert whole["sensitivity"] <= hdog["sensitivity"] and whole["fp_per_cm2"] <= hdog["fp_per_cm2"]
     assert hdog["sensitivity"] > 0.3  # HDoG finds calcifications of the simulator at all
+    # per type, from the simulator's particle tables: every truth object has its type, and the
+    # per-type figures add up to the overall operating points
+    by_type = report["by_type"]
+    assert by_type and set(by_type) - {"unknown"} <= {"amorphous", "punctate", "fine_pleomorphic"}
+    assert by_type.get("unknown", {"objects": 0})["objects"] < report["truth_objects"]
+    assert sum(row["objects"] for row in by_type.values()) == report["truth_objects"]
+    for stage, point in (("hdog", hdog), ("hdog_cnn", cnn)):
+        found = sum(row[f"{stage}_sensitivity"] * row["objects"] for row in by_type.values())
+        assert found == pytest.approx(point["sensitivity"] * report["truth_objects"], abs=0.01)
     with Image.open(tmp_path / "froc.png") as png:
         assert png.size[0] > 300
 

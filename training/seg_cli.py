@@ -46,7 +46,7 @@ def run_evaluate(args) -> int:
     from .seg_evaluate import evaluate_segmentation
 
     report = evaluate_segmentation(args.model, args.data, args.out)
-    summary = {k: report[k] for k in ("images", "truth_objects", "region_cm2")}
+    summary = {k: report[k] for k in ("images", "truth_objects", "region_cm2", "by_type")}
     for stage in ("hdog", "hdog_cnn", "hdog_cnn_whole"):
         summary[stage] = {k: report[stage][k] for k in ("operating_point", "best_at_1_fp_per_cm2", "iou")}
     print(json.dumps(summary, indent=2))

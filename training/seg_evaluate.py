@@ -14,10 +14,12 @@ The FROC curve sweeps the stage's own score: the peak DoG value for the HDoG sta
 score for HDoG + CNN (the threshold t such that more than 30 % of the object's pixels are >= t; the
 operating point is the model's calibrated ``prediction_threshold``). Per-object
 IoU is that of each truth object with its best-overlapping kept prediction (0 when missed); mIoU
-is their mean, reported over detected objects and over all objects.
+is their mean, reported over detected objects and over all objects. Where the truth names each
+particle's type (the simulator's ``*_particles.csv``), sensitivity is also given per type.
 """
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from dataclasses import dataclass, replace
@@ -58,6 +60,25 @@ class ImageMatches:
     n_truth: int
     area_cm2: float
     stages: dict[str, StageMatches]
+    truth_kinds: list[str | None]   # per truth object its calcification type, where the truth says
+
+
+def truth_kinds(truth_path: Path, raw_labels: np.ndarray, truth_labels: np.ndarray,
+                truth_ids: list[int]) -> list[str | None]:
+    """The calcification type of each truth object, from the ``*_particles.csv`` that
+    ``calcnode synth`` writes beside ``*_labels.npz`` (``kind`` per particle ``label``); None where
+    there is no such table (a site's own truth) or the object joins particles of different types."""
+    table = truth_path.with_name(truth_path.name.replace("_labels.npz", "_particles.csv"))
+    if table == truth_path or not table.is_file():
+        return [None] * len(truth_ids)
+    with table.open(newline="") as f:
+        kind_of = {int(row["label"]): row.get("kind") or None for row in csv.DictReader(f)}
+    kinds = []
+    for t in truth_ids:
+        particles = np.unique(raw_labels[truth_labels == t])
+        found = {kind_of.get(int(k)) for k in particles if k > 0}
+        kinds.append(found.pop() if len(found) == 1 else None)
+    return kinds
 
 
 def match_candidates(cand_labels: np.ndarray, truth_labels: np.ndarray, truth_ids: list[int],
@@ -95,7 +116,8 @@ def image_matches(item: DatasetImage, model: SegmentationModel) -> ImageMatches 
     region = roi_region(rois, image.geometry)
     if region is None or item.truth_path is None:
         return None
-    truth_labels, n = ndimage.label(load_truth(item.truth_path, image.shape) > 0, structure=_EIGHT)
+    raw_labels = load_truth(item.truth_path, image.shape)
+    truth_labels, n = ndimage.label(raw_labels > 0, structure=_EIGHT)
     com = ndimage.center_of_mass(np.ones(image.shape), truth_labels, np.arange(1, n + 1)) if n else []
     truth_ids = [k + 1 for k, (r, c) in enumerate(com) if region[int(round(r)), int(round(c))]]
     result = segment(image.pixels, image.pixel_spacing_mm, region, model)
@@ -109,7 +131,8 @@ def image_matches(item: DatasetImage, model: SegmentationModel) -> ImageMatches 
         matched, iou = match_candidates(labels, truth_labels, truth_ids, image.pixel_spacing_mm)
         stages[stage] = StageMatches(score=np.asarray(score, float), matched=matched, best_iou=iou)
     area_cm2 = float(region.sum() * np.prod(image.pixel_spacing_mm) / 100.0)
-    return ImageMatches(n_truth=len(truth_ids), area_cm2=area_cm2, stages=stages)
+    return ImageMatches(n_truth=len(truth_ids), area_cm2=area_cm2, stages=stages,
+                        truth_kinds=truth_kinds(Path(item.truth_path), raw_labels, truth_labels, truth_ids))
 
 
 def froc(images: list[ImageMatches], stage: str, thresholds: np.ndarray) -> list[dict]:
@@ -132,6 +155,28 @@ def froc(images: list[ImageMatches], stage: str, thresholds: np.ndarray) -> list
         points.append({"threshold": float(t), "sensitivity": detected / max(total_truth, 1),
                        "fp_per_cm2": false_pos / max(area, 1e-9)})
     return points
+
+
+def found_by_type(images: list[ImageMatches], thresholds: dict[str, float]) -> dict:
+    """Per calcification type (where the truth names it): how many truth objects, and the fraction
+    each stage finds with its objects of score >= ``thresholds[stage]``."""
+    counts: dict[str, dict] = {}
+    for m in images:
+        found = {}
+        for stage, t in thresholds.items():
+            st = m.stages[stage]
+            hits: set = set()
+            for c in np.nonzero(st.score >= t)[0]:
+                hits |= st.matched[c]
+            found[stage] = hits
+        for k, kind in enumerate(m.truth_kinds):
+            row = counts.setdefault(kind or "unknown", {"objects": 0, **{stage: 0 for stage in thresholds}})
+            row["objects"] += 1
+            for stage in thresholds:
+                row[stage] += k in found[stage]
+    return {kind: {"objects": row["objects"],
+                   **{f"{stage}_sensitivity": round(row[stage] / row["objects"], 4) for stage in thresholds}}
+            for kind, row in sorted(counts.items())}
 
 
 def sensitivity_at(points: list[dict], max_fp_per_cm2: float) -> dict:
@@ -201,6 +246,8 @@ def evaluate_segmentation(model_path: str | Path, data_dirs: list[str | Path], o
             "froc": curve,
             "iou": iou_summary(images, stage, point),
         }
+    # HDoG: every candidate; the CNN stages at the model's operating point
+    report["by_type"] = found_by_type(images, {"hdog": -np.inf, "hdog_cnn": op, "hdog_cnn_whole": op})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "segmentation_metrics.json").write_text(json.dumps(report, indent=2))
