@@ -112,3 +112,6 @@ def test_cli_defaults_match_the_training_settings():
 
     assert (DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS, DEFAULT_WIDTH) == (
         TrainSettings.max_epochs, TrainSettings.patience, TrainSettings.workers, TrainSettings.width)
+    from analysis.segmentation.cnn import SelectionParams
+    from training.seg_cli import DEFAULT_OUTLINE_LEVEL
+    assert DEFAULT_OUTLINE_LEVEL == SelectionParams.outline_level

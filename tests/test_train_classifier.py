@@ -54,7 +54,10 @@ def classifier_world(tmp_path_factory) -> World:
         run("synth", "--out", data, "--cases", 8, "--seed", 11, "--size", "768x640", "--quiet")
         run("synth", "--out", cnn_data, "--cases", 2, "--seed", 12, "--size", "768x640", "--quiet")
         cnn = root / "seg.pt"
-        run("train-seg", "--data", cnn_data, "--out", cnn, "--max-epochs", 1, "--seed", 0)
+        # A 1-epoch net predicts below the 0.7 outline level everywhere: HDoGReg's whole-candidate
+        # rule (with --seg-threshold 10^-3.5 in TRAIN_ARGS) keeps candidates for the classifier to learn
+        run("train-seg", "--data", cnn_data, "--out", cnn, "--max-epochs", 1, "--seed", 0,
+            "--outline-level", "none")
         bundle = root / "model"
         result = run("train", "--data", data, "--out", bundle, "--seg-model", cnn, "--seed", 0, *TRAIN_ARGS)
         _WORLD["world"] = World(data, cnn, bundle, root / "model-report", result.stdout, result.stderr)

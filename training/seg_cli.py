@@ -1,10 +1,12 @@
 """``calcnode train-seg`` and ``calcnode evaluate-seg``."""
 from __future__ import annotations
 
+import argparse
 import json
 
 # Defaults shown in --help; the training code (torch) is imported only when a command runs.
 DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS, DEFAULT_WIDTH = 40, 6, 2, 8
+DEFAULT_OUTLINE_LEVEL = 0.7  # analysis.segmentation.cnn.SelectionParams.outline_level
 
 
 def register(subparsers) -> None:
@@ -20,6 +22,10 @@ def register(subparsers) -> None:
     train.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
     train.add_argument("--width", type=int, default=DEFAULT_WIDTH,
                        help="channels of the first layers (compute grows with its square)")
+    train.add_argument("--outline-level", type=_outline_level, default=DEFAULT_OUTLINE_LEVEL,
+                       metavar="P|none",
+                       help="cut candidates to their pixels with prediction >= P before the 30 %% rule "
+                            f"(default {DEFAULT_OUTLINE_LEVEL}); 'none': HDoGReg's whole candidates")
     train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser(
@@ -33,12 +39,23 @@ def register(subparsers) -> None:
     evaluate.set_defaults(func=run_evaluate)
 
 
+def _outline_level(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError("must be in (0, 1) or 'none'")
+    return value
+
+
 def run_train(args) -> int:
+    from analysis.segmentation.cnn import SelectionParams
+
     from .seg_train import TrainSettings, train_segmentation
 
     settings = TrainSettings(seed=args.seed, max_epochs=args.max_epochs, patience=args.patience,
                              workers=args.workers, width=args.width)
-    train_segmentation(args.data, args.out, settings)
+    train_segmentation(args.data, args.out, settings, SelectionParams(outline_level=args.outline_level))
     return 0
 
 
