@@ -29,7 +29,7 @@ import pytest
 from conftest import CALCNODE, ROOT, free_port
 from node_helpers import (
     DCIODVFY, audit_events, dciodvfy_errors, node_env, node_sections, sr_scores, start_orthanc_with_lua,
-    wait_until, write_config,
+    state_db, wait_until, write_config,
 )
 
 __all__ = ["node_env"]
@@ -98,7 +98,14 @@ def _route_study_and_collect_results(start_node, start_orthanc, tmp_path, synth_
             for instance in series["Instances"]:
                 tags = pacs.get(f"/instances/{instance}/simplified-tags")
                 found.setdefault(SOP_CLASSES.get(tags.get("SOPClassUID"), tags.get("SOPClassUID")), []).append(instance)
-        return found if {"SEG", "SR", "CADSR", "GSPS"} <= set(found) else None
+        if not {"SEG", "SR", "CADSR", "GSPS"} <= set(found):
+            return None
+        # every object the node queued is sent and in Orthanc (the four kinds can be there while
+        # a second SEG or GSPS is still on its way)
+        sends = state_db(node).counts()["sends"]
+        done = sum(n for (_, state), n in sends.items() if state == "sent")
+        total = sum(sends.values())
+        return found if total and done == total == sum(len(v) for v in found.values()) else None
 
     found = wait_until(results_in_orthanc, timeout, "SEG, SR, CAD SR and GSPS series in Orthanc",
                        interval=1.0, on_fail=node.log_text)
