@@ -120,10 +120,12 @@ def image_matches(item: DatasetImage, model: SegmentationModel) -> ImageMatches 
     truth_labels, n = ndimage.label(raw_labels > 0, structure=_EIGHT)
     com = ndimage.center_of_mass(np.ones(image.shape), truth_labels, np.arange(1, n + 1)) if n else []
     truth_ids = [k + 1 for k, (r, c) in enumerate(com) if region[int(round(r)), int(round(c))]]
-    result = segment(image.pixels, image.pixel_spacing_mm, region, model)
+    predictions: dict = {}  # the network runs once; both rules judge its predictions
+    result = segment(image.pixels, image.pixel_spacing_mm, region, model, predictions=predictions)
     cands = result.candidates
     whole = select_candidates(image.pixels, float(np.mean(image.pixel_spacing_mm)), cands.labels,
-                              SegmentationModel(model.net, replace(model.params, outline_level=None)))
+                              SegmentationModel(model.net, replace(model.params, outline_level=None)),
+                              predictions)
     stages = {}
     for stage, labels, score in (("hdog", cands.labels, np.asarray(cands.table["dog"], float)),
                                  ("hdog_cnn", result.selection.objects, result.selection.scores),
@@ -135,6 +137,19 @@ def image_matches(item: DatasetImage, model: SegmentationModel) -> ImageMatches 
                         truth_kinds=truth_kinds(Path(item.truth_path), raw_labels, truth_labels, truth_ids))
 
 
+def found_at(st: StageMatches, threshold: float) -> tuple[set, int]:
+    """The truth objects found by the objects with score >= ``threshold``, and how many of those
+    objects match no truth (false positives)."""
+    found: set = set()
+    false_pos = 0
+    for c in np.nonzero(st.score >= threshold)[0]:
+        if st.matched[c]:
+            found |= st.matched[c]
+        else:
+            false_pos += 1
+    return found, false_pos
+
+
 def froc(images: list[ImageMatches], stage: str, thresholds: np.ndarray) -> list[dict]:
     """Sensitivity and FP/cm² when the objects of ``stage`` with score >= t are kept."""
     total_truth = sum(m.n_truth for m in images)
@@ -143,15 +158,9 @@ def froc(images: list[ImageMatches], stage: str, thresholds: np.ndarray) -> list
     for t in thresholds:
         detected, false_pos = 0, 0
         for m in images:
-            st = m.stages[stage]
-            keep = st.score >= t
-            found: set = set()
-            for c in np.nonzero(keep)[0]:
-                if st.matched[c]:
-                    found |= st.matched[c]
-                else:
-                    false_pos += 1
+            found, fp = found_at(m.stages[stage], t)
             detected += len(found)
+            false_pos += fp
         points.append({"threshold": float(t), "sensitivity": detected / max(total_truth, 1),
                        "fp_per_cm2": false_pos / max(area, 1e-9)})
     return points
@@ -162,13 +171,7 @@ def found_by_type(images: list[ImageMatches], thresholds: dict[str, float]) -> d
     each stage finds with its objects of score >= ``thresholds[stage]``."""
     counts: dict[str, dict] = {}
     for m in images:
-        found = {}
-        for stage, t in thresholds.items():
-            st = m.stages[stage]
-            hits: set = set()
-            for c in np.nonzero(st.score >= t)[0]:
-                hits |= st.matched[c]
-            found[stage] = hits
+        found = {stage: found_at(m.stages[stage], t)[0] for stage, t in thresholds.items()}
         for k, kind in enumerate(m.truth_kinds):
             row = counts.setdefault(kind or "unknown", {"objects": 0, **{stage: 0 for stage in thresholds}})
             row["objects"] += 1

@@ -303,7 +303,7 @@ class Selection:
 
 
 def select_candidates(pixels: np.ndarray, spacing_mm: float, candidate_labels: np.ndarray,
-                      model: SegmentationModel) -> Selection:
+                      model: SegmentationModel, predictions: dict | None = None) -> Selection:
     """Keep what the network supports (SPEC §2.1.3, with calcnode's outlines).
 
     Each candidate is cut to its pixels with prediction >= ``outline_level`` (8-connected pieces
@@ -316,6 +316,9 @@ def select_candidates(pixels: np.ndarray, spacing_mm: float, candidate_labels: n
     pixels : float32 (rows, cols), [0, 1], calcifications bright.
     spacing_mm : pixel spacing in mm (mean of row and column spacing).
     candidate_labels : int (rows, cols), 0 = background, one label per HDoG candidate.
+    predictions : optional memo of the network's crop predictions, filled on the first call and
+        reused by the next one with the same image, candidates and network (an evaluation that
+        judges the same candidates under two rules runs the network once).
     """
     params = model.params
     labels = np.asarray(candidate_labels)
@@ -328,7 +331,12 @@ def select_candidates(pixels: np.ndarray, spacing_mm: float, candidate_labels: n
     filled_boxes = []
     n_objects = 0
     for box, members in candidate_crops(labels, margin):
-        prediction = predict_crop(model.net, pixels[box], spacing_mm)
+        key = (box[0].start, box[0].stop, box[1].start, box[1].stop)
+        prediction = predictions.get(key) if predictions is not None else None
+        if prediction is None:
+            prediction = predict_crop(model.net, pixels[box], spacing_mm)
+            if predictions is not None:
+                predictions[key] = prediction
         pieces, score = outline_objects(prediction, labels[box], members, params)
         n = len(score)
         if n == 0:

@@ -86,7 +86,8 @@ def grow_region(region: np.ndarray, spacing_mm: tuple[float, float], grow_mm: fl
 
 
 def segment(pixels: np.ndarray, spacing_mm: tuple[float, float], region: np.ndarray | None,
-            model: SegmentationModel, hdog_params: HDoGParams = HDoGParams()) -> Segmentation:
+            model: SegmentationModel, hdog_params: HDoGParams = HDoGParams(), *,
+            predictions: dict | None = None) -> Segmentation:
     """Segment the calcifications of one image (SPEC §2.1).
 
     Parameters
@@ -99,11 +100,13 @@ def segment(pixels: np.ndarray, spacing_mm: tuple[float, float], region: np.ndar
         (SPEC §2.2), and a calcification at the edge can have its centroid inside and its peak
         just outside. It is kept whole.
     model : the trained selection network.
+    predictions : optional memo of the network's crop predictions
+        (:func:`analysis.segmentation.cnn.select_candidates`).
     """
     if region is not None:
         region = grow_region(np.asarray(region, bool), spacing_mm, REGION_GROWTH_MM)
     candidates = hdog_candidates(pixels, spacing_mm, region, hdog_params)
-    selection = select_candidates(pixels, float(np.mean(spacing_mm)), candidates.labels, model)
+    selection = select_candidates(pixels, float(np.mean(spacing_mm)), candidates.labels, model, predictions)
     kept = selection.kept
     labels = np.zeros(kept.shape, np.int32)
     extent = nonzero_extent(kept)
