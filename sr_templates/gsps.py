@@ -7,7 +7,8 @@ for the demonstration model), one graphic annotation per ROI with
 * the ROI outline (closed POLYLINE),
 * the outline of each of its calcifications (closed POLYLINE around the pixels:
   ``skimage.measure.find_contours`` at level 0.5 on the calcification's mask, which
-  runs half-way between inside and outside pixel centres),
+  runs half-way between inside and outside pixel centres, its collinear points dropped
+  within ``OUTLINE_TOLERANCE_PX``),
 * a text anchored at the ROI's top-left corner: ROI name, score, threshold and
   decision, or why there is none, and "NOT FOR CLINICAL USE".
 
@@ -33,6 +34,7 @@ from .results import ImageResult, RoiResult, StudyResult
 
 LAYER_NAME = "CALCNODE"
 MAX_TEXT = 1024  # Unformatted Text Value is ST
+OUTLINE_TOLERANCE_PX = 0.25  # simplification of calcification outlines, in pixels
 
 
 def calcification_outlines(image: ImageResult, roi: RoiResult, boxes=None) -> list[np.ndarray]:
@@ -56,7 +58,9 @@ def calcification_outlines(image: ImageResult, roi: RoiResult, boxes=None) -> li
         contours = measure.find_contours(crop, 0.5)
         if not contours:
             continue
-        contour = max(contours, key=len)  # outer boundary
+        # outer boundary; points on a straight run dropped (within a quarter pixel): 3-4x fewer
+        # points, the same outline on screen, and a GSPS that is faster to write and to draw
+        contour = measure.approximate_polygon(max(contours, key=len), tolerance=OUTLINE_TOLERANCE_PX)
         pts = np.column_stack([contour[:, 1] + c0 + 0.5, contour[:, 0] + r0 + 0.5])
         if not np.array_equal(pts[0], pts[-1]):
             pts = np.vstack([pts, pts[:1]])

@@ -38,6 +38,8 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from analysis.extent import nonzero_extent
+
 NET_SPACING_MM = 0.07
 _EIGHT = np.ones((3, 3), bool)
 
@@ -187,20 +189,6 @@ def predict_crop(net: ProximityNet, crop: np.ndarray, spacing_mm: float) -> np.n
             fixed[:h, :w] = out[:h, :w]
             out = fixed
     return out.astype(np.float32)
-
-
-def nonzero_extent(array: np.ndarray, margin: int = 0) -> tuple[slice, slice] | None:
-    """The bounding box of the non-zero part of ``array`` grown by ``margin`` (None if all zero).
-
-    Whole-image morphology on a 14 Mpx mammogram costs ~0.1 s per call; everything after the
-    HDoG stage works on this box instead.
-    """
-    rows = np.flatnonzero(array.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(array[rows[0]:rows[-1] + 1].any(axis=0))
-    return (slice(max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, array.shape[0])),
-            slice(max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, array.shape[1])))
 
 
 def candidate_crops(labels: np.ndarray, margin_px: int) -> list[tuple[tuple[slice, slice], list[int]]]:
