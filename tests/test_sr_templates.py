@@ -678,3 +678,27 @@ def test_overlay_png(written, tmp_path):
     assert a.shape == b.shape and a.shape[0] > 100
     changed = np.any(np.abs(a[..., :3] - b[..., :3]) > 0.1, axis=-1)
     assert 0.001 < changed.mean() < 0.5  # outlines, masks and texts drawn, the image still visible
+
+
+def test_gsps_outline_drops_only_collinear_points():
+    """A calcification outline keeps its corners and its closure; points on a straight run go."""
+    from skimage import draw, measure
+
+    from sr_templates.gsps import drop_collinear
+
+    mask = np.zeros((16, 16))
+    rr, cc = draw.disk((8, 8), 4.5)
+    mask[rr, cc] = 1
+    contour = measure.find_contours(mask, 0.5)[0]
+    simple = drop_collinear(contour)
+    assert len(simple) < len(contour) / 2
+    assert np.array_equal(simple[0], simple[-1])
+    # every dropped point lies on the segment between the kept points around it
+    kept = {tuple(p) for p in simple}
+    assert kept <= {tuple(p) for p in contour}
+    from matplotlib.path import Path as MplPath
+
+    grid = np.stack(np.meshgrid(np.linspace(0, 16, 161), np.linspace(0, 16, 161)), -1).reshape(-1, 2)
+    assert np.array_equal(MplPath(contour).contains_points(grid), MplPath(simple).contains_points(grid))
+    square = np.array([[0, 0], [0, 1], [0, 2], [1, 2], [2, 2], [2, 1], [2, 0], [1, 0], [0, 0]], float)
+    assert drop_collinear(square).tolist() == [[0, 0], [0, 2], [2, 2], [2, 0], [0, 0]]
