@@ -15,6 +15,7 @@ can run on a Dask worker too, see :mod:`dicom_node.dask_backend`) and :func:`rec
 * A worker that dies during a job (crash, out of memory, kill -9 of the node) leaves the job
   'running'; the supervisor (or the next start) puts it back in the queue. A job that was
   interrupted ``workers.max_attempts`` times is not analysed again: its failure is reported.
+* Each worker gets its share of the cores for torch / BLAS threads (:func:`limit_threads`).
 * Workers run at nice +10, so on a machine whose cores the analysis fills the DICOM listener
   and the sender still get the CPU first.
 * Workers die with the node: the kernel sends them SIGKILL when their parent goes
@@ -297,6 +298,20 @@ def analyse_anywhere(config: Config, study_uid: str, images: list[str], rois: li
                              give_up=give_up, log_fields=log_fields)
 
 
+def limit_threads(workers: int) -> int:
+    """Give this worker process its share of the cores for torch / OpenMP / BLAS threads.
+
+    Each library would otherwise start one thread per core in every worker: 2 workers on
+    2 cores ran 4 compute threads that took turns. Called before torch is imported (the
+    engine is built at the first job); an ``OMP_NUM_THREADS`` set by the operator wins.
+    Returns the thread count now in force.
+    """
+    share = str(max(1, (os.cpu_count() or 1) // max(1, int(workers))))
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, share)
+    return int(os.environ["OMP_NUM_THREADS"])
+
+
 def _sleep(seconds: float, stopping: dict) -> None:
     deadline = time.monotonic() + seconds
     while not stopping["flag"] and time.monotonic() < deadline:
@@ -318,6 +333,7 @@ def worker_main(config: Config, index: int) -> None:
         os.nice(WORKER_NICENESS)  # the DICOM listener and the sender come first on a busy machine
     except OSError:
         pass
+    limit_threads(config.workers.count)
     setup_logging(config.logging.format, config.logging.level)
     pid = os.getpid()
     db = StateDB(config.state_db)

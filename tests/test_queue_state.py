@@ -6,6 +6,7 @@ is in test_node_*.py.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
 
 import pytest
@@ -202,3 +203,18 @@ def test_retention_selects_only_finished_and_sent_studies(db):
     assert db.expired_studies(before=10**10) == ["5.1"]
     db.forget_study("5.1")
     assert db.study_instances("5.1") == [] and db.sends() == []
+
+
+def test_worker_threads_share_the_cores(monkeypatch):
+    """2 workers on 2 cores get 1 compute thread each; an operator's OMP_NUM_THREADS wins."""
+    from dicom_node.worker import limit_threads
+
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert limit_threads(2) == 4
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "4"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert limit_threads(8) == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert limit_threads(16) == 1
