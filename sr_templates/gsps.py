@@ -22,7 +22,7 @@ from __future__ import annotations
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from scipy import ndimage
+from analysis.extent import label_boxes
 from skimage import measure
 
 from .common import (
@@ -56,12 +56,12 @@ def drop_collinear(points: np.ndarray) -> np.ndarray:
 def calcification_outlines(image: ImageResult, roi: RoiResult, boxes=None) -> list[np.ndarray]:
     """Closed (N, 2) (column, row) outlines of the calcifications of ``roi`` in PIXEL units.
 
-    ``boxes``: ``scipy.ndimage.find_objects(image.label_image)``, when already computed.
+    ``boxes``: :func:`analysis.extent.label_boxes` of ``image.label_image``, when already computed.
     """
     if image.label_image is None:
         return []
     if boxes is None:
-        boxes = ndimage.find_objects(image.label_image)
+        boxes = label_boxes(image.label_image)
     outlines = []
     for label in roi.calcification_labels:
         box = boxes[label - 1] if label - 1 < len(boxes) else None
@@ -115,7 +115,7 @@ def build_presentation_state(result: StudyResult, image: ImageResult, source: Da
         else "calcnode results"
     layer = hd.pr.GraphicLayer(layer_name=LAYER_NAME, order=1, description=description[:64])
     annotations = []
-    boxes = ndimage.find_objects(image.label_image) if image.label_image is not None else []
+    boxes = label_boxes(image.label_image) if image.label_image is not None else []
     for roi in image.rois:
         ident, uid = tracking_identifier(result, image, roi), tracking_uid(result, image, roi)
         objects = [hd.pr.GraphicObject(

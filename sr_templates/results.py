@@ -359,13 +359,13 @@ class ImageResult:
         calcs = []
         pixel_area = None if pixel_spacing_mm is None else float(pixel_spacing_mm[0] * pixel_spacing_mm[1])
         extent = nonzero_extent(labels)  # regionprops on the calcifications' box, not 8-14 Mpx
-        r0, c0 = (extent[0].start, extent[1].start) if extent is not None else (0, 0)
-        for region in (regionprops(labels[extent].astype(np.int32)) if extent is not None else ()):
-            b = region.bbox
-            calcs.append(Calcification(
-                label=int(region.label), bbox=(int(b[0]) + r0, int(b[1]) + c0, int(b[2]) + r0, int(b[3]) + c0),
-                centroid_rc=(float(region.centroid[0]) + r0, float(region.centroid[1]) + c0),
-                area_mm2=None if pixel_area is None else float(region.area) * pixel_area))
+        if extent is not None:
+            r0, c0 = extent[0].start, extent[1].start
+            for region in regionprops(labels[extent].astype(np.int32)):
+                calcs.append(Calcification(
+                    label=int(region.label), bbox=tuple(int(v) + o for v, o in zip(region.bbox, (r0, c0, r0, c0))),
+                    centroid_rc=(float(region.centroid[0]) + r0, float(region.centroid[1]) + c0),
+                    area_mm2=None if pixel_area is None else float(region.area) * pixel_area))
         return cls(sop_instance_uid=sop_instance_uid, shape=labels.shape, label_image=labels,
                    rois=tuple(rois), calcifications=tuple(calcs), warnings=tuple(warnings))
 

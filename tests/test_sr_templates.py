@@ -693,7 +693,7 @@ def test_gsps_outline_drops_only_collinear_points():
     simple = drop_collinear(contour)
     assert len(simple) < len(contour) / 2
     assert np.array_equal(simple[0], simple[-1])
-    # every dropped point lies on the segment between the kept points around it
+    # only contour points are kept, and the outline encloses the same area
     kept = {tuple(p) for p in simple}
     assert kept <= {tuple(p) for p in contour}
     from matplotlib.path import Path as MplPath

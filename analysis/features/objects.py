@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from analysis.extent import nonzero_extent
+from analysis.extent import label_boxes
 
 CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
 
@@ -60,20 +60,11 @@ class CalcObject:
 
 def find_objects(labels: np.ndarray) -> list[CalcObject]:
     """All objects of a label image, sorted by label."""
-    # Only the objects' bounding box is searched: scipy's find_objects over a full-field image
-    # costs ~25 ms, and this runs once per ROI.
-    extent = nonzero_extent(labels)
-    if extent is None:
-        return []
-    r0, c0 = extent[0].start, extent[1].start
-    box = labels[extent]
     objs = []
-    for idx, sl in enumerate(ndimage.find_objects(box), start=1):
+    for idx, sl in enumerate(label_boxes(labels), start=1):  # runs once per ROI: boxes only
         if sl is None:
             continue
-        m = box[sl] == idx
-        rr, cc = np.nonzero(m)
-        sl = (slice(sl[0].start + r0, sl[0].stop + r0), slice(sl[1].start + c0, sl[1].stop + c0))
+        rr, cc = np.nonzero(labels[sl] == idx)
         objs.append(CalcObject(idx, sl, int(rr.size),
                                (float(rr.mean() + sl[0].start), float(cc.mean() + sl[1].start))))
     return objs
