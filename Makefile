@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install system-deps bench clean demo-seg-model demo-classifier
+.PHONY: run test install system-deps bench clean demo-seg-model demo-classifier seg-test-data evaluate-demo-seg
 
 # The venv is rebuilt when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -43,6 +43,21 @@ demo-seg-model: $(STAMP)
 	    $(INTEROP_MG)/cbis_ddsm/benign_1-130.dcm $(INTEROP_MG)/cbis_ddsm/malignant_1-280.dcm
 	$(BIN)/calcnode train-seg --data data/seg-train --data data/seg-train-bg --data data/seg-train-2 --seed 0 \
 	    --out analysis/segmentation/weights/demo-seg-cnn.pt
+
+# The held-out segmentation set of the README's figures (seeds never used in training) and its
+# evaluation: evaluate-seg (the model) and seg-ceiling (what the data allow at all). ~5 minutes.
+seg-test-data: $(STAMP)
+	rm -rf data/seg-test data/seg-test-bg
+	$(BIN)/calcnode synth --out data/seg-test --cases 8 --seed 201 --types $(SYNTH_TYPES) --quiet
+	$(BIN)/calcnode synth --out data/seg-test-bg --cases 3 --seed 202 --types $(SYNTH_TYPES) \
+	    --max-clusters 3 --quiet --background $(INTEROP_MG)/MG1_J2KI.dcm \
+	    $(INTEROP_MG)/cbis_ddsm/benign_1-130.dcm $(INTEROP_MG)/cbis_ddsm/malignant_1-280.dcm
+
+evaluate-demo-seg: seg-test-data
+	$(BIN)/calcnode evaluate-seg --model analysis/segmentation/weights/demo-seg-cnn.pt \
+	    --data data/seg-test --data data/seg-test-bg --out data/seg-evaluation
+	$(BIN)/calcnode seg-ceiling --data data/seg-test --data data/seg-test-bg \
+	    --out data/seg-evaluation/ceiling.json
 
 # The shipped demonstration classifier (NOT FOR CLINICAL USE): simulated amorphous clusters with
 # fixed seeds, segmented with the demonstration CNN (run demo-seg-model first) at HDoGReg's

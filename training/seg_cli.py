@@ -38,6 +38,18 @@ def register(subparsers) -> None:
                           help="where segmentation_metrics.json and froc.png go")
     evaluate.set_defaults(func=run_evaluate)
 
+    ceiling = subparsers.add_parser(
+        "seg-ceiling", help="how detectable a simulated set's calcifications are at all (ideal-observer bound)",
+        description="The sensitivity that the prewhitening matched filter, told each particle's exact "
+                    "shape and position, reaches at a given false-positive rate inside the ROIs of "
+                    "calcnode synth folders: a bound on what any segmentation can show on that data "
+                    "(training/seg_ceiling.py).")
+    ceiling.add_argument("--data", action="append", required=True, metavar="DIR")
+    ceiling.add_argument("--fp-per-cm2", type=float, action="append", metavar="RATE",
+                         help="false positives per cm² of ROI allowed (repeatable; default 0.5, 1, 2)")
+    ceiling.add_argument("--out", metavar="JSON", help="also write the report here")
+    ceiling.set_defaults(func=run_ceiling)
+
 
 def _outline_level(text: str) -> float | None:
     if text.lower() == "none":
@@ -67,4 +79,20 @@ def run_evaluate(args) -> int:
     for stage in ("hdog", "hdog_cnn", "hdog_cnn_whole"):
         summary[stage] = {k: report[stage][k] for k in ("operating_point", "best_at_1_fp_per_cm2", "iou")}
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def run_ceiling(args) -> int:
+    from pathlib import Path
+
+    from .seg_ceiling import ideal_observer_bound
+
+    try:
+        report = ideal_observer_bound(args.data, tuple(args.fp_per_cm2 or (0.5, 1.0, 2.0)))
+    except ValueError as exc:
+        raise SystemExit(f"calcnode seg-ceiling: {exc}") from None
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
     return 0

@@ -83,6 +83,15 @@ class SynthConfig:
         data["type_weights"] = dict(self.type_weights)
         return data
 
+    @classmethod
+    def from_json(cls, data: dict) -> "SynthConfig":
+        """The configuration that :meth:`to_json` wrote (``dataset.json``'s ``config``)."""
+        data = dict(data)
+        data["type_weights"] = tuple(data["type_weights"].items())
+        for key in ("views", "lateralities", "backgrounds"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
     def fingerprint(self) -> str:
         """A short hash of every parameter: part of every UID's entropy."""
         text = json.dumps(self.to_json(), sort_keys=True)

@@ -1,0 +1,230 @@
+"""How detectable the simulator's calcifications are: an ideal-observer bound (``calcnode seg-ceiling``).
+
+A FROC target such as "sensitivity >= 0.80 at <= 1 false positive per cm²" is only meaningful if
+the data allow it. On a ``calcnode synth`` set the truth is complete: the calcification-free
+background of every image can be drawn again from the image's own random stream
+(:func:`training.synth.dataset.image_rng`), so each particle's signal is known exactly (image
+minus background) and so are the statistics of the background it has to be found in.
+
+For every particle inside an ROI this computes the detectability index d' of the **prewhitening
+matched filter** that knows the particle's exact shape and position (the ideal linear observer
+for a known signal in stationary Gaussian noise):
+
+* the background's noise power spectrum (NPS) is estimated over the ROI's box (plus a margin)
+  from Hann-tapered windows of the calcification-free background, high-passed at 1 mm (the slow
+  density trend tells nothing about a 0.3 mm particle);
+* the filter is ``h = F^-1(T / NPS)``, ``T`` the particle's own signal (the pixels within 0.42 mm
+  of it that are nearer to it than to any other particle);
+* ``d' = (h . t) / std(h . n)`` over the background windows ``n`` (empirical, so no Fourier
+  normalisation constant can be wrong).
+
+A searching observer must also reject the background's own peaks. The same filter (for each
+type, the template of its median particle) is correlated with the ROI's background; its local
+maxima (0.35 mm neighbourhoods, the evaluation's match radius) give the threshold ``z*`` that
+yields the allowed false positives per cm² of ROI. A particle is then found with probability
+``Phi(d' - z*)``, and the **bound** is the mean of that over particles.
+
+It is generous to any real detector: the filter is told each particle's shape and position,
+searches with one template per type (a detector that must try several shapes has more false
+positives at the same threshold), and the threshold comes from the pure background. It is a bound
+for linear detectors in Gaussian noise; the simulator's texture is close to that, but a
+non-linear detector could in principle exploit what it is not. The same held-out set and the
+same matching radius as ``calcnode evaluate-seg`` make the two comparable.
+
+Background-inserted sets (``synth --background``) cannot be used: their background is a real
+image, not redrawable; they are skipped with a reason.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from scipy import ndimage, stats
+from scipy import signal as signal_fft
+
+from analysis.dicom_input import load_image
+
+from .datasets import image_rois, load_truth, roi_region, scan_dataset
+from .seg_evaluate import MATCH_DISTANCE_MM
+from .synth import anatomy
+from .synth.config import SynthConfig
+from .synth.dataset import image_rng
+
+WINDOW_MM = 2.24          # NPS / filter window (32 px at 0.07 mm): holds the largest particle's template
+HIGHPASS_MM = 1.0         # the slow density trend is removed with a Gaussian of this sigma
+TEMPLATE_RADIUS_MM = 0.42 # a particle's signal: its pixels and the blur within this distance
+MARGIN_MM = 3.4           # background around an ROI's box that the NPS is estimated on
+
+
+def _px(mm: float, spacing_mm: float) -> int:
+    return max(1, int(round(mm / spacing_mm)))
+
+
+def noise_windows(background: np.ndarray, window: int) -> np.ndarray:
+    """Half-overlapping ``window`` x ``window`` tiles of ``background``, each minus its mean."""
+    rows, cols = background.shape
+    tiles = [background[r:r + window, c:c + window]
+             for r in range(0, rows - window + 1, window // 2)
+             for c in range(0, cols - window + 1, window // 2)]
+    if not tiles:
+        raise ValueError(f"background {background.shape} is smaller than one {window} px window")
+    tiles = np.stack(tiles).astype(np.float64)
+    return tiles - tiles.mean(axis=(1, 2), keepdims=True)
+
+
+def noise_power_spectrum(windows: np.ndarray) -> np.ndarray:
+    """The NPS (|DFT|², per window) from Hann-tapered windows, corrected for the taper's power."""
+    n = windows.shape[-1]
+    hann = np.outer(np.hanning(n), np.hanning(n))
+    power = np.mean(np.abs(np.fft.fft2(windows * hann)) ** 2, axis=0) / np.mean(hann ** 2)
+    return np.maximum(power, power.max() * 1e-9)
+
+
+def prewhitened_filter(template: np.ndarray, nps: np.ndarray) -> np.ndarray:
+    """The prewhitening matched filter ``F^-1(T / NPS)`` of ``template`` (same size as the NPS)."""
+    return np.real(np.fft.ifft2(np.fft.fft2(template) / nps))
+
+
+def detectability_index(kernel: np.ndarray, template: np.ndarray, windows: np.ndarray) -> float:
+    """d': the filter's response to the signal over the spread of its response to the background."""
+    noise = np.tensordot(windows, kernel, axes=([1, 2], [0, 1]))
+    return float((kernel * template).sum() / noise.std())
+
+
+def search_threshold(maxima: np.ndarray, area_cm2: float, fp_per_cm2: float) -> float:
+    """The z above which the background's local maxima give ``fp_per_cm2`` per cm²."""
+    allowed = int(np.floor(fp_per_cm2 * area_cm2))
+    ranked = np.sort(np.asarray(maxima, float))[::-1]
+    return float(ranked[allowed]) if allowed < len(ranked) else float(ranked[-1]) if len(ranked) else 0.0
+
+
+@dataclass
+class RoiObserver:
+    """The ideal observer on one ROI: per particle its type, d', and the z of the background's local
+    maxima (inside the ROI) under the particle's own filter."""
+
+    kinds: list[str]
+    dprime: list[float]
+    maxima: list[np.ndarray]
+    area_cm2: float
+
+    def found(self, fp_per_cm2: float) -> np.ndarray:
+        """Per particle, the probability of finding it when the ROI may hold ``fp_per_cm2``."""
+        return np.array([stats.norm.cdf(d - search_threshold(m, self.area_cm2, fp_per_cm2))
+                         for d, m in zip(self.dprime, self.maxima)])
+
+
+def roi_observer(signal: np.ndarray, background: np.ndarray, truth: np.ndarray, roi: np.ndarray,
+                 kind_of: dict[int, str], spacing_mm: float) -> RoiObserver:
+    """The ideal observer inside one ROI (all arrays cropped to the ROI's box plus a margin).
+
+    ``signal``: the calcifications alone (image minus background), ``background``: the
+    calcification-free image, ``truth``: particle labels, ``roi``: bool, the ROI. Each particle is
+    searched for with its own filter over the ROI's background, so the threshold is the one that
+    filter needs.
+    """
+    window = _px(WINDOW_MM, spacing_mm) // 2 * 2
+    flat = background - ndimage.gaussian_filter(background, HIGHPASS_MM / spacing_mm)
+    windows = noise_windows(flat, window)
+    nps = noise_power_spectrum(windows)
+    distance, (ir, ic) = ndimage.distance_transform_edt(truth == 0, return_indices=True)
+    owner = truth[ir, ic]
+    reach = TEMPLATE_RADIUS_MM / spacing_mm
+    neighbourhood = 2 * _px(MATCH_DISTANCE_MM, spacing_mm) + 1
+    ids = [int(i) for i in np.unique(truth[roi]) if i > 0]
+    centres = ndimage.center_of_mass(truth > 0, truth, ids) if ids else []
+    kinds, dprime, maxima = [], [], []
+    for label, (r, c) in zip(ids, centres):
+        r, c = int(round(r)), int(round(c))
+        if not roi[r, c]:   # a particle counts where its centroid is (as in evaluate-seg)
+            continue
+        r0, c0 = r - window // 2, c - window // 2
+        if r0 < 0 or c0 < 0 or r0 + window > truth.shape[0] or c0 + window > truth.shape[1]:
+            continue
+        box = (slice(r0, r0 + window), slice(c0, c0 + window))
+        template = np.where((owner[box] == label) & (distance[box] <= reach), signal[box], 0.0)
+        kernel = prewhitened_filter(template, nps)
+        kinds.append(kind_of.get(label, "unknown"))
+        dprime.append(detectability_index(kernel, template, windows))
+        z = signal_fft.fftconvolve(flat, kernel[::-1, ::-1], mode="same")  # correlation with the filter
+        z = (z - z.mean()) / z.std()
+        maxima.append(z[(z == ndimage.maximum_filter(z, neighbourhood)) & roi])
+    return RoiObserver(kinds, dprime, maxima, float(roi.sum() * spacing_mm ** 2 / 100.0))
+
+
+def _background(config: SynthConfig, image_path: Path, shape, view: str, laterality: str) -> np.ndarray:
+    """The calcification-free image, drawn again from the image's own random stream."""
+    plan = [(lat, v) for lat in config.lateralities for v in config.views]
+    case = int(image_path.parent.name.removeprefix("SYNTH")) - 1
+    rng = image_rng(config, case, plan.index((laterality, view)))
+    bg = np.clip(anatomy.make_anatomy(shape, config.pixel_spacing_mm, view, rng,
+                                      with_distractors=config.distractors).image, 0, 4095)
+    return np.rint(bg[:, ::-1] if laterality == "R" else bg)
+
+
+def dataset_observers(root: str | Path) -> list[RoiObserver]:
+    """The ideal observer on every ROI of one ``calcnode synth`` folder."""
+    root = Path(root)
+    meta = root / "dataset.json"
+    if not meta.is_file():
+        raise ValueError(f"{root}: no dataset.json - the bound needs a calcnode synth folder")
+    config = SynthConfig.from_json(json.loads(meta.read_text())["config"])
+    if config.backgrounds:
+        raise ValueError(f"{root}: background-inserted set (a real image's background cannot be drawn again)")
+    out = []
+    for item in scan_dataset(root, require_truth=True):
+        if not item.roi_paths:
+            continue
+        image = load_image(item.image_path)
+        header = pydicom.dcmread(item.image_path, stop_before_pixels=True)
+        pixels = pydicom.dcmread(item.image_path).pixel_array.astype(np.float64)
+        background = _background(config, Path(item.image_path), pixels.shape, str(header.ViewPosition),
+                                 str(header.ImageLaterality))
+        signal = pixels - background
+        rois, _ = image_rois(item, image.geometry)
+        region = roi_region(rois, image.geometry)
+        truth = load_truth(item.truth_path, image.shape).astype(np.int64)
+        table = Path(str(item.truth_path).replace("_labels.npz", "_particles.csv"))
+        with table.open(newline="") as f:
+            kind_of = {int(row["label"]): row["kind"] for row in csv.DictReader(f)}
+        spacing = config.pixel_spacing_mm
+        margin = _px(MARGIN_MM, spacing)
+        labelled, _ = ndimage.label(region)
+        for index, box in enumerate(ndimage.find_objects(labelled), 1):
+            box = tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in box)
+            out.append(roi_observer(signal[box], background[box], truth[box], labelled[box] == index,
+                                    kind_of, spacing))
+    return out
+
+
+def ideal_observer_bound(data_dirs: list[str | Path], fp_per_cm2: tuple[float, ...] = (0.5, 1.0, 2.0)) -> dict:
+    """Per type and overall: d' quartiles and the expected sensitivity of the ideal observer at each
+    allowed false-positive rate (per cm² of ROI)."""
+    observers, skipped = [], []
+    for root in data_dirs:
+        try:
+            observers += dataset_observers(root)
+        except ValueError as exc:
+            skipped.append(str(exc))
+    kinds = sorted({k for o in observers for k in o.kinds})
+    if not kinds:
+        raise ValueError("no particle inside an ROI in any usable folder" + (f" ({'; '.join(skipped)})" if skipped else ""))
+    area = sum(o.area_cm2 for o in observers)
+    report: dict = {"rois": len(observers), "region_cm2": round(area, 3), "skipped": skipped,
+                    "matching_radius_mm": MATCH_DISTANCE_MM, "by_type": {}, "overall": {}}
+    for kind in kinds:
+        d = np.array([x for o in observers for k, x in zip(o.kinds, o.dprime) if k == kind])
+        report["by_type"][kind] = {"particles": int(len(d)),
+                                   "dprime_p25_p50_p75": np.round(np.percentile(d, [25, 50, 75]), 2).tolist()}
+    for rate in fp_per_cm2:
+        found = [(k, p) for o in observers for k, p in zip(o.kinds, o.found(rate))]
+        for kind in kinds:
+            report["by_type"][kind][f"sensitivity_at_{rate:g}_fp_per_cm2"] = round(
+                float(np.mean([p for k, p in found if k == kind])), 3)
+        report["overall"][f"sensitivity_at_{rate:g}_fp_per_cm2"] = round(float(np.mean([p for _, p in found])), 3)
+    report["overall"]["particles"] = sum(len(o.kinds) for o in observers)
+    return report
