@@ -84,6 +84,8 @@ def segmentation_identity(model) -> str:
     params = asdict(model.params)
     if params.get("outline_level") is None:  # HDoGReg's rule: the identity models had before outlines
         params.pop("outline_level", None)
+    if params.get("input_normalisation") == "crop":  # the identity models had before local scaling
+        params.pop("input_normalisation", None)
     spec = {"weights_sha256": model.sha256, "params": params}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 

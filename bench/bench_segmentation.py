@@ -45,7 +45,7 @@ def _stage(name: str, npy: str) -> dict:
     import torch
 
     from analysis.segmentation import breast_mask, hdog_candidates
-    from analysis.segmentation.cnn import NET_SPACING_MM, normalise, select_candidates
+    from analysis.segmentation.cnn import NET_SPACING_MM, normalise_input, select_candidates
     from analysis.segmentation.pipeline import segment
 
     torch.set_num_threads(2)
@@ -83,7 +83,7 @@ def _stage(name: str, npy: str) -> dict:
         start = time.perf_counter()
         resampled = ndimage.zoom(pixels, SPACING[0] / NET_SPACING_MM, order=1, grid_mode=True, mode="nearest")
         with torch.inference_mode():
-            model.net(torch.from_numpy(normalise(resampled))[None, None])
+            model.net(torch.from_numpy(normalise_input(resampled, model.params.input_normalisation))[None, None])
         out["seconds"] = round(time.perf_counter() - start, 3)
         out["pixels_at_net_spacing"] = int(resampled.size)
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)

@@ -40,6 +40,23 @@ def segmented_rois(image: ImageResult) -> list[RoiResult]:
     return [roi for roi in image.rois if roi.status != "failed"]
 
 
+def segment_pixels(image: ImageResult, rois: list[RoiResult]) -> np.ndarray:
+    """The pixel array highdicom encodes: segment k holds the calcifications of ``rois[k - 1]``.
+
+    A (1 frame, rows, columns) label map when no calcification belongs to two ROIs (the usual case);
+    else the (1, rows, columns, segments) stack of masks. Both give the same SEG; the label map
+    spares highdicom its overlap check, a sum over the whole 4-D stack (~0.15 s per 8.5 Mpx image).
+    """
+    owned = [label for roi in rois for label in roi.calcification_labels]
+    if len(owned) != len(set(owned)) or len(rois) > np.iinfo(np.uint16).max:
+        return np.stack([image.roi_mask(roi) for roi in rois], axis=-1)[np.newaxis]
+    dtype = np.uint8 if len(rois) <= np.iinfo(np.uint8).max else np.uint16
+    lookup = np.zeros(max(int(image.label_image.max(initial=0)), max(owned, default=0)) + 1, dtype)
+    for number, roi in enumerate(rois, start=1):
+        lookup[np.asarray(roi.calcification_labels, dtype=np.int64)] = number
+    return lookup[image.label_image][np.newaxis]
+
+
 def segment_number(image: ImageResult, roi: RoiResult) -> int | None:
     """Segment number (= frame number) of ``roi`` in the SEG of ``image``, or None."""
     rois = segmented_rois(image)
@@ -79,7 +96,6 @@ def build_segmentation(result: StudyResult, image: ImageResult, source: Dataset
         return None
     algorithm = algorithm_identification(result)
     descriptions = []
-    masks = []
     for number, roi in enumerate(rois, start=1):
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number,
@@ -91,8 +107,7 @@ def build_segmentation(result: StudyResult, image: ImageResult, source: Dataset
             tracking_id=tracking_identifier(result, image, roi),
             tracking_uid=tracking_uid(result, image, roi),
         ))
-        masks.append(image.roi_mask(roi))
-    pixel_array = np.stack(masks, axis=-1)[np.newaxis]  # (1 frame, rows, cols, segments)
+    pixel_array = segment_pixels(image, rois)
 
     spacing = pixel_spacing_mm(source)
     pixel_measures = None

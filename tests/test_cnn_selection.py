@@ -169,3 +169,54 @@ def test_grow_region_in_mm():
     rows, cols = np.nonzero(grown)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (40, 60, 30, 70)
     assert not grow_region(np.zeros((5, 5), bool), (0.1, 0.1), 1.0).any()
+
+
+def test_models_from_before_local_scaling_keep_the_crop_scaling(tmp_path):
+    """The shipped bundle's CNN was trained on crop-wide median/MAD inputs: it must keep them, and its
+    identity (what cached features and bundles are keyed by) must not change."""
+    from analysis.classify import segmentation_identity
+
+    model = SegmentationModel(ProximityNet(), SelectionParams(input_normalisation="crop"))
+    model.save(tmp_path / "old.pt")
+    blob = torch.load(tmp_path / "old.pt", weights_only=True)
+    del blob["params"]["input_normalisation"]  # as written before local scaling existed
+    torch.save(blob, tmp_path / "old.pt")
+    old = SegmentationModel.load(tmp_path / "old.pt")
+    assert old.params.input_normalisation == "crop"
+    assert SelectionParams().input_normalisation == "local"
+    assert segmentation_identity(old) == segmentation_identity(model)
+    assert segmentation_identity(SegmentationModel(model.net, SelectionParams())) != segmentation_identity(model)
+
+
+def test_local_scaling_does_not_depend_on_the_crop_size():
+    """The network sees the same input for a pixel whether it sits in a 3.4 mm training patch or a
+    large inference crop: read with its context, a small crop is scaled as the whole image is."""
+    from analysis.segmentation.cnn import local_context_px, normalise, normalise_local
+
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[:400, :400]
+    image = (0.3 + 0.4 * x / 400 + 0.01 * rng.standard_normal((400, 400))).astype(np.float32)  # density trend
+    image[200:203, 200:203] += 0.05                                                         # a calcification
+    whole = normalise_local(image)
+    ctx = local_context_px()
+    small = normalise_local(image[176 - ctx:224 + ctx, 176 - ctx:224 + ctx])[ctx:-ctx, ctx:-ctx]
+    assert np.abs(small - whole[176:224, 176:224]).max() < 0.05 * np.abs(whole[176:224, 176:224]).max()
+    assert small[24:27, 24:27].mean() > 3  # the calcification stands out in noise units
+    # the crop-wide scaling does depend on the crop: the trend dominates its spread
+    crop_small, crop_whole = normalise(image[176:224, 176:224]), normalise(image)[176:224, 176:224]
+    assert np.abs(crop_small - crop_whole).max() > 0.5 * np.abs(crop_small).max()
+
+
+def test_prediction_with_context_has_the_inner_shape():
+    from analysis.segmentation.cnn import with_context
+
+    net = ProximityNet()
+    image = np.random.default_rng(4).random((120, 140), dtype=np.float32)
+    box = (slice(5, 60), slice(70, 138))
+    outer, context = with_context(box, image.shape, 30)
+    assert context == (5, 30, 30, 2)                 # clipped at the image's edges
+    for spacing in (0.05, 0.07, 0.094):
+        out = predict_crop(net, image[outer], spacing, "local", context)
+        assert out.shape == (55, 68) and 0 <= out.min() and out.max() <= 1
+    with pytest.raises(ValueError):
+        predict_crop(net, image, 0.07, "unknown")

@@ -702,3 +702,32 @@ def test_gsps_outline_drops_only_collinear_points():
     assert np.array_equal(MplPath(contour).contains_points(grid), MplPath(simple).contains_points(grid))
     square = np.array([[0, 0], [0, 1], [0, 2], [1, 2], [2, 2], [2, 1], [2, 0], [1, 0], [0, 0]], float)
     assert drop_collinear(square).tolist() == [[0, 0], [0, 2], [2, 2], [2, 0], [0, 0]]
+
+
+def test_seg_from_label_map_equals_seg_from_mask_stack(monkeypatch):
+    """segment_pixels hands highdicom a label map when no calcification is in two ROIs: the SEG
+    must be the one the stack of masks gives (same frames, same bits, SegmentsOverlap NO); with a
+    shared calcification the stack is used and highdicom says the segments overlap."""
+    from sr_templates import seg as seg_module
+
+    sources = source_images()
+    result = study_result(sources)
+    stacked = lambda image, rois: np.stack([image.roi_mask(r) for r in rois], axis=-1)[np.newaxis]  # noqa: E731
+    for image, source in zip(result.images, sources):
+        rois = seg_module.segmented_rois(image)
+        assert seg_module.segment_pixels(image, rois).ndim == 3            # the label map path
+        fast = seg_module.build_segmentation(result, image, source)
+        with monkeypatch.context() as m:
+            m.setattr(seg_module, "segment_pixels", stacked)
+            slow = seg_module.build_segmentation(result, image, source)
+        assert fast.PixelData == slow.PixelData and fast.NumberOfFrames == slow.NumberOfFrames == len(rois)
+        assert fast.SegmentsOverlap == slow.SegmentsOverlap == "NO"
+    # ROI "B" also claims cluster A's calcification 1: the masks overlap
+    image = result.images[0]
+    image = replace(image, rois=(image.rois[0], replace(image.rois[1], calcification_labels=(1, 4), n_calcifications=2),
+                                 *image.rois[2:]))
+    result = replace(result, images=(image, *result.images[1:]))
+    rois = seg_module.segmented_rois(image)
+    pixels = seg_module.segment_pixels(image, rois)
+    assert pixels.ndim == 4 and pixels[0, ..., 0].sum() == 27 and pixels[0, ..., 1].sum() == 18
+    assert seg_module.build_segmentation(result, image, sources[0]).SegmentsOverlap == "YES"

@@ -5,7 +5,8 @@ Per image, patches of ``PATCH_PX`` x ``PATCH_PX`` at the network's spacing (0.07
 * every HDoG candidate that touches no true calcification (the hard negatives the CNN exists for),
 * random points of the region and of a few random boxes of the breast (ordinary tissue, distractors
   outside the ROIs that the whole-breast mode will meet).
-Inputs are normalised exactly as at inference (:func:`analysis.segmentation.cnn.normalise`);
+Inputs are normalised exactly as at inference (:func:`analysis.segmentation.cnn.normalise_input`,
+with the same image context around the patch that an inference crop has);
 targets are the proximity map (:func:`analysis.segmentation.cnn.proximity_target`).
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ from scipy import ndimage
 
 from analysis.dicom_input import load_image
 from analysis.segmentation import breast_mask, hdog_candidates
-from analysis.segmentation.cnn import NET_SPACING_MM, SelectionParams, normalise, proximity_target
+from analysis.segmentation.cnn import (NET_SPACING_MM, SelectionParams, local_context_px, normalise_input,
+                                       proximity_target)
 
 from .datasets import DatasetImage, image_rois, load_truth, roi_region
 
@@ -103,9 +105,12 @@ def image_patches(item: DatasetImage, seed: int, params: SelectionParams = Selec
 
     native = int(round(PATCH_PX * NET_SPACING_MM / spacing))
     margin = int(np.ceil(params.proximity_radius_mm / spacing)) + 1
+    # the image around the patch that the input scaling reads (as at inference), at both spacings
+    context = local_context_px() if params.input_normalisation == "local" else 0
+    native_context = int(round(context * NET_SPACING_MM / spacing))
     xs, ys, kinds = [], [], []
     for r, c, kind in centres:
-        crop = _cut(image.pixels, (r, c), native)
+        crop = _cut(image.pixels, (r, c), native + 2 * native_context)
         truth_crop = _cut(truth, (r, c), native + 2 * margin)
         if crop is None or truth_crop is None:
             continue
@@ -115,9 +120,12 @@ def image_patches(item: DatasetImage, seed: int, params: SelectionParams = Selec
             zoom = PATCH_PX / native
             crop = ndimage.zoom(crop, zoom, order=1, grid_mode=True, mode="nearest")
             target = ndimage.zoom(target, zoom, order=1, grid_mode=True, mode="nearest")
-        if crop.shape != (PATCH_PX, PATCH_PX):
+        x = normalise_input(crop, params.input_normalisation)
+        start_r, start_c = (x.shape[0] - PATCH_PX) // 2, (x.shape[1] - PATCH_PX) // 2
+        x = x[start_r:start_r + PATCH_PX, start_c:start_c + PATCH_PX]
+        if x.shape != (PATCH_PX, PATCH_PX) or target.shape != (PATCH_PX, PATCH_PX):
             continue
-        xs.append(normalise(crop))
+        xs.append(x)
         ys.append(np.clip(target, 0, 1).astype(np.float32))
         kinds.append(kind)
     if not xs:

@@ -74,12 +74,13 @@ def split_by_patient(items: list[DatasetImage], fraction: float, seed: int):
 
 
 def _patches_job(args) -> Patches:
-    item, seed = args
-    return image_patches(item, seed)
+    item, seed, params = args
+    return image_patches(item, seed, params)
 
 
-def collect_patches(items: list[DatasetImage], seed: int, workers: int, label: str) -> Patches:
-    jobs = [(item, seed * 100003 + k) for k, item in enumerate(items)]
+def collect_patches(items: list[DatasetImage], seed: int, workers: int, label: str,
+                    params: SelectionParams = SelectionParams()) -> Patches:
+    jobs = [(item, seed * 100003 + k, params) for k, item in enumerate(items)]
     parts: list[Patches] = []
     started = time.monotonic()
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -133,8 +134,8 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
     train_items, val_items = split_by_patient(items, settings.validation_fraction, settings.seed)
     print(f"train-seg: {len(items)} images ({len(train_items)} training, {len(val_items)} validation, "
           f"split by patient)", file=sys.stderr)
-    train = collect_patches(train_items, settings.seed, settings.workers, "training")
-    val = collect_patches(val_items, settings.seed + 1, settings.workers, "validation")
+    train = collect_patches(train_items, settings.seed, settings.workers, "training", params)
+    val = collect_patches(val_items, settings.seed + 1, settings.workers, "validation", params)
     if len(train.x) == 0 or len(val.x) == 0:
         raise ValueError("no training or validation patches could be made: are there calcifications "
                          "in the truth files?")
