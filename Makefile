@@ -66,8 +66,8 @@ demo-classifier: $(STAMP)
 	rm -rf data/cls-train
 	$(BIN)/calcnode synth --out data/cls-train --cases 170 --seed 201 --lateralities L --quiet
 	$(BIN)/calcnode train --data data/cls-train --seed 0 --seg-threshold 0.000316 \
-	    --name calcnode-demo --version 1.0.0 \
-	    --out analysis/models/calcnode-demo-1.0.0 --report analysis/models/calcnode-demo-1.0.0-report
+	    --name calcnode-demo --version 1.1.0 \
+	    --out analysis/models/calcnode-demo-1.1.0 --report analysis/models/calcnode-demo-1.1.0-report
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -181,11 +181,15 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.0,
                         help="seconds between the starts of a sender's studies (default 0: back to back, "
                              "the burst the targets are stated for; > 0 measures latency at a paced load)")
+    parser.add_argument("--model-bundle", type=Path,
+                        help="classifier bundle folder for the node (default: the shipped one), e.g. to "
+                             "compare two bundles on the same machine")
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")])
     figures: dict = {"cpu_count": os.cpu_count(), "studies": args.studies, "senders": args.senders,
                      "node_workers": args.workers, "sender_interval_s": args.interval, "stable_seconds": STABLE_SECONDS, "no_roi_policy": "skip",
-                     "model": "shipped demonstration models (NOT FOR CLINICAL USE)"}
+                     "model": str(args.model_bundle) if args.model_bundle else
+                     "shipped demonstration models (NOT FOR CLINICAL USE)"}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         data = args.data or tmp / "synth"
@@ -211,7 +215,8 @@ def main() -> None:
         config = write_config(tmp / "node.toml", destinations=[dest.destination("pacs")], **node_sections(
             assembly={"stable_seconds": STABLE_SECONDS, "no_roi_policy": "skip"},
             workers={"count": args.workers, "stop_timeout_s": 30.0},
-            analysis={"engine": ""}, logging={"level": "WARNING"}))
+            analysis={"engine": "", "model_bundle": str(args.model_bundle.resolve()) if args.model_bundle else ""},
+            logging={"level": "WARNING"}))
         node = RunningNode(tmp / "node", config=config)
         peak = {"mb": 0.0}
         sampling = threading.Event()
