@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 # The shipped demonstration segmentation model (NOT FOR CLINICAL USE): simulator data with
-# real-background insertion, fixed seeds. About 75 minutes on 2 cores. See docs/segmentation.md.
+# real-background insertion, fixed seeds. About 40 minutes on 2 cores (2026-12-03). See docs/segmentation.md.
 INTEROP_MG := ../shared/interop/mg
 SYNTH_TYPES := amorphous:3,punctate,fine_pleomorphic,fine_linear
 demo-seg-model: $(STAMP)
@@ -61,7 +61,7 @@ evaluate-demo-seg: seg-test-data
 
 # The shipped demonstration classifier (NOT FOR CLINICAL USE): simulated amorphous clusters with
 # fixed seeds, segmented with the demonstration CNN (run demo-seg-model first) at HDoGReg's
-# selection threshold 10^-3.5. About 25 minutes on 2 cores. See docs/classifier.md.
+# selection threshold 10^-3.5. About 10 minutes on 2 cores (2026-12-03). See docs/classifier.md.
 demo-classifier: $(STAMP)
 	rm -rf data/cls-train
 	$(BIN)/calcnode synth --out data/cls-train --cases 170 --seed 201 --lateralities L --quiet
