@@ -81,11 +81,12 @@ def segmentation_identity(model) -> str:
     (the prediction threshold above all). ``SegmentationModel.sha256`` covers the weights only."""
     from dataclasses import asdict
 
+    from analysis.segmentation.cnn import LEGACY_PARAMS
+
     params = asdict(model.params)
-    if params.get("outline_level") is None:  # HDoGReg's rule: the identity models had before outlines
-        params.pop("outline_level", None)
-    if params.get("input_normalisation") == "crop":  # the identity models had before local scaling
-        params.pop("input_normalisation", None)
+    for key, value in LEGACY_PARAMS.items():  # the identity models had before the parameter existed
+        if key in params and params[key] == value:
+            del params[key]
     spec = {"weights_sha256": model.sha256, "params": params}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 

@@ -18,15 +18,15 @@ for a known signal in stationary Gaussian noise):
 * ``d' = (h . t) / std(h . n)`` over the background windows ``n`` (empirical, so no Fourier
   normalisation constant can be wrong).
 
-A searching observer must also reject the background's own peaks. The same filter (for each
-type, the template of its median particle) is correlated with the ROI's background; its local
-maxima (0.35 mm neighbourhoods, the evaluation's match radius) give the threshold ``z*`` that
-yields the allowed false positives per cm² of ROI. A particle is then found with probability
-``Phi(d' - z*)``, and the **bound** is the mean of that over particles.
+A searching observer must also reject the background's own peaks. Each particle's filter is
+correlated with its ROI's background; the local maxima (0.35 mm neighbourhoods, the evaluation's
+match radius) give the threshold ``z*`` that yields the allowed false positives per cm² of ROI. A
+particle is then found with probability ``Phi(d' - z*)``, and the **bound** is the mean of that
+over particles.
 
-It is generous to any real detector: the filter is told each particle's shape and position,
-searches with one template per type (a detector that must try several shapes has more false
-positives at the same threshold), and the threshold comes from the pure background. It is a bound
+It is generous to any real detector: the filter is told each particle's shape and position, searches
+with that one template (a detector that must try several shapes has more false positives at the same
+threshold), and the threshold comes from the pure background. It is a bound
 for linear detectors in Gaussian noise; the simulator's texture is close to that, but a
 non-linear detector could in principle exploit what it is not. The same held-out set and the
 same matching radius as ``calcnode evaluate-seg`` make the two comparable.
@@ -36,7 +36,6 @@ image, not redrawable; they are skipped with a reason.
 """
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +45,12 @@ import pydicom
 from scipy import ndimage, stats
 from scipy import signal as signal_fft
 
-from analysis.dicom_input import load_image
+from analysis.dicom_input import read_geometry
 
 from .datasets import image_rois, load_truth, roi_region, scan_dataset
-from .seg_evaluate import MATCH_DISTANCE_MM
-from .synth import anatomy
+from .seg_evaluate import MATCH_DISTANCE_MM, particle_kinds
 from .synth.config import SynthConfig
-from .synth.dataset import image_rng
+from .synth.dataset import calcification_free_image
 
 WINDOW_MM = 2.24          # NPS / filter window (32 px at 0.07 mm): holds the largest particle's template
 HIGHPASS_MM = 1.0         # the slow density trend is removed with a Gaussian of this sigma
@@ -156,16 +154,6 @@ def roi_observer(signal: np.ndarray, background: np.ndarray, truth: np.ndarray, 
     return RoiObserver(kinds, dprime, maxima, float(roi.sum() * spacing_mm ** 2 / 100.0))
 
 
-def _background(config: SynthConfig, image_path: Path, shape, view: str, laterality: str) -> np.ndarray:
-    """The calcification-free image, drawn again from the image's own random stream."""
-    plan = [(lat, v) for lat in config.lateralities for v in config.views]
-    case = int(image_path.parent.name.removeprefix("SYNTH")) - 1
-    rng = image_rng(config, case, plan.index((laterality, view)))
-    bg = np.clip(anatomy.make_anatomy(shape, config.pixel_spacing_mm, view, rng,
-                                      with_distractors=config.distractors).image, 0, 4095)
-    return np.rint(bg[:, ::-1] if laterality == "R" else bg)
-
-
 def dataset_observers(root: str | Path) -> list[RoiObserver]:
     """The ideal observer on every ROI of one ``calcnode synth`` folder."""
     root = Path(root)
@@ -179,18 +167,16 @@ def dataset_observers(root: str | Path) -> list[RoiObserver]:
     for item in scan_dataset(root, require_truth=True):
         if not item.roi_paths:
             continue
-        image = load_image(item.image_path)
-        header = pydicom.dcmread(item.image_path, stop_before_pixels=True)
-        pixels = pydicom.dcmread(item.image_path).pixel_array.astype(np.float64)
-        background = _background(config, Path(item.image_path), pixels.shape, str(header.ViewPosition),
-                                 str(header.ImageLaterality))
+        ds = pydicom.dcmread(item.image_path)
+        pixels = ds.pixel_array.astype(np.float64)
+        case = int(Path(item.image_path).parent.name.removeprefix("SYNTH")) - 1
+        background = calcification_free_image(config, case, str(ds.ImageLaterality), str(ds.ViewPosition))
         signal = pixels - background
-        rois, _ = image_rois(item, image.geometry)
-        region = roi_region(rois, image.geometry)
-        truth = load_truth(item.truth_path, image.shape).astype(np.int64)
-        table = Path(str(item.truth_path).replace("_labels.npz", "_particles.csv"))
-        with table.open(newline="") as f:
-            kind_of = {int(row["label"]): row["kind"] for row in csv.DictReader(f)}
+        geometry = read_geometry(ds)
+        rois, _ = image_rois(item, geometry)
+        region = roi_region(rois, geometry)
+        truth = load_truth(item.truth_path, pixels.shape).astype(np.int64)
+        kind_of = particle_kinds(item.truth_path) or {}
         spacing = config.pixel_spacing_mm
         margin = _px(MARGIN_MM, spacing)
         labelled, _ = ndimage.label(region)

@@ -63,16 +63,25 @@ class ImageMatches:
     truth_kinds: list[str | None]   # per truth object its calcification type, where the truth says
 
 
+def particle_kinds(truth_path: Path) -> dict[int, str | None] | None:
+    """Label -> calcification type from the ``*_particles.csv`` that ``calcnode synth`` writes beside
+    ``*_labels.npz``; None where there is no such table (a site's own truth)."""
+    truth_path = Path(truth_path)
+    table = truth_path.with_name(truth_path.name.replace("_labels.npz", "_particles.csv"))
+    if table == truth_path or not table.is_file():
+        return None
+    with table.open(newline="") as f:
+        return {int(row["label"]): row.get("kind") or None for row in csv.DictReader(f)}
+
+
 def truth_kinds(truth_path: Path, raw_labels: np.ndarray, truth_labels: np.ndarray,
                 truth_ids: list[int]) -> list[str | None]:
     """The calcification type of each truth object, from the ``*_particles.csv`` that
     ``calcnode synth`` writes beside ``*_labels.npz`` (``kind`` per particle ``label``); None where
     there is no such table (a site's own truth) or the object joins particles of different types."""
-    table = truth_path.with_name(truth_path.name.replace("_labels.npz", "_particles.csv"))
-    if table == truth_path or not table.is_file():
+    kind_of = particle_kinds(truth_path)
+    if kind_of is None:
         return [None] * len(truth_ids)
-    with table.open(newline="") as f:
-        kind_of = {int(row["label"]): row.get("kind") or None for row in csv.DictReader(f)}
     kinds = []
     for t in truth_ids:
         particles = np.unique(raw_labels[truth_labels == t])

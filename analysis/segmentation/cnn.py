@@ -58,7 +58,7 @@ class SelectionParams:
     # whole candidates). 0.7 ~ the target K(d) at d = 2 px (0.14 mm) from a calcification pixel.
     outline_level: float | None = 0.7
     crop_margin_mm: float = 1.4        # context around a candidate: >= the receptive field radius (1.15 mm)
-    # How the network's input is scaled: "local" (contrast to the surroundings within 1 mm, the same
+    # How the network's input is scaled: "local" (contrast to a 2 mm square around each pixel, the same
     # for a training patch and an inference crop of any size) or "crop" (median/MAD of the whole crop:
     # models trained before 2026-12-03, whose inference crops were scaled unlike their training
     # patches). See normalise_local.
@@ -162,6 +162,15 @@ class ProximityNet(nn.Module):
         return self.body(x)
 
 
+# Selection parameters that model files written before them lack, and the value that reproduces
+# what those models did: loading fills them in, and the model's identity leaves them out, so an old
+# model's results and identity (feature caches, bundles) stay as they were.
+LEGACY_PARAMS = {
+    "outline_level": None,              # before outlines: HDoGReg's whole candidates
+    "input_normalisation": "crop",      # before local scaling: median/MAD of the whole crop
+}
+
+
 @dataclass
 class SegmentationModel:
     """The trained selection network with everything needed to use and identify it."""
@@ -196,8 +205,8 @@ class SegmentationModel:
         net.load_state_dict(blob["state_dict"])
         net.eval()
         params = dict(blob["params"])
-        params.setdefault("outline_level", None)  # models from before outlines: HDoGReg's rule
-        params.setdefault("input_normalisation", "crop")  # models from before local scaling
+        for key, value in LEGACY_PARAMS.items():
+            params.setdefault(key, value)
         return cls(net=net, params=SelectionParams(**params),
                    info=json.loads(blob["info_json"]))
 

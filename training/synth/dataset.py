@@ -163,6 +163,20 @@ def image_rng(config: SynthConfig, case_index: int, image_index: int) -> np.rand
     return np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(case_index, 1000 + image_index)))
 
 
+def calcification_free_image(config: SynthConfig, case_index: int, laterality: str, view: str) -> np.ndarray:
+    """The image ``calcnode synth`` wrote for (case, laterality, view) before its calcifications were
+    added: the anatomy drawn again from the image's own random stream, mirrored and quantised as
+    the written image (float64, 12-bit values). Not for background-inserted sets."""
+    if config.backgrounds:
+        raise ValueError("a background-inserted set's background is a real image: it cannot be drawn again")
+    plan = _image_plan(config, case_index)
+    index = plan.index((laterality, view, None))
+    anat = anatomy_mod.make_anatomy((config.rows, config.columns), config.pixel_spacing_mm, view,
+                                    image_rng(config, case_index, index), with_distractors=config.distractors)
+    image = np.clip(anat.image, 0, 4095)
+    return np.rint(image[:, ::-1] if laterality == "R" else image).astype(np.float64)
+
+
 def _n_clusters(rng: np.random.Generator, max_clusters: int) -> int:
     n = 1
     while n < max_clusters and rng.random() < 0.25:
