@@ -20,6 +20,9 @@ Reported:
 * throughput: studies analysed per minute, and the node's peak memory (its worker processes
   included).
 
+The burst starts once ``/healthz`` reports every worker ready (models loaded), as on a node
+that has been running; ``workers_ready_after_start_s`` says how long that took after the start.
+
 Settings that matter (written into the results): ``assembly.stable_seconds = 2`` (a study is
 taken as complete 2 s after its last instance; the production default is 30 s, which adds 28 s to
 every figure here) and ``assembly.no_roi_policy = "skip"`` (the two views without a ROI are not
@@ -32,6 +35,7 @@ analysed over the whole breast: "per study with ROIs").
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sqlite3
@@ -49,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import CALCNODE, STORESCU, RunningNode, free_port  # noqa: E402
-from node_helpers import STORESCP, StoreSCP, node_sections, wait_until, write_config  # noqa: E402
+from node_helpers import STORESCP, StoreSCP, http_get, node_sections, wait_until, write_config  # noqa: E402
 
 SEED = 9100
 STABLE_SECONDS = 2.0
@@ -184,6 +188,8 @@ def main() -> None:
     parser.add_argument("--model-bundle", type=Path,
                         help="classifier bundle folder for the node (default: the shipped one), e.g. to "
                              "compare two bundles on the same machine")
+    parser.add_argument("--keep-state", type=Path,
+                        help="copy the node's state database here afterwards (per-study timelines)")
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")])
     figures: dict = {"cpu_count": os.cpu_count(), "studies": args.studies, "senders": args.senders,
@@ -212,12 +218,23 @@ def main() -> None:
         figures["reference_ingest"] = ref
 
         dest = StoreSCP(tmp / "dest")
+        http_port = free_port()
         config = write_config(tmp / "node.toml", destinations=[dest.destination("pacs")], **node_sections(
+            http_port=http_port,
             assembly={"stable_seconds": STABLE_SECONDS, "no_roi_policy": "skip"},
             workers={"count": args.workers, "stop_timeout_s": 30.0},
             analysis={"engine": "", "model_bundle": str(args.model_bundle.resolve()) if args.model_bundle else ""},
             logging={"level": "WARNING"}))
         node = RunningNode(tmp / "node", config=config)
+        t0 = time.perf_counter()
+        def workers_ready():
+            try:
+                return json.loads(http_get(http_port, "/healthz")[1])["workers"]["ready"] == args.workers
+            except OSError:  # the monitoring server is not listening yet
+                return False
+
+        wait_until(workers_ready, 120, "the workers' models loaded")
+        figures["workers_ready_after_start_s"] = round(time.perf_counter() - t0, 1)
         peak = {"mb": 0.0}
         sampling = threading.Event()
 
@@ -249,6 +266,9 @@ def main() -> None:
             node.stop()
             dest.stop()
         result = _node_figures(node.state_dir / "state.db", args.studies)
+        if args.keep_state:
+            args.keep_state.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(node.state_dir / "state.db", args.keep_state / "state.db")
         last_sent = result.pop("_last_sent")
         span = last_sent - result.pop("_first_job_created")
         result["studies_per_minute"] = round(60 * args.studies / span, 1)

@@ -10,7 +10,8 @@ An engine has two methods:
 The default engine is calcnode's own analysis (``analysis.study.analyze_study`` with the
 configured segmentation CNN and classifier bundle); ``analysis.engine = "module:callable"``
 names a factory ``callable(config) -> engine`` instead (site-specific analyses, tests).
-Engines are built once per worker process, at its first job, so a model is loaded once.
+Engines are built once per worker process, when it starts (before its first job: a PACS's first
+study after a restart does not wait for the models), so a model is loaded once.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class CalcnodeEngine:
 
     ``analysis.model_bundle`` "" = the shipped demonstration bundle (analysis/models/);
     ``analysis.segmentation_model`` "" = the CNN inside the bundle (the one its features were
-    trained with). Both are loaded once per worker process.
+    trained with). Both are loaded once per worker process, when it starts.
     """
 
     def __init__(self, config: Config):
@@ -58,7 +59,12 @@ class CalcnodeEngine:
             where = bundle_path or getattr(classify, "DEFAULT_BUNDLE", "the demonstration bundle")
             raise EngineError(f"the model bundle {where} cannot be loaded: {exc}") from exc
         self.seg_model = None
-        if config.analysis.segmentation_model:
+        if not config.analysis.segmentation_model:
+            try:  # once here, not once per study (it also brings torch in before the first job)
+                self.seg_model = self.bundle.segmentation_model()
+            except Exception as exc:  # noqa: BLE001 - OSError, a damaged weights file
+                raise EngineError(f"the segmentation CNN of the model bundle cannot be loaded: {exc}") from exc
+        else:
             from analysis.segmentation.cnn import SegmentationModel
 
             path = Path(config.analysis.segmentation_model)

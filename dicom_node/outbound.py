@@ -18,9 +18,12 @@ import logging
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from itertools import groupby
+from pathlib import Path
 
 import pydicom
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
@@ -33,7 +36,33 @@ from .state import Send, StateDB
 log = logging.getLogger("calcnode.outbound")
 
 PERMANENT_FAILURES = {0x0122: "SOP class not supported", 0x0124: "not authorised"}
-POLL_S = 1.0
+POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    sop_class_uid: str
+    transfer_syntax_uid: str
+
+
+def file_meta(path: str | Path) -> FileMeta:
+    """The SOP class and transfer syntax of a Part 10 file, from its file meta only."""
+    meta = read_file_meta_info(path)
+    return FileMeta(str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+
+
+def no_delay(assoc) -> None:
+    """Turn Nagle's algorithm off on an association's socket.
+
+    A C-STORE request is two P-DATA PDUs (command, then data set) written one after the
+    other; with Nagle on, the second waits for the peer's delayed ACK (40 ms on Linux) on
+    every object. Measured: 6 result objects to DCMTK storescp in 0.50 s with Nagle, 0.29 s
+    without (and 0.05 s when the destination turns it off too, as Orthanc and dcm4che do).
+    """
+    try:
+        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):  # a pynetdicom without these internals: only slower
+        pass
 
 
 def _is_success(code: int) -> bool:
@@ -120,24 +149,26 @@ class Sender:
             self.audit.write("send_failed", attempts=updated.attempts, **fields)
 
     def send_batch(self, destination: Destination, rows: list[Send]) -> None:
-        datasets: list[tuple[Send, pydicom.Dataset]] = []
+        # Only the file meta is read here: the object is sent as the bytes on disk when the
+        # destination accepts the file's transfer syntax (no decoding, no re-encoding).
+        files: list[tuple[Send, FileMeta]] = []
         for row in rows:
             try:
-                datasets.append((row, pydicom.dcmread(row.path)))
+                files.append((row, file_meta(row.path)))
             except FileNotFoundError:
                 self._failed(row, destination, f"result file {row.path} is missing", permanent=True)
             except Exception as exc:  # noqa: BLE001
                 self._failed(row, destination, f"result file {row.path} cannot be read: {exc}", permanent=True)
-        if not datasets:
+        if not files:
             return
         out = self.config.outbound
         ae = AE(ae_title=self.config.calling_ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = out.timeout_s
         ae.connection_timeout = out.timeout_s
         contexts: dict[str, list[str]] = {}
-        for _, ds in datasets:
-            syntaxes = contexts.setdefault(str(ds.SOPClassUID), [])
-            for ts in transfer_syntaxes_for(ds.file_meta.TransferSyntaxUID):
+        for _, meta in files:
+            syntaxes = contexts.setdefault(meta.sop_class_uid, [])
+            for ts in transfer_syntaxes_for(meta.transfer_syntax_uid):
                 if ts not in syntaxes:
                     syntaxes.append(ts)
         for sop_class, syntaxes in contexts.items():
@@ -152,16 +183,17 @@ class Sender:
         if not assoc.is_established:
             why = f"association rejected by {where}" if assoc.is_rejected else self._why_no_association(
                 destination, where)
-            for row, _ in datasets:
+            for row, _ in files:
                 self._failed(row, destination, why)
             return
+        no_delay(assoc)
         try:
-            for row, ds in datasets:
+            for row, meta in files:
                 if self.stop.is_set() or not assoc.is_established:
                     if not assoc.is_established:
                         self._failed(row, destination, f"association with {where} lost")
                     continue  # on stop: left pending, no attempt counted
-                self._send_one(assoc, destination, where, row, ds)
+                self._send_one(assoc, destination, where, row, meta)
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -176,10 +208,14 @@ class Sender:
             return f"no association with {where}: connection failed ({exc.strerror or exc})"
         return f"association with {where} aborted by the peer"
 
-    def _send_one(self, assoc, destination: Destination, where: str, row: Send, ds) -> None:
+    def _send_one(self, assoc, destination: Destination, where: str, row: Send, meta: FileMeta) -> None:
         started = time.monotonic()
         try:
-            status = assoc.send_c_store(ds)
+            as_stored = any(cx.abstract_syntax == meta.sop_class_uid
+                            and cx.transfer_syntax[0] == meta.transfer_syntax_uid for cx in assoc.accepted_contexts)
+            # the file's own bytes when its transfer syntax was accepted; otherwise pynetdicom
+            # re-encodes the dataset in the accepted one (explicit <-> implicit VR little endian)
+            status = assoc.send_c_store(Path(row.path) if as_stored else pydicom.dcmread(row.path))
         except ValueError as exc:  # no accepted presentation context for it
             self._failed(row, destination, f"{where} accepted no presentation context for "
                                            f"{UID(row.sop_class_uid).name}: {exc}", permanent=True)

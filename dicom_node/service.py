@@ -35,7 +35,7 @@ from .state import JOB_STATES, SEND_STATES, StateDB
 
 log = logging.getLogger("calcnode.node")
 
-SUPERVISE_EVERY_S = 0.5
+SUPERVISE_EVERY_S = 0.25
 RETENTION_EVERY_S = 3600.0
 WORKER_RESTART_DELAY_S = 2.0
 
@@ -67,6 +67,9 @@ class Node:
         # (OOM, kill -9) while waiting on an Event's condition deadlocks the next set().
         self._mp = multiprocessing.get_context("spawn")
         self.slots = [_WorkerSlot(i) for i in range(config.workers.count)]
+        # when each worker had its models loaded (0: not yet). A lock-free shared array: a worker
+        # killed while writing it cannot block the node (see above)
+        self._ready_since = self._mp.RawArray("d", max(1, len(self.slots)))
         self.dispatcher = None
         if config.workers.backend == "dask":  # the analyses run on a Dask cluster, not in local processes
             from .dask_backend import DaskDispatcher
@@ -176,7 +179,8 @@ class Node:
     def _start_worker(self, slot: _WorkerSlot) -> None:
         from .worker import worker_main
 
-        proc = self._mp.Process(target=worker_main, args=(self.config, slot.index),
+        self._ready_since[slot.index] = 0.0
+        proc = self._mp.Process(target=worker_main, args=(self.config, slot.index, self._ready_since),
                                 name=f"calcnode-worker-{slot.index}", daemon=False)
         proc.start()
         slot.process, slot.pid, slot.started_at = proc, proc.pid, time.monotonic()
@@ -203,6 +207,11 @@ class Node:
 
     def workers_alive(self) -> int:
         return sum(1 for s in self.slots if s.process is not None and s.process.is_alive())
+
+    def workers_ready(self) -> int:
+        """Workers alive with their models loaded (the first study does not wait for a load)."""
+        return sum(1 for s in self.slots if s.process is not None and s.process.is_alive()
+                   and self._ready_since[s.index] > 0)
 
     # --------------------------------------------------------------- supervisor
     def _supervise(self) -> None:
@@ -259,7 +268,7 @@ class Node:
                 "ae_title": self.config.node.ae_title, "port": self.config.node.port,
                 "listening": self.listening, "database": database,
                 "workers": self.dispatcher.status() if self.dispatcher is not None else
-                {"configured": len(self.slots), "alive": alive},
+                {"configured": len(self.slots), "alive": alive, "ready": self.workers_ready()},
                 "sender": self.sender.alive(), "uptime_s": round(time.time() - self.started_at, 1)}
         if counts:
             body["jobs"] = counts["jobs"]
@@ -317,6 +326,7 @@ class Node:
         out.declare("calcnode_workers", "gauge", "analysis worker processes")
         out.sample("calcnode_workers", len(self.slots), state="configured")
         out.sample("calcnode_workers", self.workers_alive(), state="alive")
+        out.sample("calcnode_workers", self.workers_ready(), state="ready")
         if self.dispatcher is not None:
             status = self.dispatcher.status()
             out.declare("calcnode_dask_worker_threads", "gauge", "threads of the connected Dask workers (0: none)")

@@ -5,7 +5,8 @@ Layout under the state directory::
     spool/incoming/<StudyInstanceUID>/<SOPInstanceUID>.dcm   one file per instance
     spool/tmp/                                               files being written
 
-An instance is written to ``tmp/`` (write, flush, fsync), then hard-linked to
+An instance is written to ``tmp/`` (:func:`write_durably`: on disk, data and
+size, before it returns), then hard-linked to
 its final name and the directories fsync'ed, and only then does the SCP answer
 success. ``os.link`` fails if the final name exists, so a duplicate SOP
 Instance UID -- also two associations racing with the same instance -- is
@@ -16,8 +17,10 @@ instances. Leftovers of a crash in ``tmp/`` are removed at start.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import re
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +52,79 @@ def check_uid(value: str, what: str) -> str:
 class StoreResult:
     path: Path
     duplicate: bool
+
+
+# Direct I/O writes from an aligned buffer: its size is the bytes copied per write() call, and a
+# multiple of every logical block size in use (512 / 4096).
+DIRECT_IO_CHUNK = 4 * 1024 * 1024
+_BLOCK = 4096
+_buffers = threading.local()  # one aligned buffer per SCP thread (an association)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Create ``path`` (it must not exist) holding ``data``; the bytes and the file size are on
+    disk when this returns. On error the partial file is left for the caller to remove.
+
+    Why direct I/O (``O_DIRECT``): on the virtual disks nodes run on, a page-cache write
+    followed by ``fsync`` cost about 2 ms of kernel CPU per MB here (3 s for 1.7 GB; a
+    four-view study is 68 MB), CPU the analysis workers lack while a PACS sends a burst; a
+    direct write of the same bytes cost 0.1 s and half the wall time. Direct writes need an
+    aligned buffer and whole blocks: the data are copied through a 4 MB page-aligned buffer,
+    the last block is padded with zeros and the file cut back to its length before the
+    ``fsync``. A filesystem that refuses direct I/O (tmpfs, some network filesystems) gets
+    the ordinary write + ``fsync``.
+    """
+    direct = getattr(os, "O_DIRECT", 0)
+    if direct:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | direct, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            path.unlink(missing_ok=True)  # some kernels create the file before refusing O_DIRECT
+        else:
+            try:
+                done = _write_direct(fd, data)
+                if done:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if done:
+                return
+            path.unlink()  # direct I/O refused at the first write: start again, buffered
+    with open(path, "xb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_direct(fd: int, data: bytes) -> bool:
+    """Write ``data`` through the aligned buffer. False if the filesystem refuses direct I/O."""
+    buffer = getattr(_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _buffers.buffer = mmap.mmap(-1, DIRECT_IO_CHUNK)  # page-aligned
+    view = memoryview(data).cast("B")
+    total = len(view)
+    for offset in range(0, max(total, 1), DIRECT_IO_CHUNK):
+        chunk = view[offset:offset + DIRECT_IO_CHUNK]
+        n = len(chunk)
+        padded = -(-n // _BLOCK) * _BLOCK
+        buffer[:n] = chunk
+        buffer[n:padded] = bytes(padded - n)
+        written = 0
+        while written < padded:  # a short write (the disk filled up) is continued: the next one says why
+            try:
+                n = os.write(fd, memoryview(buffer)[written:padded])
+            except OSError as exc:
+                if exc.errno == errno.EINVAL and offset == 0 and written == 0:
+                    return False
+                raise
+            if n <= 0:
+                raise OSError(errno.ENOSPC, "no space left on device")
+            written += n
+    if total % _BLOCK:
+        os.ftruncate(fd, total)
+    return True
 
 
 def _fsync_dir(path: Path) -> None:
@@ -91,10 +167,7 @@ class Spool:
             final.parent.mkdir(parents=True, exist_ok=True)
             if new_dir:
                 _fsync_dir(self.incoming)
-            with open(tmp, "xb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            write_durably(tmp, data)
             try:
                 os.link(tmp, final)
                 duplicate = False

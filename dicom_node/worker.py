@@ -43,7 +43,7 @@ from .state import Job, OutputObject, StateDB
 log = logging.getLogger("calcnode.worker")
 
 PR_SET_PDEATHSIG = 1
-IDLE_POLL_S = 0.5
+IDLE_POLL_S = 0.2
 WORKER_NICENESS = 10
 
 
@@ -57,7 +57,8 @@ def die_with_parent() -> None:
 
 
 class EngineBox:
-    """The worker's engine, built at the first job (and rebuilt after a failed build)."""
+    """The worker's engine, built when the worker starts or at the first job (and rebuilt after a
+    failed build)."""
 
     def __init__(self, config: Config):
         self.config = config
@@ -303,7 +304,7 @@ def limit_threads(workers: int) -> int:
 
     Each library would otherwise start one thread per core in every worker: 2 workers on
     2 cores ran 4 compute threads that took turns. Called before torch is imported (the
-    engine is built at the first job); an ``OMP_NUM_THREADS`` set by the operator wins.
+    engine is built after it); an ``OMP_NUM_THREADS`` set by the operator wins.
     Returns the thread count now in force.
     """
     share = str(max(1, (os.cpu_count() or 1) // max(1, int(workers))))
@@ -318,8 +319,23 @@ def _sleep(seconds: float, stopping: dict) -> None:
         time.sleep(0.1)
 
 
-def worker_main(config: Config, index: int) -> None:
-    """Entry point of a worker process."""
+def _load_models(engines: EngineBox, index: int) -> bool:
+    """Build the engine now, before the first job: the models and the libraries they need
+    (torch, about 2 s of imports) load while the worker is idle rather than delaying the
+    first study, which in a burst delays every study queued behind it. True if loaded."""
+    from .engine import EngineError
+
+    try:
+        engines.get()
+    except EngineError as exc:  # each job retries the build and reports the reason in its SR
+        event(log, logging.ERROR, "model cannot be loaded; jobs will report why", reason=str(exc), worker=index)
+        return False
+    return True
+
+
+def worker_main(config: Config, index: int, ready_since=None) -> None:
+    """Entry point of a worker process. ``ready_since``: the node's shared array in which the
+    worker writes when its models were loaded (``/healthz`` reports it)."""
     die_with_parent()
     parent = os.getppid()
     stopping = {"flag": False}
@@ -339,6 +355,13 @@ def worker_main(config: Config, index: int) -> None:
     db = StateDB(config.state_db)
     engines = EngineBox(config)
     event(log, logging.INFO, "worker started", worker=index, pid=pid)
+
+    def mark_ready() -> None:
+        if ready_since is not None and engines.engine is not None and not ready_since[index]:
+            ready_since[index] = time.time()
+
+    if _load_models(engines, index):
+        mark_ready()
     while not stopping["flag"]:
         if os.getppid() != parent:
             break  # the node is gone (PDEATHSIG covers this on Linux)
@@ -352,5 +375,6 @@ def worker_main(config: Config, index: int) -> None:
             _sleep(IDLE_POLL_S, stopping)
             continue
         run_job(db, config, job, engines, pid)
+        mark_ready()  # a model that could not be loaded at start may load at a job
     event(log, logging.INFO, "worker stopped", worker=index, pid=pid)
     db.close()

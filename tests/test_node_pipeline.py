@@ -161,6 +161,7 @@ def test_study_analysed_results_sent_and_input_changes_handled(node_env, start_n
     # monitoring
     status, body = http_get(node.http_port, "/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"
+    assert json.loads(body)["workers"] == {"configured": 1, "alive": 1, "ready": 1}  # models loaded
     status, metrics = http_get(node.http_port, "/metrics")
     assert status == 200
     lines = metrics.splitlines()
@@ -169,6 +170,7 @@ def test_study_analysed_results_sent_and_input_changes_handled(node_env, start_n
     assert f'calcnode_objects_sent_total{{destination="pacs"}} {len(sent)}' in lines
     assert 'calcnode_outbound{destination="pacs",state="pending"} 0' in lines
     assert 'calcnode_analysis_seconds_count 3' in lines
+    assert 'calcnode_workers{state="ready"} 1' in lines
     assert node.stop() == 0
 
 
@@ -191,6 +193,23 @@ def test_failed_analysis_still_sends_a_report(node_env, start_node, start_stores
             assert any("simulated out-of-memory" in str(i.get("TextValue", "")) for i in items)
         else:                                   # the CAD SR: "Failed Detections"
             assert any(i.get("CodeMeaning") == "Failed Detections" for i in items)
+
+
+def test_a_model_that_cannot_be_loaded_leaves_workers_not_ready_and_jobs_say_why(
+        node_env, start_node, start_storescp, tmp_path, synth_study):
+    dest = start_storescp()
+    node = start(start_node, tmp_path, destinations=[dest.destination()],
+                 analysis={"engine": "", "model_bundle": str(tmp_path / "no-such-bundle")})
+    wait_until(lambda: any(e["event"] == "model cannot be loaded; jobs will report why" for e in node.log_events()),
+               60, "the worker's report that the model cannot be loaded")
+    status, body = http_get(node.http_port, "/healthz")
+    assert json.loads(body)["workers"] == {"configured": 1, "alive": 1, "ready": 0}
+    assert node.storescu(*synth_study["images"], *synth_study["rois"]).returncode == 0
+    [job] = wait_jobs_finished(node, 1)
+    assert job.state == "failed" and "no-such-bundle" in job.reason and "cannot be loaded" in job.reason
+    wait_all_sent(node)
+    assert kinds_by_class(dest.received()) == {COMPREHENSIVE_SR: 1, MAMMOGRAPHY_CAD_SR: 1}
+    assert node.stop() == 0
 
 
 def test_kill_9_during_analysis_then_restart_sends_everything_once(node_env, start_node, start_storescp,
