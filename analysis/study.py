@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from analysis.classify import ClassifierBundle, Score, load_bundle, segmentation_identity
-from analysis.dicom_input import InputError, RoiError, load_image, parse_rois
+from analysis.dicom_input import ImageGeometry, InputError, RoiError, load_image, parse_rois, read_geometry
 from analysis.dicom_input.rois import DEFAULT_POINT_RADIUS_MM, Roi
 from analysis.features import extract_roi_features, select_roi_objects
 
@@ -200,6 +200,35 @@ def _study_uid_of(path) -> str | None:
         return None
 
 
+def _images_no_roi_references(images: Sequence, roi_files: Sequence, *, point_radius_mm: float,
+                              default_pixel_spacing_mm: float | None) -> dict[int, tuple[ImageGeometry, str]]:
+    """Index in ``images`` -> (header geometry, Study Instance UID) of the images no ROI refers to.
+
+    Under ``no_roi = "skip"`` these are not analysed, so their pixels need not be decoded (a
+    full-field mammogram takes ~25 ms). Headers only; an image whose header cannot be read is
+    left out here, and :func:`load_image` then says why.
+    """
+    from analysis.dicom_input.image import read_dataset
+
+    headers: dict[int, tuple[ImageGeometry, str]] = {}
+    for k, source in enumerate(images):
+        try:
+            ds = read_dataset(source, stop_before_pixels=True)
+            headers[k] = (read_geometry(ds, default_pixel_spacing_mm=default_pixel_spacing_mm),
+                          str(ds.get("StudyInstanceUID", "")))
+        except InputError:
+            continue
+    referenced: set[str] = set()
+    for path in roi_files:
+        try:
+            found, _errors = parse_rois(path, images=[g for g, _ in headers.values()],
+                                        point_radius_mm=point_radius_mm)
+        except Exception:  # noqa: BLE001 - the full parse below reports it
+            return {}
+        referenced.update(roi.referenced_sop_instance_uid for roi in found)
+    return {k: h for k, h in headers.items() if h[0].sop_instance_uid not in referenced}
+
+
 def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
                    bundle: ClassifierBundle | str | Path | None = None, *, executor=None,
                    no_roi: str = "whole_breast", point_radius_mm: float = DEFAULT_POINT_RADIUS_MM,
@@ -232,9 +261,19 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
             warnings.append(f"segmentation CNN {segmentation_identity(model)[:12]} is not the one the classifier "
                             f"was trained with ({bundle.segmentation_sha256[:12]}): scores may be off")
 
+    unreferenced = {} if no_roi != "skip" else _images_no_roi_references(
+        images, roi_files, point_radius_mm=point_radius_mm, default_pixel_spacing_mm=default_pixel_spacing_mm)
     loaded = []
+    skipped: list[tuple[ImageGeometry, str]] = []  # (header geometry, study UID): not decoded
     files: dict[str, Any] = {}
-    for source in images:
+    for k, source in enumerate(images):
+        if k in unreferenced:
+            geometry, study_uid = unreferenced[k]
+            if geometry.sop_instance_uid not in files:
+                files[geometry.sop_instance_uid] = source
+                skipped.append((geometry, study_uid))
+                warnings.append(f"image {geometry.sop_instance_uid} has no ROI: not analysed (no_roi = skip)")
+            continue
         try:
             image = load_image(source, default_pixel_spacing_mm=default_pixel_spacing_mm)
         except InputError as exc:
@@ -246,10 +285,12 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
             continue
         files[image.sop_instance_uid] = source  # a path, or the Dataset itself (for the writers)
         loaded.append(image)
-    studies = sorted({im.study_instance_uid for im in loaded})
+    studies = sorted({im.study_instance_uid for im in loaded} | {uid for _, uid in skipped})
     if len(studies) > 1:
         raise ValueError(f"the images belong to {len(studies)} studies; analyse one study at a time")
-    if not loaded:
+    if not loaded and skipped:
+        study_uid = studies[0]
+    elif not loaded:
         uids = {u for u in (_study_uid_of(s) for s in images if isinstance(s, (str, Path))) if u}
         if len(uids) != 1:
             raise InputError("no usable image: " + ("; ".join(problems) or "none given"), reason="no_image")
@@ -257,7 +298,7 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
     else:
         study_uid = studies[0]
 
-    geometries = [im.geometry for im in loaded]
+    geometries = [im.geometry for im in loaded] + [g for g, _ in skipped]
     by_image: dict[str, list[Roi]] = {}
     for path in roi_files:
         found, errors = parse_rois(path, images=geometries, point_radius_mm=point_radius_mm)

@@ -249,11 +249,12 @@ class RoiResult:
         return self.label or self.roi_id
 
 
-def _labels_present(labels: np.ndarray) -> set[int]:
+def _labels_present(labels: np.ndarray, extent=False) -> set[int]:
     """The non-zero labels of a label image. A histogram is one pass over the pixels where
     ``np.unique`` sorts them (0.2 s for a full-field mammogram); ``np.unique`` is kept for
-    the rare label image whose largest label would make the histogram large."""
-    extent = nonzero_extent(labels)
+    the rare label image whose largest label would make the histogram large. ``extent``: the
+    labels' :func:`nonzero_extent` when the caller has it."""
+    extent = nonzero_extent(labels) if extent is False else extent
     if extent is None:
         return set()
     labels = labels[extent]
@@ -295,11 +296,16 @@ class ImageResult:
                                  "(rows, columns)")
             if labels.dtype.kind not in "iub":
                 raise ValueError(f"{where}: label_image must hold integers, got dtype {labels.dtype}")
-            if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.int32).max):
+            # Checked on the box of the non-zero pixels: the rest is 0. One pass over the 8-14 Mpx
+            # image and one copy (ours, read-only) instead of five passes and two copies.
+            extent = nonzero_extent(labels)
+            box = labels[extent] if extent is not None else labels[:0, :0]
+            if box.size and (box.min() < 0 or box.max() > np.iinfo(np.int32).max):
                 raise ValueError(f"{where}: label_image values must be in [0, 2**31 - 1]")
-            labels = _readonly(labels.astype(np.int32))
+            labels = labels.astype(np.int32, copy=True)
+            labels.setflags(write=False)
             object.__setattr__(self, "label_image", labels)
-            present = _labels_present(labels)
+            present = _labels_present(labels, extent)
 
         rois = tuple(self.rois)
         object.__setattr__(self, "rois", rois)

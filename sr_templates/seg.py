@@ -23,6 +23,8 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
+from analysis.extent import nonzero_extent
+
 from . import codes
 from .common import (
     MANUFACTURER, NOT_FOR_CLINICAL_USE, contributing_equipment, patient_orientation, per_image_object,
@@ -51,10 +53,16 @@ def segment_pixels(image: ImageResult, rois: list[RoiResult]) -> np.ndarray:
     if len(owned) != len(set(owned)) or len(rois) > np.iinfo(np.uint16).max:
         return np.stack([image.roi_mask(roi) for roi in rois], axis=-1)[np.newaxis]
     dtype = np.uint8 if len(rois) <= np.iinfo(np.uint8).max else np.uint16
-    lookup = np.zeros(max(int(image.label_image.max(initial=0)), max(owned, default=0)) + 1, dtype)
+    pixels = np.zeros((1, *image.shape), dtype)
+    extent = nonzero_extent(image.label_image)  # the lookup runs on the calcifications' box only
+    if extent is None:
+        return pixels
+    labels = image.label_image[extent]
+    lookup = np.zeros(max(int(labels.max(initial=0)), max(owned, default=0)) + 1, dtype)
     for number, roi in enumerate(rois, start=1):
         lookup[np.asarray(roi.calcification_labels, dtype=np.int64)] = number
-    return lookup[image.label_image][np.newaxis]
+    pixels[0][extent] = lookup[labels]
+    return pixels
 
 
 def segment_number(image: ImageResult, roi: RoiResult) -> int | None:

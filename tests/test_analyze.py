@@ -125,6 +125,20 @@ def test_image_without_roi_is_skipped_on_request(world, study):
     assert any("no ROI: not analysed" in w for w in found.result.warnings)
 
 
+def test_under_skip_an_image_without_roi_is_not_decoded(world, study, tmp_path):
+    # the image without ROI has a readable header and pixel data cut short: decoding would fail
+    data = study["no_roi"].read_bytes()
+    cut = tmp_path / "no_roi_cut.dcm"
+    cut.write_bytes(data[:len(data) - 100_000])
+    skip = study_analysis([*study["images"], cut], study["gsps"], None, world.bundle, no_roi="skip")
+    assert skip.problems == () and len(skip.result.images) == len(study["images"])
+    assert any("no ROI: not analysed (no_roi = skip)" in w for w in skip.result.warnings)
+    assert {roi.roi_id for _, roi in skip.result.rois} == {
+        roi.roi_id for _, roi in study_analysis(study["images"], study["gsps"], None, world.bundle).result.rois}
+    whole = study_analysis([*study["images"], cut], study["gsps"], None, world.bundle, no_roi="whole_breast")
+    assert len(whole.problems) == 1 and "truncated" in whole.problems[0]
+
+
 def test_analyze_errors_are_one_line_without_traceback(world, study, tmp_path):
     result = run("analyze", tmp_path / "missing.dcm", "--model", world.bundle, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
