@@ -27,6 +27,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from . import socket_reads
 from .audit import AuditLog
 from .config import Config, Destination
 from .logs import event
@@ -89,6 +90,7 @@ class Sender:
         self.stop = stop or threading.Event()
         self.destinations = {d.name: d for d in config.destinations}
         self._thread: threading.Thread | None = None
+        socket_reads.install()  # responses read in 1 MB steps, not pynetdicom's 4 KB ones
 
     # ------------------------------------------------------------------ thread
     def start(self) -> None:

@@ -1,0 +1,46 @@
+"""Large socket reads for pynetdicom's associations (the listener and the sender).
+
+pynetdicom 3.0's ``AssociationSocket.recv(n)`` collects a PDU 4 KB per ``socket.recv`` call,
+each appended to a growing ``bytearray``: a 17 MB mammogram is ~4,200 trips through a Python
+loop plus as many system calls and copies. While a PACS sends a burst, that loop was most of
+the listener's CPU, CPU the analysis workers then lacked. :func:`recv_exactly` reads into one
+buffer of the PDU's size with ``recv_into`` (up to 1 MB per call) and returns the same thing:
+the bytes read, fewer only when the peer closed the connection. Timeouts and errors are raised
+as before (``socket.recv_into`` raises what ``socket.recv`` raises).
+
+:func:`install` puts it in place of pynetdicom's method; the node calls it once at start.
+"""
+from __future__ import annotations
+
+from pynetdicom.transport import AssociationSocket
+
+CHUNK_BYTES = 1024 * 1024
+_ORIGINAL_RECV = AssociationSocket.recv
+
+
+def recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    """Read ``nr_bytes`` from the association's socket (fewer if the peer closed it)."""
+    buffer = bytearray(nr_bytes)
+    view = memoryview(buffer)
+    nr_read = 0
+    try:
+        while nr_read < nr_bytes:
+            n = self.socket.recv_into(view[nr_read:], min(nr_bytes - nr_read, CHUNK_BYTES))
+            if not n:  # connection closed: what was read so far, as pynetdicom does
+                break
+            nr_read += n
+    finally:
+        view.release()  # the caller may resize the buffer
+    if nr_read < nr_bytes:
+        del buffer[nr_read:]
+    return buffer
+
+
+def install() -> None:
+    """Use :func:`recv_exactly` for every pynetdicom association of this process (idempotent)."""
+    AssociationSocket.recv = recv_exactly
+
+
+def uninstall() -> None:
+    """pynetdicom's own method again (tests compare the two)."""
+    AssociationSocket.recv = _ORIGINAL_RECV
