@@ -28,7 +28,8 @@ taken as complete 2 s after its last instance; the production default is 30 s, w
 every figure here) and ``assembly.no_roi_policy = "skip"`` (the two views without a ROI are not
 analysed over the whole breast: "per study with ROIs").
 
-    python -m bench.bench_load [--studies 50] [--senders 4] [--data DIR]   (~6 min on 2 cores)
+    python -m bench.bench_load [--studies 50] [--senders 4] [--data DIR] [--keep-state DIR]
+                                      (~2 min on 2 cores once the studies exist)
 
 ``--data DIR`` keeps the generated studies there and reuses them in the next run.
 """
