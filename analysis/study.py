@@ -200,7 +200,7 @@ def _study_uid_of(path) -> str | None:
         return None
 
 
-def _images_no_roi_references(images: Sequence, roi_files: Sequence, *, point_radius_mm: float,
+def _images_without_roi(images: Sequence, roi_files: Sequence, *, point_radius_mm: float,
                               default_pixel_spacing_mm: float | None) -> dict[int, tuple[ImageGeometry, str]]:
     """Index in ``images`` -> (header geometry, Study Instance UID) of the images no ROI refers to.
 
@@ -261,7 +261,7 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
             warnings.append(f"segmentation CNN {segmentation_identity(model)[:12]} is not the one the classifier "
                             f"was trained with ({bundle.segmentation_sha256[:12]}): scores may be off")
 
-    unreferenced = {} if no_roi != "skip" else _images_no_roi_references(
+    unreferenced = {} if no_roi != "skip" else _images_without_roi(
         images, roi_files, point_radius_mm=point_radius_mm, default_pixel_spacing_mm=default_pixel_spacing_mm)
     loaded = []
     skipped: list[tuple[ImageGeometry, str]] = []  # (header geometry, study UID): not decoded
