@@ -200,13 +200,23 @@ def _study_uid_of(path) -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class _HeaderPass:
+    """What :func:`_images_without_roi` learnt from the headers and the ROI files."""
+
+    unreferenced: dict  # index in ``images`` -> (header geometry, Study Instance UID): no ROI refers to it
+    geometries: frozenset  # the image geometries the ROI files were parsed against
+    parsed: tuple | None  # parse_rois(...) of each ROI file; None when a parse raised
+
+
 def _images_without_roi(images: Sequence, roi_files: Sequence, *, point_radius_mm: float,
-                              default_pixel_spacing_mm: float | None) -> dict[int, tuple[ImageGeometry, str]]:
-    """Index in ``images`` -> (header geometry, Study Instance UID) of the images no ROI refers to.
+                        default_pixel_spacing_mm: float | None) -> _HeaderPass:
+    """The images no ROI refers to, from their headers and the parsed ROI files.
 
     Under ``no_roi = "skip"`` these are not analysed, so their pixels need not be decoded (a
     full-field mammogram takes ~25 ms). Headers only; an image whose header cannot be read is
-    left out here, and :func:`load_image` then says why.
+    left out here, and :func:`load_image` then says why. The ROI parses are kept: the study
+    reuses them when the images it loads have exactly these geometries (the usual case).
     """
     from analysis.dicom_input.image import read_dataset
 
@@ -218,15 +228,14 @@ def _images_without_roi(images: Sequence, roi_files: Sequence, *, point_radius_m
                           str(ds.get("StudyInstanceUID", "")))
         except InputError:
             continue
-    referenced: set[str] = set()
-    for path in roi_files:
-        try:
-            found, _errors = parse_rois(path, images=[g for g, _ in headers.values()],
-                                        point_radius_mm=point_radius_mm)
-        except Exception:  # noqa: BLE001 - the full parse below reports it
-            return {}
-        referenced.update(roi.referenced_sop_instance_uid for roi in found)
-    return {k: h for k, h in headers.items() if h[0].sop_instance_uid not in referenced}
+    geometries = [g for g, _ in headers.values()]
+    try:
+        parsed = tuple(parse_rois(path, images=geometries, point_radius_mm=point_radius_mm) for path in roi_files)
+    except Exception:  # noqa: BLE001 - the full parse in study_analysis reports it
+        return _HeaderPass(unreferenced={}, geometries=frozenset(geometries), parsed=None)
+    referenced = {roi.referenced_sop_instance_uid for found, _errors in parsed for roi in found}
+    return _HeaderPass(unreferenced={k: h for k, h in headers.items() if h[0].sop_instance_uid not in referenced},
+                       geometries=frozenset(geometries), parsed=parsed)
 
 
 def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
@@ -261,8 +270,9 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
             warnings.append(f"segmentation CNN {segmentation_identity(model)[:12]} is not the one the classifier "
                             f"was trained with ({bundle.segmentation_sha256[:12]}): scores may be off")
 
-    unreferenced = {} if no_roi != "skip" else _images_without_roi(
+    header_pass = None if no_roi != "skip" else _images_without_roi(
         images, roi_files, point_radius_mm=point_radius_mm, default_pixel_spacing_mm=default_pixel_spacing_mm)
+    unreferenced = header_pass.unreferenced if header_pass is not None else {}
     loaded = []
     skipped: list[tuple[ImageGeometry, str]] = []  # (header geometry, study UID): not decoded
     files: dict[str, Any] = {}
@@ -300,8 +310,11 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
 
     geometries = [im.geometry for im in loaded] + [g for g, _ in skipped]
     by_image: dict[str, list[Roi]] = {}
-    for path in roi_files:
-        found, errors = parse_rois(path, images=geometries, point_radius_mm=point_radius_mm)
+    if header_pass is not None and header_pass.parsed is not None and set(geometries) == header_pass.geometries:
+        parsed = header_pass.parsed  # parsed against these very geometries already
+    else:
+        parsed = [parse_rois(path, images=geometries, point_radius_mm=point_radius_mm) for path in roi_files]
+    for found, errors in parsed:
         for roi in found:
             by_image.setdefault(roi.referenced_sop_instance_uid, []).append(roi)
         for error in errors:

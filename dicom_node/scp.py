@@ -37,7 +37,7 @@ from analysis.dicom_input.image import DECODABLE_TRANSFER_SYNTAXES, MAMMOGRAPHY_
 from analysis.dicom_input.rois import GSPS_SOP_CLASS, SEG_SOP_CLASS
 from sr_templates.common import MANUFACTURER as OWN_MANUFACTURER
 
-from . import socket_reads
+from . import association_sockets
 from .audit import AuditLog
 from .config import Config
 from .logs import event
@@ -95,7 +95,7 @@ class StorageSCP:
         self._lock = threading.Lock()
 
     def _make_ae(self) -> AE:
-        socket_reads.install()  # PDUs read in 1 MB steps, not pynetdicom's 4 KB ones
+        association_sockets.install()  # PDUs read in 1 MB steps, not pynetdicom's 4 KB ones
         node = self.config.node
         ae = AE(ae_title=node.ae_title)
         ae.maximum_associations = node.max_associations

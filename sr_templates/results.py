@@ -279,6 +279,8 @@ class ImageResult:
     rois: tuple[RoiResult, ...]
     calcifications: tuple[Calcification, ...] = ()
     warnings: tuple[str, ...] = ()
+    # derived: (row slice, column slice) of the non-zero labels, None when there are none
+    label_extent: tuple[slice, slice] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         _text(self.sop_instance_uid, "image sop_instance_uid", max_len=64)
@@ -305,6 +307,7 @@ class ImageResult:
             labels = labels.astype(np.int32, copy=True)
             labels.setflags(write=False)
             object.__setattr__(self, "label_image", labels)
+            object.__setattr__(self, "label_extent", extent)
             present = _labels_present(labels, extent)
 
         rois = tuple(self.rois)

@@ -23,8 +23,6 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from analysis.extent import nonzero_extent
-
 from . import codes
 from .common import (
     MANUFACTURER, NOT_FOR_CLINICAL_USE, contributing_equipment, patient_orientation, per_image_object,
@@ -54,7 +52,7 @@ def segment_pixels(image: ImageResult, rois: list[RoiResult]) -> np.ndarray:
         return np.stack([image.roi_mask(roi) for roi in rois], axis=-1)[np.newaxis]
     dtype = np.uint8 if len(rois) <= np.iinfo(np.uint8).max else np.uint16
     pixels = np.zeros((1, *image.shape), dtype)
-    extent = nonzero_extent(image.label_image)  # the lookup runs on the calcifications' box only
+    extent = image.label_extent  # the lookup runs on the calcifications' box only
     if extent is None:
         return pixels
     labels = image.label_image[extent]

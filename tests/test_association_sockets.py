@@ -1,4 +1,4 @@
-"""dicom_node.socket_reads: the large-read replacement of pynetdicom's AssociationSocket.recv gives
+"""dicom_node.association_sockets: the large-read replacement of pynetdicom's AssociationSocket.recv gives
 what the original gives, on real sockets (a socket pair), whole or cut short by the peer."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 from pynetdicom.transport import AssociationSocket
 
-from dicom_node import socket_reads
-from dicom_node.socket_reads import CHUNK_BYTES, recv_exactly
+from dicom_node import association_sockets
+from dicom_node.association_sockets import CHUNK_BYTES, recv_exactly
 
 
 def _read(reader, data: bytes, nr_bytes: int, close_after: bool) -> bytearray:
@@ -39,14 +39,14 @@ def _read(reader, data: bytes, nr_bytes: int, close_after: bool) -> bytearray:
 def test_reads_exactly_what_pynetdicom_reads(size):
     data = os.urandom(size)
     ours = _read(recv_exactly, data, size, close_after=False)
-    theirs = _read(socket_reads._ORIGINAL_RECV, data, size, close_after=False)
+    theirs = _read(association_sockets._ORIGINAL_RECV, data, size, close_after=False)
     assert isinstance(ours, bytearray) and ours == theirs == data
 
 
 def test_a_connection_closed_early_gives_what_was_read():
     data = os.urandom(100_000)
     ours = _read(recv_exactly, data, 250_000, close_after=True)
-    theirs = _read(socket_reads._ORIGINAL_RECV, data, 250_000, close_after=True)
+    theirs = _read(association_sockets._ORIGINAL_RECV, data, 250_000, close_after=True)
     assert ours == theirs == data
     ours += b"more"  # the caller may grow the buffer (pynetdicom does): no view left on it
     assert len(ours) == 100_004
@@ -64,8 +64,8 @@ def test_a_silent_peer_raises_the_socket_timeout():
 
 
 def test_install_and_uninstall():
-    socket_reads.install()
+    association_sockets.install()
     assert AssociationSocket.recv is recv_exactly
-    socket_reads.uninstall()
-    assert AssociationSocket.recv is socket_reads._ORIGINAL_RECV
-    socket_reads.install()  # the node's own setting again for the rest of this test process
+    association_sockets.uninstall()
+    assert AssociationSocket.recv is association_sockets._ORIGINAL_RECV
+    association_sockets.install()  # the node's own setting again for the rest of this test process
