@@ -12,12 +12,26 @@ from scipy import ndimage
 
 def nonzero_extent(array: np.ndarray, margin: int = 0) -> tuple[slice, slice] | None:
     """The bounding box of the non-zero part of ``array`` grown by ``margin`` (None if all zero)."""
-    rows = np.flatnonzero(array.any(axis=1))
+    flags = _nonzero_flags(array)
+    rows = np.flatnonzero(flags.max(axis=1))
     if rows.size == 0:
         return None
-    cols = np.flatnonzero(array[rows[0]:rows[-1] + 1].any(axis=0))
+    cols = np.flatnonzero(flags[rows[0]:rows[-1] + 1].max(axis=0))
     return (slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, array.shape[0])),
             slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, array.shape[1])))
+
+
+def _nonzero_flags(array: np.ndarray) -> np.ndarray:
+    """``array`` seen as unsigned integers of the same width: non-zero exactly where ``array``
+    is, for integer and bool arrays, without a copy. ``max`` over such a view is a vectorised
+    pass; ``any`` on an int32 image converts every element to bool first (2.2 against 1.2 ms
+    for 8.5 Mpx here, and this runs ~30 times per study). Other dtypes (float: -0.0 has bits
+    set) are compared with 0."""
+    if array.dtype == bool:
+        return array.view(np.uint8)
+    if array.dtype.kind in "iu":
+        return array.view(f"u{array.dtype.itemsize}")  # non-zero whatever the byte order
+    return array != 0
 
 
 def label_boxes(labels: np.ndarray) -> list[tuple[slice, slice] | None]:

@@ -304,7 +304,12 @@ class ImageResult:
             box = labels[extent] if extent is not None else labels[:0, :0]
             if box.size and (box.min() < 0 or box.max() > np.iinfo(np.int32).max):
                 raise ValueError(f"{where}: label_image values must be in [0, 2**31 - 1]")
-            labels = labels.astype(np.int32, copy=True)
+            # Our copy holds the box only: np.zeros is lazily zeroed memory (calloc), so the
+            # 8-14 Mpx of background cost neither a copy pass nor, until read, their pages.
+            copy = np.zeros(shape, np.int32)
+            if extent is not None:
+                copy[extent] = box
+            labels = copy
             labels.setflags(write=False)
             object.__setattr__(self, "label_image", labels)
             object.__setattr__(self, "label_extent", extent)
