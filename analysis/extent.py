@@ -12,6 +12,8 @@ from scipy import ndimage
 
 def nonzero_extent(array: np.ndarray, margin: int = 0) -> tuple[slice, slice] | None:
     """The bounding box of the non-zero part of ``array`` grown by ``margin`` (None if all zero)."""
+    if array.size == 0:
+        return None
     flags = _nonzero_flags(array)
     rows = np.flatnonzero(flags.max(axis=1))
     if rows.size == 0:

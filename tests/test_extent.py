@@ -34,6 +34,8 @@ def test_nonzero_extent_of_a_strided_view():
     array[21, 5] = 7
     assert nonzero_extent(array[::2, ::3]) == _expected(array[::2, ::3])  # a view, not a copy
     assert nonzero_extent(array[::2, 1::3]) is None
+    assert nonzero_extent(np.zeros((5, 0), np.int32)) is None  # no pixels: nothing non-zero
+    assert nonzero_extent(np.zeros((0, 5), bool)) is None
 
 
 def test_label_boxes_are_find_objects_in_image_coordinates():
