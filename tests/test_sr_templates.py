@@ -386,6 +386,64 @@ def test_tid1500_reads_back_with_highdicom(written):
     assert any("NOT FOR CLINICAL USE" in n for n in names)
 
 
+def _elements(ds, prefix=""):
+    """Every element of ``ds`` and its sequences as {path: value}, dates and times left out."""
+    out = {}
+    for element in ds:
+        key = prefix + (element.keyword or str(element.tag))
+        if element.VR == "SQ":
+            for k, item in enumerate(element.value):
+                out.update(_elements(item, f"{key}[{k}]."))
+        elif "Date" not in key and "Time" not in key:
+            out[key] = element.value
+    return out
+
+
+def test_tid1500_document_equals_highdicoms_own_construction(monkeypatch):
+    """highdicom makes the report's document from the root item alone and the content tree is
+    attached afterwards (measurement_report._without_children); given the whole tree, as its
+    API intends, highdicom makes the same data set, file meta included."""
+    from sr_templates import measurement_report
+
+    sources = source_images()
+    result = study_result(sources)
+    segs = {ds.SourceImageSequence[0].ReferencedSOPInstanceUID: ds
+            for kind, ds in build_study_results(result, sources, gsps=False) if kind == "SEG"}
+    ours = measurement_report.build_measurement_report(result, sources, segs)
+    monkeypatch.setattr(measurement_report, "_without_children", lambda root: root)
+    theirs = measurement_report.build_measurement_report(result, sources, segs)
+    assert type(theirs).__name__ == "Dataset"
+    assert len(_elements(ours)) > 300
+    assert _elements(ours) == _elements(theirs)
+    assert _elements(ours.file_meta) == _elements(theirs.file_meta)
+    evidence = {sop.ReferencedSOPInstanceUID for study in ours.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence}
+    assert evidence == {ds.SOPInstanceUID for ds in sources} | {ds.SOPInstanceUID for ds in segs.values()}
+
+
+def test_tid1500_refuses_a_reference_without_evidence():
+    from pydicom.dataset import Dataset
+
+    from sr_templates.measurement_report import _check_references
+
+    image = Dataset()
+    image.ValueType = "IMAGE"
+    reference = Dataset()
+    reference.ReferencedSOPInstanceUID = "1.2.3.4"
+    image.ReferencedSOPSequence = [reference]
+    container = Dataset()
+    container.ValueType = "CONTAINER"
+    container.ContentSequence = [image]
+    root = Dataset()
+    root.ContentSequence = [container]
+    known = Dataset()
+    known.SOPInstanceUID = "1.2.3.4"
+    _check_references(root, [known])  # referenced and in the evidence: fine
+    known.SOPInstanceUID = "1.2.3.5"
+    with pytest.raises(ValueError, match="1.2.3.4, which is not in its evidence"):
+        _check_references(root, [known])
+
+
 def test_tid1500_has_no_segment_number_next_to_frame_number(written):
     ds = pydicom.dcmread(outputs(written, "SR")[0])
     refs = [ref for item in _all_items(ds) for ref in item.get("ReferencedSOPSequence", [])]
