@@ -36,10 +36,11 @@ def _nonzero_flags(array: np.ndarray) -> np.ndarray:
     return array != 0
 
 
-def label_boxes(labels: np.ndarray) -> list[tuple[slice, slice] | None]:
+def label_boxes(labels: np.ndarray, extent=False) -> list[tuple[slice, slice] | None]:
     """``scipy.ndimage.find_objects(labels)`` (item k-1 = the box of label k, None when absent),
-    searched on the labels' bounding box only and given in whole-image coordinates."""
-    extent = nonzero_extent(labels)
+    searched on the labels' bounding box only and given in whole-image coordinates.
+    ``extent``: the labels' :func:`nonzero_extent` when the caller has it (saves a pass)."""
+    extent = nonzero_extent(labels) if extent is False else extent
     if extent is None:
         return []
     r0, c0 = extent[0].start, extent[1].start

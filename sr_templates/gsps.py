@@ -61,7 +61,7 @@ def calcification_outlines(image: ImageResult, roi: RoiResult, boxes=None) -> li
     if image.label_image is None:
         return []
     if boxes is None:
-        boxes = label_boxes(image.label_image)
+        boxes = label_boxes(image.label_image, image.label_extent)
     outlines = []
     for label in roi.calcification_labels:
         box = boxes[label - 1] if label - 1 < len(boxes) else None
@@ -115,7 +115,7 @@ def build_presentation_state(result: StudyResult, image: ImageResult, source: Da
         else "calcnode results"
     layer = hd.pr.GraphicLayer(layer_name=LAYER_NAME, order=1, description=description[:64])
     annotations = []
-    boxes = label_boxes(image.label_image) if image.label_image is not None else []
+    boxes = label_boxes(image.label_image, image.label_extent) if image.label_image is not None else []
     for roi in image.rois:
         ident, uid = tracking_identifier(result, image, roi), tracking_uid(result, image, roi)
         objects = [hd.pr.GraphicObject(

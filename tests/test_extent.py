@@ -43,3 +43,5 @@ def test_label_boxes_are_find_objects_in_image_coordinates():
     labels[10:12, 40:45] = 1
     labels[30, 7] = 3
     assert label_boxes(labels) == [(slice(10, 12), slice(40, 45)), None, (slice(30, 31), slice(7, 8))]
+    assert label_boxes(labels, nonzero_extent(labels)) == label_boxes(labels)  # a known extent
+    assert label_boxes(np.zeros((4, 4), np.int32), None) == []
