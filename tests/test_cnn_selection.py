@@ -171,6 +171,26 @@ def test_grow_region_in_mm():
     assert not grow_region(np.zeros((5, 5), bool), (0.1, 0.1), 1.0).any()
 
 
+@pytest.mark.parametrize("spacing", [(0.07, 0.07), (0.1, 0.05), (0.05, 0.085)])
+def test_grow_region_part_by_part_equals_the_whole_image_transform(spacing):
+    """Grown part by part (each connected part's own box), the region equals the distance
+    transform of the whole image thresholded at the growth, pixel for pixel, with parts far
+    apart, close together, touching each other and the image border."""
+    from scipy import ndimage
+
+    from analysis.segmentation.pipeline import grow_region
+
+    rng = np.random.default_rng(11)
+    for _ in range(8):
+        region = np.zeros((180, 220), bool)
+        for _ in range(int(rng.integers(1, 6))):
+            r, c = int(rng.integers(0, 180)), int(rng.integers(0, 220))
+            region[max(r - int(rng.integers(0, 15)), 0):r + 1, max(c - int(rng.integers(0, 15)), 0):c + 1] = True
+        grow = float(rng.uniform(0.2, 1.5))
+        expected = ndimage.distance_transform_edt(~region, sampling=spacing) <= grow * (1 + 1e-9)
+        np.testing.assert_array_equal(grow_region(region, spacing, grow), expected)
+
+
 def test_models_from_before_local_scaling_keep_the_crop_scaling(tmp_path):
     """The shipped bundle's CNN was trained on crop-wide median/MAD inputs: it must keep them, and its
     identity (what cached features and bundles are keyed by) must not change."""

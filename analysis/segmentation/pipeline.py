@@ -72,19 +72,29 @@ REGION_GROWTH_MM = 1.0
 
 def grow_region(region: np.ndarray, spacing_mm: tuple[float, float], grow_mm: float) -> np.ndarray:
     """``region`` grown by ``grow_mm``: every pixel within ``grow_mm`` (Euclidean, in mm, so an
-    ellipse in pixels for unequal spacing) of a region pixel, computed on its bounding box only.
+    ellipse in pixels for unequal spacing) of a region pixel.
 
     A distance transform, not a dilation: with a 1 mm disk (31 x 31 px at 0.07 mm) scipy's
-    binary dilation cost ~0.4 s per ROI image, the transform ~20 ms.
+    binary dilation cost ~0.4 s per ROI image, the transform ~20 ms. It runs on each connected
+    part's box grown by ``grow_mm``, not on the box of the whole region: two ROIs far apart on
+    one image made a box of up to 1.1 Mpx around 50 kpx of ROI (84 ms). The union is exact: a
+    pixel within ``grow_mm`` of a part lies in that part's grown box.
     """
     rr = int(np.ceil(grow_mm / spacing_mm[0]))
     rc = int(np.ceil(grow_mm / spacing_mm[1]))
-    extent = nonzero_extent(region, max(rr, rc))
     grown = region.copy()
+    extent = nonzero_extent(region)
     if extent is None:
         return grown
-    distance = ndimage.distance_transform_edt(~region[extent], sampling=spacing_mm)
-    grown[extent] = distance <= grow_mm * (1 + 1e-9)  # a pixel exactly grow_mm away is in
+    rows, cols = region.shape
+    parts, _ = ndimage.label(region[extent], structure=_EIGHT)
+    for part in ndimage.find_objects(parts):
+        r0 = max(extent[0].start + part[0].start - rr, 0)
+        r1 = min(extent[0].start + part[0].stop + rr, rows)
+        c0 = max(extent[1].start + part[1].start - rc, 0)
+        c1 = min(extent[1].start + part[1].stop + rc, cols)
+        distance = ndimage.distance_transform_edt(~region[r0:r1, c0:c1], sampling=spacing_mm)
+        grown[r0:r1, c0:c1] |= distance <= grow_mm * (1 + 1e-9)  # a pixel exactly grow_mm away is in
     return grown
 
 
