@@ -240,3 +240,36 @@ def test_prediction_with_context_has_the_inner_shape():
         assert out.shape == (55, 68) and 0 <= out.min() and out.max() <= 1
     with pytest.raises(ValueError):
         predict_crop(net, image, 0.07, "unknown")
+
+
+def test_particle_table_equals_scipy_measurements():
+    """Centroids, areas and peaks from the labelled pixels alone equal scipy.ndimage's
+    measurements over the image, labels without pixels included (NaN centroid, area 0, peak 0)."""
+    from scipy import ndimage
+
+    from analysis.segmentation.pipeline import particle_table
+
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        labels = np.zeros((90, 120), np.int32)
+        for label in range(1, int(rng.integers(2, 9))):
+            if rng.random() < 0.2:
+                continue  # a label without pixels
+            r, c = int(rng.integers(0, 85)), int(rng.integers(0, 115))
+            labels[r:r + int(rng.integers(1, 6)), c:c + int(rng.integers(1, 6))] = label
+        pixels = rng.random(labels.shape, dtype=np.float32)
+        spacing = (0.07, 0.05)
+        table = particle_table(labels, pixels, spacing)
+        n = int(labels.max())
+        index = np.arange(1, n + 1)
+        assert len(table) == n
+        if n == 0:
+            continue
+        with np.errstate(invalid="ignore"):
+            centroids = np.array(ndimage.center_of_mass(labels > 0, labels, index)).reshape(n, 2)
+        areas = ndimage.sum_labels(labels > 0, labels, index)
+        np.testing.assert_array_equal(table["row"], centroids[:, 0])
+        np.testing.assert_array_equal(table["col"], centroids[:, 1])
+        np.testing.assert_array_equal(table["area_px"], areas)
+        np.testing.assert_array_equal(table["area_mm2"], areas * spacing[0] * spacing[1])
+        np.testing.assert_array_equal(table["max_intensity"], ndimage.maximum(pixels, labels, index).astype(np.float32))
