@@ -174,7 +174,7 @@ class Sender:
             for row, _ in files:
                 self._failed(row, destination, why)
             return
-        association_sockets.no_delay(assoc)
+        association_sockets.low_latency(assoc)
         try:
             for row, meta in files:
                 if self.stop.is_set() or not assoc.is_established:

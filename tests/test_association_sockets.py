@@ -69,3 +69,67 @@ def test_install_and_uninstall():
     association_sockets.uninstall()
     assert AssociationSocket.recv is association_sockets._ORIGINAL_RECV
     association_sockets.install()  # the node's own setting again for the rest of this test process
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        a = socket.create_connection(server.getsockname())
+        b, _ = server.accept()
+    finally:
+        server.close()
+    return a, b
+
+
+def test_quick_acks_read_the_same_bytes_on_tcp():
+    """With quick ACKs asked for (outbound associations), reads on a real TCP connection give
+    exactly what was sent, and the option is really set on the socket before the read."""
+    a, b = _tcp_pair()
+    a.settimeout(10)
+    data = os.urandom(2 * CHUNK_BYTES + 5)
+    sender = threading.Thread(target=b.sendall, args=(data,))
+    sender.start()
+    try:
+        asked = []
+
+        class Recording:  # the real socket, with its setsockopt calls noted
+            def __getattr__(self, name):
+                return getattr(a, name)
+
+            def setsockopt(self, *args):
+                asked.append(args)
+                return a.setsockopt(*args)
+
+        assert recv_exactly(SimpleNamespace(socket=Recording(), quick_ack=True), len(data)) == data
+        if hasattr(socket, "TCP_QUICKACK"):
+            assert asked == [(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)]
+        before = len(asked)
+        assert recv_exactly(SimpleNamespace(socket=Recording()), 0) == b""  # inbound: not asked
+        assert len(asked) == before
+    finally:
+        sender.join()
+        a.close()
+        b.close()
+
+
+def test_low_latency_on_a_real_association():
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    association_sockets.install()
+    scp = AE(ae_title="SCP")
+    scp.add_supported_context(Verification)
+    server = scp.start_server(("127.0.0.1", 0), block=False)
+    try:
+        scu = AE(ae_title="SCU")
+        scu.add_requested_context(Verification)
+        assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title="SCP")
+        assert assoc.is_established
+        association_sockets.low_latency(assoc)
+        sock = assoc.dul.socket
+        assert sock.quick_ack is True
+        assert sock.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert assoc.send_c_echo().Status == 0x0000  # the answer is read through the quick-ACK path
+        assoc.release()
+    finally:
+        server.shutdown()
