@@ -1,13 +1,18 @@
 """dicom_node.association_sockets: the large-read replacement of pynetdicom's AssociationSocket.recv gives
-what the original gives, on real sockets (a socket pair), whole or cut short by the peer."""
+what the original gives, on real sockets (a socket pair), whole or cut short by the peer; the PDU
+reading decodes P-DATA-TF as pynetdicom does, into views instead of copies, and fails alike."""
 from __future__ import annotations
 
 import os
+import queue
 import socket
+import struct
 import threading
 from types import SimpleNamespace
 
 import pytest
+from pynetdicom import evt
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
 from dicom_node import association_sockets
@@ -133,3 +138,106 @@ def test_low_latency_on_a_real_association():
         assoc.release()
     finally:
         server.shutdown()
+
+
+# -- read_pdu: P-DATA-TF PDUs decoded into views of one buffer -----------------------------------
+
+def _pdv(context_id: int, control: int, value: bytes) -> bytes:
+    return struct.pack(">LB", len(value) + 2, context_id) + bytes([control]) + value
+
+
+def _pdu(pdu_type: int, body: bytes) -> bytes:
+    return struct.pack(">BBL", pdu_type, 0, len(body)) + body
+
+
+class _Dul:
+    """What a DUL service provider's PDU reading uses: the association socket's ``recv``, the
+    event and PDU queues, the association's handlers; here over one end of a socket pair."""
+
+    _decode_pdu = DULServiceProvider._decode_pdu
+
+    def __init__(self, sock: socket.socket, handlers: dict | None = None):
+        self.socket = SimpleNamespace(recv=lambda n: recv_exactly(SimpleNamespace(socket=sock), n))
+        self.event_queue: queue.Queue = queue.Queue()
+        self._recv_pdu: queue.Queue = queue.Queue()
+        self.assoc = SimpleNamespace(get_handlers=lambda event: (handlers or {}).get(event, []),
+                                     _abort_nonblocking=None, _abort_blocking=None)
+
+
+def _read_one_pdu(reader, stream: bytes, handlers: dict | None = None):
+    """Events and PDUs from reading one PDU of ``stream`` (the peer closes after it)."""
+    a, b = socket.socketpair()
+    a.settimeout(10)
+
+    def send():
+        b.sendall(stream)
+        b.close()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        dul = _Dul(a, handlers)
+        reader(dul)
+        return list(dul.event_queue.queue), list(dul._recv_pdu.queue)
+    finally:
+        sender.join()
+        a.close()
+
+
+def _values(pdus) -> list[tuple[int, bytes]]:
+    return [(item.presentation_context_id, bytes(item.presentation_data_value))
+            for pdu in pdus for item in pdu.presentation_data_value_items]
+
+
+P_DATA_STREAMS = {
+    "command and data set": _pdu(4, _pdv(1, 0x03, os.urandom(80)) + _pdv(1, 0x00, os.urandom(300_000))
+                                 + _pdv(3, 0x02, b"")),
+    "one empty value": _pdu(4, _pdv(5, 0x02, b"")),
+    "no items": _pdu(4, b""),
+}
+BROKEN_STREAMS = {
+    "item longer than the PDU": _pdu(4, struct.pack(">LB", 50, 1) + b"\x02abc"),
+    "item length 0": _pdu(4, struct.pack(">LB", 0, 1) + b"\x02abc"),
+    "3 bytes after the last item": _pdu(4, _pdv(1, 0x02, b"abc") + b"\x00\x00\x01"),
+    "unknown PDU type": _pdu(9, b"\x00" * 4),
+    "cut short by the peer": _pdu(4, _pdv(1, 0x02, os.urandom(1000)))[:500],
+    "header cut short": b"\x04\x00\x00",
+}
+
+
+@pytest.mark.parametrize("name", P_DATA_STREAMS)
+def test_read_pdu_gives_pynetdicoms_items_without_copies(name):
+    stream = P_DATA_STREAMS[name]
+    ours = _read_one_pdu(association_sockets.read_pdu, stream)
+    theirs = _read_one_pdu(association_sockets._ORIGINAL_READ_PDU, stream)
+    assert ours[0] == theirs[0] == ["Evt10"]
+    assert _values(ours[1]) == _values(theirs[1])
+    values = [item.presentation_data_value for item in ours[1][0].presentation_data_value_items]
+    assert all(isinstance(v, memoryview) for v in values)
+    if len(values) > 1:  # views of one buffer: the read PDU, not copies
+        assert values[0].obj is values[1].obj
+    # pynetdicom's own description of the items (its debug log) still works
+    assert [item.message_control_header_byte for item in ours[1][0].presentation_data_value_items] \
+        == [item.message_control_header_byte for item in theirs[1][0].presentation_data_value_items]
+
+
+@pytest.mark.parametrize("name", BROKEN_STREAMS)
+def test_read_pdu_signals_broken_pdus_as_pynetdicom_does(name):
+    stream = BROKEN_STREAMS[name]
+    ours = _read_one_pdu(association_sockets.read_pdu, stream)
+    theirs = _read_one_pdu(association_sockets._ORIGINAL_READ_PDU, stream)
+    assert ours[0] == theirs[0] and ours[0][0] in ("Evt17", "Evt19")
+    assert ours[1] == theirs[1] == []
+
+
+def test_read_pdu_leaves_other_pdus_and_raw_data_handlers_to_pynetdicom():
+    release = _pdu(5, b"\x00" * 4)  # A-RELEASE-RQ
+    ours = _read_one_pdu(association_sockets.read_pdu, release)
+    assert ours[0] == ["Evt12"] and type(ours[1][0]).__name__ == "A_RELEASE_RQ"
+
+    seen = []  # an EVT_DATA_RECV handler is given the PDU's bytes, as pynetdicom gives them
+    stream = P_DATA_STREAMS["command and data set"]
+    handlers = {evt.EVT_DATA_RECV: [(lambda event: seen.append(event.data), None)]}
+    ours = _read_one_pdu(association_sockets.read_pdu, stream, handlers)
+    assert ours[0] == ["Evt10"] and seen == [stream] and type(seen[0]) is bytes
+    assert _values(ours[1]) == _values(_read_one_pdu(association_sockets._ORIGINAL_READ_PDU, stream)[1])
