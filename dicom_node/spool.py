@@ -24,7 +24,9 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence, Union
 
+Bytes = Union[bytes, bytearray, memoryview]
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
@@ -61,9 +63,19 @@ _BLOCK = 4096
 _buffers = threading.local()  # one aligned buffer per SCP thread (an association)
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """Create ``path`` (it must not exist) holding ``data``; the bytes and the file size are on
-    disk when this returns. On error the partial file is left for the caller to remove.
+def _parts(data: Bytes | Sequence[Bytes]) -> list[memoryview]:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = (data,)
+    return [memoryview(part).cast("B") for part in data]
+
+
+def write_durably(path: Path, data: Bytes | Sequence[Bytes]) -> None:
+    """Create ``path`` (it must not exist) holding ``data``, or the parts of ``data`` one after
+    the other; the bytes and the file size are on disk when this returns. On error the
+    partial file is left for the caller to remove.
+
+    Parts save the caller from joining a file's header and a 17 MB data set into new memory
+    (see ``dicom_node.scp``).
 
     Why direct I/O (``O_DIRECT``): on the virtual disks nodes run on, a page-cache write
     followed by ``fsync`` cost about 2 ms of kernel CPU per MB here (3 s for 1.7 GB; a
@@ -93,23 +105,43 @@ def write_durably(path: Path, data: bytes) -> None:
                 return
             path.unlink()  # direct I/O refused at the first write: start again, buffered
     with open(path, "xb") as fh:
-        fh.write(data)
+        for part in _parts(data):
+            fh.write(part)
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def _write_direct(fd: int, data: bytes) -> bool:
+def _chunks(parts: list[memoryview]):
+    """(file offset, [views]) per ``DIRECT_IO_CHUNK`` bytes of the parts one after the other;
+    one chunk with nothing in it for no data."""
+    pending: list[memoryview] = []
+    filled = offset = 0
+    for part in parts:
+        while len(part):
+            take = part[:DIRECT_IO_CHUNK - filled]
+            part = part[len(take):]
+            pending.append(take)
+            filled += len(take)
+            if filled == DIRECT_IO_CHUNK:
+                yield offset, pending
+                pending, filled, offset = [], 0, offset + DIRECT_IO_CHUNK
+    if pending or offset == 0:
+        yield offset, pending
+
+
+def _write_direct(fd: int, data: Bytes | Sequence[Bytes]) -> bool:
     """Write ``data`` through the aligned buffer. False if the filesystem refuses direct I/O."""
     buffer = getattr(_buffers, "buffer", None)
     if buffer is None:
         buffer = _buffers.buffer = mmap.mmap(-1, DIRECT_IO_CHUNK)  # page-aligned
-    view = memoryview(data).cast("B")
-    total = len(view)
-    for offset in range(0, max(total, 1), DIRECT_IO_CHUNK):
-        chunk = view[offset:offset + DIRECT_IO_CHUNK]
-        n = len(chunk)
+    parts = _parts(data)
+    total = sum(len(part) for part in parts)
+    for offset, chunk in _chunks(parts):
+        n = 0
+        for piece in chunk:
+            buffer[n:n + len(piece)] = piece
+            n += len(piece)
         padded = -(-n // _BLOCK) * _BLOCK
-        buffer[:n] = chunk
         buffer[n:padded] = bytes(padded - n)
         written = 0
         while written < padded:  # a short write (the disk filled up) is continued: the next one says why
@@ -156,8 +188,9 @@ class Spool:
         sop = check_uid(sop_instance_uid, "SOP Instance UID")
         return self.incoming / study / f"{sop}.dcm"
 
-    def store(self, study_uid: str, sop_instance_uid: str, data: bytes) -> StoreResult:
-        """Write ``data`` (a complete Part 10 byte stream) durably; see the module doc."""
+    def store(self, study_uid: str, sop_instance_uid: str, data: Bytes | Sequence[Bytes]) -> StoreResult:
+        """Write ``data`` (a complete Part 10 byte stream, or its parts in order) durably; see
+        the module doc."""
         final = self.path_for(study_uid, sop_instance_uid)
         if final.exists():
             return StoreResult(final, duplicate=True)

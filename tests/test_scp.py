@@ -19,6 +19,12 @@ def pixel_bytes(path: Path) -> bytes:
     return pydicom.dcmread(path)["PixelData"].value
 
 
+def data_set_bytes(path: Path) -> bytes:
+    """The file's bytes after the preamble and the file meta group."""
+    meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+    return path.read_bytes()[132 + 12 + meta.FileMetaInformationGroupLength:]
+
+
 def stored_by_sop(node) -> dict[str, Path]:
     return {p.stem: p for p in node.stored_files()}
 
@@ -30,6 +36,8 @@ def assert_spool_holds_exactly(node, sent: list[Path]) -> None:
     assert set(stored) == set(expected)
     for sop, src in expected.items():
         assert pixel_bytes(stored[sop]) == pixel_bytes(src), f"pixel data differs for {sop}"
+        # and the whole data set is stored as it was sent, byte for byte
+        assert data_set_bytes(stored[sop]) == data_set_bytes(src), f"data set differs for {sop}"
         # the file meta states the transfer syntax the instance was sent in
         assert (pydicom.dcmread(stored[sop]).file_meta.TransferSyntaxUID
                 == pydicom.dcmread(src).file_meta.TransferSyntaxUID)
@@ -46,9 +54,11 @@ def test_storescu_uncompressed_and_duplicate(node, tmp_path):
     study = pydicom.uid.generate_uid()
     files = [write(mg_dataset(80, 60, study_uid=study, seed=i), tmp_path / f"mg{i}.dcm")
              for i in range(3)]
-    result = node.storescu(*files)
+    # and one over many P-DATA PDUs (2.2 MB; the largest PDU is 256 KB): put together from views
+    big = write(mg_dataset(1200, 900, study_uid=study, seed=3), tmp_path / "mg3.dcm")
+    result = node.storescu(*files, big)
     assert result.returncode == 0, result.stderr
-    assert_spool_holds_exactly(node, files)
+    assert_spool_holds_exactly(node, [*files, big])
     assert all(p.parent.name == study for p in node.stored_files())
     before = {p: p.stat().st_mtime_ns for p in node.stored_files()}
 

@@ -21,6 +21,32 @@ def test_write_durably_keeps_the_exact_bytes(tmp_path, size):
     assert path.read_bytes() == data
 
 
+# file header + data set, split where chunk and block edges fall and elsewhere
+SPLITS = [[0], [132], [4096], [DIRECT_IO_CHUNK - 3], [DIRECT_IO_CHUNK], [1, 2, 4093],
+          [100, DIRECT_IO_CHUNK, DIRECT_IO_CHUNK + 1]]
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
+@pytest.mark.parametrize("splits", SPLITS)
+def test_parts_are_written_one_after_the_other(tmp_path, monkeypatch, direct, splits):
+    """A file given as parts (the SCP's file header and the data set as received) holds
+    exactly the joined bytes, whichever chunk or block edges the parts cross."""
+    if not direct:
+        monkeypatch.setattr(os, "O_DIRECT", 0, raising=False)
+    data = os.urandom(2 * DIRECT_IO_CHUNK + 1234)
+    edges = [0, *splits, len(data)]
+    parts = [data[a:b] for a, b in zip(edges, edges[1:])]
+    parts.insert(1, b"")  # an empty part changes nothing
+    path = tmp_path / "parts.part"
+    write_durably(path, [parts[0], bytearray(parts[1]), *map(memoryview, parts[2:])])
+    assert path.read_bytes() == data
+
+
+def test_no_parts_make_an_empty_file(tmp_path):
+    write_durably(tmp_path / "empty.part", [])
+    assert (tmp_path / "empty.part").read_bytes() == b""
+
+
 def test_direct_io_is_used_where_the_filesystem_allows_it(tmp_path):
     if not hasattr(os, "O_DIRECT"):
         pytest.skip("no O_DIRECT on this platform")
