@@ -223,7 +223,7 @@ def main() -> None:
         config = write_config(tmp / "node.toml", destinations=[dest.destination("pacs")], **node_sections(
             http_port=http_port,
             assembly={"stable_seconds": STABLE_SECONDS, "no_roi_policy": "skip"},
-            workers={"count": args.workers, "stop_timeout_s": 30.0},
+            workers={"count": args.workers, "stop_timeout_s": 30.0, "warm_up": True},  # the production default
             analysis={"engine": "", "model_bundle": str(args.model_bundle.resolve()) if args.model_bundle else ""},
             logging={"level": "WARNING"}))
         node = RunningNode(tmp / "node", config=config)

@@ -68,6 +68,7 @@ class WorkerSettings:
     stop_timeout_s: float
     backend: str = "local"       # "local": `count` worker processes; "dask": the scheduler below
     dask_scheduler: str = ""     # e.g. "tcp://10.1.2.3:8786" (backend = "dask")
+    warm_up: bool = True         # analyse a small simulated study at start (dicom_node/warmup.py)
 
 
 @dataclass(frozen=True)

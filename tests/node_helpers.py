@@ -151,7 +151,10 @@ def node_sections(http_port: int | None = None, **overrides) -> dict:
     """Fast settings for tests: short stability wait, the stand-in engine, quick backoff."""
     sections = {
         "assembly": {"stable_seconds": 1.0},
-        "workers": {"count": 1, "stop_timeout_s": 5.0},
+        # no warm-up by default: the stand-in engine has no caches to fill, and the delays and
+        # failures the tests inject are meant for the first real job (tests that check the
+        # warm-up turn it on)
+        "workers": {"count": 1, "stop_timeout_s": 5.0, "warm_up": False},
         "analysis": {"engine": ENGINE},
         "outbound": {"backoff_initial_s": 0.2, "backoff_max_s": 1.0, "max_attempts": 3, "timeout_s": 10.0},
         "http": {"port": http_port if http_port is not None else free_port()},

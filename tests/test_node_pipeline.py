@@ -102,7 +102,7 @@ def _items(ds):
 def test_study_analysed_results_sent_and_input_changes_handled(node_env, start_node, start_storescp, tmp_path,
                                                                 synth_study):
     dest = start_storescp()
-    node = start(start_node, tmp_path, destinations=[dest.destination("pacs")])
+    node = start(start_node, tmp_path, destinations=[dest.destination("pacs")], workers={"warm_up": True})
     images, rois = synth_study["images"], synth_study["rois"]
 
     # 1. the images alone: analysed as whole breasts (default no-ROI policy)
@@ -162,6 +162,10 @@ def test_study_analysed_results_sent_and_input_changes_handled(node_env, start_n
     status, body = http_get(node.http_port, "/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"
     assert json.loads(body)["workers"] == {"configured": 1, "alive": 1, "ready": 1}  # models loaded
+    # ... and warmed up on a simulated study before the first real one (it left nothing behind)
+    assert [e["event"] for e in node.log_events() if e["event"].startswith("worker warmed up")] \
+        == ["worker warmed up"]
+    assert not (node.state_dir / "warmup" / "worker-0").exists()
     status, metrics = http_get(node.http_port, "/metrics")
     assert status == 200
     lines = metrics.splitlines()
