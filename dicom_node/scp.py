@@ -110,9 +110,10 @@ class SupportedContext(PresentationContext):
     """A presentation context the SCP supports, deep-copied cheaply.
 
     pynetdicom deep-copies the SCP's supported contexts (171 here) for every association, and a
-    deep copy re-creates every UID in them, each one validated again by pydicom: 25 ms of CPU
-    per association, 1.2 s of a 50-study burst. UIDs are immutable strings, so the copy shares
-    them and copies only the lists that hold them.
+    deep copy re-creates every UID in them, each one validated again by pydicom: 6 ms of CPU on a
+    quiet machine, ~25 ms per association while a burst arrives (1.2 s of the listener's CPU for
+    50 studies, sampled). UIDs are immutable strings, so this copy shares them and copies only
+    the lists that hold them (0.9 ms).
     """
 
     @classmethod
