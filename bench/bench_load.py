@@ -18,7 +18,11 @@ Reported:
   split into the stability wait, the queue wait and the analysis (``jobs.analysis_s``);
 * that every study got its results (a done job and every result object sent);
 * throughput: studies analysed per minute, and the node's peak memory (its worker processes
-  included).
+  included);
+* the timeline (seconds from the first instance): when the last study arrived, when the median
+  study arrived and when the median study was done, how many studies were done while studies
+  still arrived and the rate after that. A faster receiver ends the arrivals sooner; the latency
+  then only falls if the studies are also done sooner.
 
 The burst starts once ``/healthz`` reports every worker ready (models loaded), as on a node
 that has been running; ``workers_ready_after_start_s`` says how long that took after the start.
@@ -138,10 +142,30 @@ def _tree_rss_mb(pid: int) -> float:
     return total / 1e6
 
 
+def _timeline(first_instance: float | None, arrivals: list[float], done: list[float]) -> dict | None:
+    """When the studies arrived and were done, in seconds from the first instance received.
+
+    A study arrives with its last instance (where its latency starts). Shows why a faster
+    receiver need not lower the latency of a burst: the arrivals end sooner, while the
+    studies are done at the rate the analysis allows.
+    """
+    if first_instance is None or not arrivals or not done:
+        return None
+    arrivals_end = arrivals[-1] - first_instance
+    after = [t for t in done if t > arrivals[-1]]
+    span = (after[-1] - arrivals[-1]) if after else 0.0
+    return {"arrivals_end_s": round(arrivals_end, 2),
+            "median_study_arrived_s": round(statistics.median(arrivals) - first_instance, 2),
+            "median_study_done_s": round(statistics.median(done) - first_instance, 2),
+            "done_while_arriving": len(done) - len(after),
+            "studies_per_minute_after_arrivals": round(60 * len(after) / span, 1) if span > 0 else None}
+
+
 def _node_figures(db_path: Path, n_studies: int) -> dict:
     db = sqlite3.connect(db_path)
     try:
         studies = dict(db.execute("SELECT study_instance_uid, last_received_at FROM studies"))
+        first_instance = db.execute("SELECT min(received_at) FROM instances").fetchone()[0]
         jobs = db.execute("""SELECT study_instance_uid, id, state, created_at, started_at, finished_at, analysis_s
                              FROM jobs ORDER BY id""").fetchall()
         sends = db.execute("SELECT job_id, state, sent_at FROM sends").fetchall()
@@ -154,6 +178,7 @@ def _node_figures(db_path: Path, n_studies: int) -> dict:
     for job_id, state, sent_at in sends:
         by_job.setdefault(job_id, []).append((state, sent_at))
     latency, queue_wait, analysis, sending, complete = [], [], [], [], 0
+    done_times = []
     for study, received in studies.items():
         job = last_job.get(study)
         if job is None:
@@ -167,12 +192,14 @@ def _node_figures(db_path: Path, n_studies: int) -> dict:
             queue_wait.append(started - created)
             analysis.append(analysis_s)
             sending.append(done_at - finished)
+            done_times.append(done_at)
     return {"studies_received": len(studies), "studies_with_all_results_sent": complete,
             "every_study_got_its_results": complete == n_studies == len(studies),
             "latency_s": _summary(latency) if latency else None,
             "queue_wait_s": _summary(queue_wait) if queue_wait else None,
             "analysis_and_write_s": _summary(analysis) if analysis else None,
             "sending_s": _summary(sending) if sending else None,
+            "timeline": _timeline(first_instance, sorted(studies.values()), sorted(done_times)),
             "_first_job_created": min(j[2] for j in last_job.values()) if last_job else None,
             "_last_sent": max((t for s in by_job.values() for _, t in s if t), default=None)}
 
