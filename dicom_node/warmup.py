@@ -33,16 +33,14 @@ def warm_up(engines, folder: Path, *, write_gsps: bool) -> float:
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)  # what a killed warm-up left
     try:
-        generate_case(SynthConfig(cases=1, seed=WARM_UP_SEED, rows=WARM_UP_ROWS, columns=WARM_UP_COLUMNS),
-                      0, folder / "study")
+        case = generate_case(SynthConfig(cases=1, seed=WARM_UP_SEED, rows=WARM_UP_ROWS,
+                                         columns=WARM_UP_COLUMNS), 0, folder / "study")
         files = sorted((folder / "study" / "dicom").rglob("*.dcm"))
         images = [p for p in files if p.name.startswith("MG_")]
         rois = [p for p in files if not p.name.startswith("MG_")]
-        if not images or not rois:
+        if not images or not rois or not case.label_rows:
             raise RuntimeError("the simulator made no study with ROIs")
-        import pydicom
-
-        study_uid = str(pydicom.dcmread(images[0], stop_before_pixels=True).StudyInstanceUID)
+        study_uid = case.label_rows[0]["study_instance_uid"]  # the simulator's own record
         outcome = analyse_and_write(study_uid, images, rois, folder / "results", engines,
                                     write_gsps=write_gsps, input_hash="warm-up")
         if outcome.failure is not None:

@@ -59,12 +59,13 @@ def particle_table(labels: np.ndarray, pixels: np.ndarray, spacing_mm: tuple[flo
     peak 0, as ``scipy.ndimage`` gives.
     """
     extent = nonzero_extent(labels) if extent is False else extent
-    n = int(labels[extent].max()) if extent is not None else 0  # labels are >= 0: all outside are 0
+    box = labels[extent] if extent is not None else labels[:0, :0]
+    n = int(box.max(initial=0))  # labels are >= 0: all outside the extent are 0
     table = np.zeros(n, PARTICLE_DTYPE)
     if n == 0:
         return table
-    rows, cols = np.nonzero(labels[extent])
-    label_of = labels[extent][rows, cols]
+    rows, cols = np.nonzero(box)
+    label_of = box[rows, cols]
     values = pixels[extent][rows, cols]
     areas = np.bincount(label_of, minlength=n + 1)[1:]
     with np.errstate(invalid="ignore", divide="ignore"):  # an absent label: NaN, as scipy
