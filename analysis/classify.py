@@ -41,6 +41,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -300,9 +301,12 @@ class ClassifierBundle:
     def manifest_bytes(self) -> bytes:
         return _canonical(self.manifest())
 
-    @property
+    @cached_property
     def sha256(self) -> str:
-        """The bundle's identity: SHA-256 of its manifest (which lists every file's digest)."""
+        """The bundle's identity: SHA-256 of its manifest (which lists every file's digest).
+
+        Computed once: the bundle is frozen, and hashing its files (the CNN weights among them)
+        took ~6 ms of every study's analysis."""
         return hashlib.sha256(self.manifest_bytes()).hexdigest()
 
     def identity(self):

@@ -191,6 +191,8 @@ def test_bundle_round_trip(data, seg_weights, tmp_path):
     path = bundle.save(tmp_path / "model")
     loaded = ClassifierBundle.load(path)
     assert loaded.sha256 == bundle.sha256 == hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
+    # hashed once per bundle (every study quotes it): the same string object each time
+    assert loaded.identity().sha256 is loaded.sha256 is loaded.sha256
     x = bundle.vectors(data.rois[:10])
     np.testing.assert_array_equal(loaded.predict(x), bundle.predict(x))
     assert loaded.feature_names == bundle.feature_names and len(loaded.feature_names) == 3 * 4 + 67
