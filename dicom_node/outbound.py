@@ -27,7 +27,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from . import association_sockets
+from . import association_sockets, scu_reactor
 from .audit import AuditLog
 from .config import Config, Destination
 from .logs import event
@@ -77,6 +77,7 @@ class Sender:
         self.destinations = {d.name: d for d in config.destinations}
         self._thread: threading.Thread | None = None
         association_sockets.install()  # responses read in 1 MB steps, not pynetdicom's 4 KB ones
+        scu_reactor.install()  # an answer pynetdicom's association thread takes goes back to us
 
     # ------------------------------------------------------------------ thread
     def start(self) -> None:

@@ -77,6 +77,9 @@ def _send(files: list[Path], port: int, ae_title: str) -> int:
     import pydicom
     from pynetdicom import AE
 
+    from dicom_node import scu_reactor
+
+    scu_reactor.install()  # see dicom_node.scu_reactor: no answer lost to pynetdicom's own thread
     datasets = [pydicom.dcmread(f) for f in files]
     ae = AE(ae_title="DEMOSCU")
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
