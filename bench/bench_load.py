@@ -19,6 +19,9 @@ Reported:
 * that every study got its results (a done job and every result object sent);
 * throughput: studies analysed per minute, and the node's peak memory (its worker processes
   included);
+* where the CPU went (``node.cpu``), from the first instance sent until every result was stored:
+  the node's own process (listener, assembler, sender), its analysis workers (and per study) and
+  the storescu senders, which share the same 2 cores;
 * the timeline (seconds from the first instance): when the last study arrived, when the median
   study arrived and when the median study was done, how many studies were done while studies
   still arrived and the rate after that. A faster receiver ends the arrivals sooner; the latency
@@ -42,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -142,6 +146,41 @@ def _tree_rss_mb(pid: int) -> float:
     return total / 1e6
 
 
+def _tree_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) so far of a process and of each of its descendants, by pid."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu: dict[int, float] = {}
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            fields = stat[stat.rfind(")") + 2:].split()
+            cpu[p] = (int(fields[11]) + int(fields[12])) / tick
+            pids += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            pass
+    return cpu
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's finished (waited-for) children: the storescu senders."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_split(node_pid: int, before: dict[int, float], after: dict[int, float], senders_s: float,
+               n_studies: int) -> dict:
+    """Where the 2 cores went from the first instance sent to the last result stored: the node's
+    own process (DICOM listener, assembler, sender), its analysis workers and the storescu senders.
+    The workers' CPU per study is what sets the rate after a burst has arrived."""
+    node = after.get(node_pid, 0.0) - before.get(node_pid, 0.0)
+    workers = sum(cpu - before.get(p, 0.0) for p, cpu in after.items() if p != node_pid)
+    return {"node_process_s": round(node, 1), "workers_s": round(workers, 1),
+            "storescu_senders_s": round(senders_s, 1),
+            "workers_s_per_study": round(workers / n_studies, 3) if n_studies else None}
+
+
 def _timeline(first_instance: float | None, arrivals: list[float], done: list[float]) -> dict | None:
     """When the studies arrived and were done, in seconds from the first instance received.
 
@@ -217,7 +256,9 @@ def main() -> None:
                         help="classifier bundle folder for the node (default: the shipped one), e.g. to "
                              "compare two bundles on the same machine")
     parser.add_argument("--keep-state", type=Path,
-                        help="copy the node's state database here afterwards (per-study timelines)")
+                        help="copy the node's state database and its log here afterwards (per-study timelines)")
+    parser.add_argument("--log-level", default="WARNING",
+                        help="the node's log level (default WARNING; INFO logs every instance and costs CPU)")
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")])
     figures: dict = {"cpu_count": os.cpu_count(), "studies": args.studies, "senders": args.senders,
@@ -252,7 +293,7 @@ def main() -> None:
             assembly={"stable_seconds": STABLE_SECONDS, "no_roi_policy": "skip"},
             workers={"count": args.workers, "stop_timeout_s": 30.0, "warm_up": True},  # the production default
             analysis={"engine": "", "model_bundle": str(args.model_bundle.resolve()) if args.model_bundle else ""},
-            logging={"level": "WARNING"}))
+            logging={"level": args.log_level}))
         node = RunningNode(tmp / "node", config=config)
         t0 = time.perf_counter()
         def workers_ready():
@@ -274,7 +315,9 @@ def main() -> None:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:
+            cpu_before, senders_before = _tree_cpu_s(node.proc.pid), _children_cpu_s()
             seconds, errors = _send_all(studies, args.senders, node.ae_title, node.port, args.interval)
+            senders_cpu = _children_cpu_s() - senders_before
             assert not errors, errors[:3]
             ingest_done = time.time()
             figures["node_ingest"] = {"seconds": round(seconds, 2), "mb_per_s": round(megabytes / seconds, 1)}
@@ -288,6 +331,7 @@ def main() -> None:
 
             wait_until(all_sent, 60 * args.studies, "every study's results at the destination", interval=2.0,
                        on_fail=lambda: str(_node_figures(node.state_dir / "state.db", args.studies)))
+            cpu = _cpu_split(node.proc.pid, cpu_before, _tree_cpu_s(node.proc.pid), senders_cpu, args.studies)
         finally:
             sampling.set()
             sampler.join()
@@ -297,12 +341,14 @@ def main() -> None:
         if args.keep_state:
             args.keep_state.mkdir(parents=True, exist_ok=True)
             shutil.copy2(node.state_dir / "state.db", args.keep_state / "state.db")
+            shutil.copy2(node.log_path, args.keep_state / "node.log")
         last_sent = result.pop("_last_sent")
         span = last_sent - result.pop("_first_job_created")
         result["studies_per_minute"] = round(60 * args.studies / span, 1)
         result["seconds_after_ingest_until_last_result"] = round(last_sent - ingest_done, 1)
         result["node_peak_rss_mb_incl_workers"] = round(peak["mb"])
         result["destination_objects"] = len(dest.received())
+        result["cpu"] = cpu
         figures["node"] = result
         figures["targets"] = {"latency_p50_s_max": 10.0, "ingest_ratio_max": 2.0}
     write_results("bench_load" if not args.interval else f"bench_load_paced_{args.interval:g}s", figures)
