@@ -35,10 +35,12 @@ taken as complete 2 s after its last instance; the production default is 30 s, w
 every figure here) and ``assembly.no_roi_policy = "skip"`` (the two views without a ROI are not
 analysed over the whole breast: "per study with ROIs").
 
-    python -m bench.bench_load [--studies 50] [--senders 4] [--data DIR] [--keep-state DIR]
+    python -m bench.bench_load [--studies 50] [--senders 4] [--data DIR] [--keep-state DIR] [--log-level INFO]
                                       (~2 min on 2 cores once the studies exist)
 
-``--data DIR`` keeps the generated studies there and reuses them in the next run.
+``--data DIR`` keeps the generated studies there and reuses them in the next run. ``--keep-state DIR``
+keeps the node's state database and log; with ``--log-level INFO`` the log has every instance and
+every object sent (how the send stall of dicom_node.scu_reactor was found).
 """
 from __future__ import annotations
 
