@@ -134,15 +134,25 @@ def _storescp_reference(studies, senders, tmp: Path, fork: bool) -> float:
         shutil.rmtree(out)
 
 
-def _tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children now, in MB."""
-    total = 0
+def _process_tree(pid: int):
+    """``pid`` and its descendants that are alive now: (pid, its /proc folder)."""
     pids = [pid]
     while pids:
         p = pids.pop()
+        proc = Path(f"/proc/{p}")
         try:
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            pids += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+            pids += [int(c) for c in (proc / "task" / str(p) / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        yield p, proc
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children now, in MB."""
+    total = 0
+    for _, proc in _process_tree(pid):
+        try:
+            total += int((proc / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError):
             pass
     return total / 1e6
@@ -152,14 +162,11 @@ def _tree_cpu_s(pid: int) -> dict[int, float]:
     """CPU seconds (user + system) so far of a process and of each of its descendants, by pid."""
     tick = os.sysconf("SC_CLK_TCK")
     cpu: dict[int, float] = {}
-    pids = [pid]
-    while pids:
-        p = pids.pop()
+    for p, proc in _process_tree(pid):
         try:
-            stat = Path(f"/proc/{p}/stat").read_text()
+            stat = (proc / "stat").read_text()
             fields = stat[stat.rfind(")") + 2:].split()
             cpu[p] = (int(fields[11]) + int(fields[12])) / tick
-            pids += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
         except (OSError, ValueError, IndexError):
             pass
     return cpu

@@ -15,10 +15,14 @@ import time
 
 import pytest
 from pynetdicom import AE
+from pynetdicom.association import Association
 
 from dicom_factory import mg_dataset, write
 from dicom_node import association_sockets, scu_reactor
-from node_helpers import StoreSCP
+from dicom_node.config import load_config
+from dicom_node.outbound import Sender
+from dicom_node.state import StateDB
+from node_helpers import StoreSCP, write_config
 
 ANSWER_WAIT_S = 0.3  # storescp answers a small C-STORE in milliseconds
 DIMSE_TIMEOUT_S = 3.0
@@ -112,17 +116,8 @@ def test_with_the_fix_the_answer_reaches_the_sender(storescp, mg_file):
 
 
 def test_the_sender_installs_it(tmp_path):
-    from pynetdicom.association import Association
-
-    from dicom_node.outbound import Sender
-
     scu_reactor.uninstall()
     assert Association._serve_request is not scu_reactor.serve_request
-    from node_helpers import write_config
-
-    from dicom_node.config import load_config
-    from dicom_node.state import StateDB
-
     config = load_config(write_config(tmp_path / "node.toml", destinations=[]))
     db = StateDB(tmp_path / "state.db")
     try:
