@@ -310,8 +310,8 @@ class ClassifierBundle:
         return hashlib.sha256(self.manifest_bytes()).hexdigest()
 
     def identity(self):
-        """The :class:`sr_templates.results.ModelIdentity` the DICOM writers quote."""
-        from sr_templates.results import ModelIdentity
+        """The :class:`analysis.results.ModelIdentity` the DICOM writers quote."""
+        from analysis.results import ModelIdentity
 
         return ModelIdentity(name=self.name[:64], version=self.version[:64], sha256=self.sha256,
                              training_data=_one_line(self.training_data)[:1024],

@@ -1,4 +1,4 @@
-"""One study end to end: images + ROI objects -> :class:`sr_templates.results.StudyResult`.
+"""One study end to end: images + ROI objects -> :class:`analysis.results.StudyResult`.
 
 ``analyze_study(images, roi_files, seg_model, bundle)``:
 
@@ -157,7 +157,7 @@ class StudyAnalysis:
     """:func:`study_analysis`'s full answer: the result for the writers, plus what they do not
     carry (per-ROI contributions, input problems, which file each image came from)."""
 
-    result: Any  # sr_templates.results.StudyResult
+    result: Any  # analysis.results.StudyResult
     scores: dict = field(default_factory=dict)  # (image SOP UID, roi_id) -> Score
     problems: tuple[str, ...] = ()  # one sentence per input that could not be used
     image_files: dict = field(default_factory=dict)  # image SOP UID -> path (or Dataset) it was read from
@@ -253,7 +253,7 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
     from analysis.segmentation.breast_mask import breast_mask
     from analysis.segmentation.cnn import SegmentationModel
     from analysis.segmentation.pipeline import segment
-    from sr_templates.results import ImageResult, RoiResult, StudyResult
+    from analysis.results import ImageResult, RoiResult, StudyResult
 
     if no_roi not in NO_ROI_POLICIES:
         raise ValueError(f"no_roi must be one of {NO_ROI_POLICIES}, got {no_roi!r}")
@@ -433,7 +433,7 @@ def analyze_study(images: Sequence, roi_files: Sequence = (), seg_model=None,
                   bundle: ClassifierBundle | str | Path | None = None, *, executor=None,
                   no_roi: str = "whole_breast", point_radius_mm: float = DEFAULT_POINT_RADIUS_MM,
                   default_pixel_spacing_mm: float | None = None):
-    """The :class:`sr_templates.results.StudyResult` of one study (see :func:`study_analysis`)."""
+    """The :class:`analysis.results.StudyResult` of one study (see :func:`study_analysis`)."""
     return study_analysis(images, roi_files, seg_model, bundle, executor=executor, no_roi=no_roi,
                           point_radius_mm=point_radius_mm,
                           default_pixel_spacing_mm=default_pixel_spacing_mm).result

@@ -19,7 +19,7 @@ import hashlib
 import importlib
 from pathlib import Path
 
-from sr_templates import ModelIdentity
+from analysis.results import ModelIdentity
 
 from .config import Config
 

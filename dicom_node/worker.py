@@ -101,7 +101,7 @@ def _one_line(text: str, limit: int = 1000) -> str:
 
 
 def failure_result(study_uid: str, reason: str, identity, started: datetime, input_hash: str):
-    from sr_templates import StudyResult
+    from analysis.results import StudyResult
 
     finished = datetime.now()
     return StudyResult(study_instance_uid=study_uid, images=(), model=identity, started=started,

@@ -1,7 +1,7 @@
 """DICOM result objects built from an analysed study.
 
-Input: a :class:`StudyResult` (``sr_templates.results``: frozen, validated, no
-dependency on how it was computed) and the study's source images (pydicom
+Input: a :class:`analysis.results.StudyResult` (the analysis's typed output: frozen,
+validated, no dependency on how it was computed) and the study's source images (pydicom
 Datasets). Output, all in new series of the source study, with deterministic UIDs:
 
 * :func:`build_segmentation` - SEG per analysed image (highdicom, BINARY);
@@ -10,21 +10,15 @@ Datasets). Output, all in new series of the source study, with deterministic UID
 * :func:`build_presentation_state` - GSPS per image (highdicom);
 * :func:`write_study_results` - all of them, written atomically to a folder.
 
-This package imports nothing from ``dicom_node`` or ``training``.
+This package imports only ``analysis`` of ours (never ``dicom_node`` or ``training``).
 """
 from .cad_sr import build_mammography_cad_sr
 from .gsps import build_presentation_state
 from .measurement_report import build_measurement_report
-from .results import (
-    CALCIFICATION_DISTRIBUTIONS, CALCIFICATION_TYPES, DECISIONS, ROI_KINDS, STATUSES, Calcification,
-    ImageResult, ModelIdentity, RoiResult, StudyResult,
-)
 from .seg import build_segmentation
 from .writer import build_study_results, write_study_results
 
 __all__ = [
-    "Calcification", "ImageResult", "ModelIdentity", "RoiResult", "StudyResult",
-    "STATUSES", "DECISIONS", "ROI_KINDS", "CALCIFICATION_TYPES", "CALCIFICATION_DISTRIBUTIONS",
     "build_segmentation", "build_measurement_report", "build_mammography_cad_sr",
     "build_presentation_state", "build_study_results", "write_study_results",
 ]

@@ -75,7 +75,7 @@ from .common import (
     instance_uid, model_text, ordered, outline_centre, patient_orientation, pixel_spacing_mm,
     series_description, series_uid, set_content_datetime, software_versions,
 )
-from .results import StudyResult
+from analysis.results import StudyResult
 
 MAMMOGRAPHY_CAD_SR = "1.2.840.10008.5.1.4.1.1.88.50"
 MAXIMUM_OPERATING_POINT = 1

@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset
 
 from analysis.dicom_input.image import header_pixel_spacing
 
-from .results import ImageResult, RoiResult, StudyResult
+from analysis.results import ImageResult, RoiResult, StudyResult
 
 MANUFACTURER = "calcnode"
 MANUFACTURER_MODEL_NAME = "calcnode"

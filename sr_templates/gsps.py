@@ -30,7 +30,7 @@ from .common import (
     series_description, tracking_identifier, tracking_uid,
 )
 from .measurement_report import status_sentence
-from .results import ImageResult, RoiResult, StudyResult
+from analysis.results import ImageResult, RoiResult, StudyResult
 
 LAYER_NAME = "CALCNODE"
 MAX_TEXT = 1024  # Unformatted Text Value is ST

@@ -58,7 +58,7 @@ from .common import (
     derived_uid, index_sources, instance_uid, model_text, ordered, patient_orientation, pixel_spacing_mm,
     series_description, series_uid, set_content_datetime, software_versions, tracking_identifier, tracking_uid,
 )
-from .results import ImageResult, RoiResult, StudyResult
+from analysis.results import ImageResult, RoiResult, StudyResult
 from .seg import segment_number
 
 UNITLESS = codes.NO_UNITS

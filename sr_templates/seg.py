@@ -28,7 +28,7 @@ from .common import (
     MANUFACTURER, NOT_FOR_CLINICAL_USE, contributing_equipment, patient_orientation, per_image_object,
     pixel_spacing_mm, series_description, set_content_datetime, tracking_identifier, tracking_uid,
 )
-from .results import ImageResult, RoiResult, StudyResult
+from analysis.results import ImageResult, RoiResult, StudyResult
 
 NOMINAL_SLICE_THICKNESS_MM = 1.0
 

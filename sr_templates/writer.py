@@ -13,7 +13,7 @@ from .cad_sr import build_mammography_cad_sr
 from .common import index_sources, write_atomic
 from .gsps import build_presentation_state, study_laterality
 from .measurement_report import build_measurement_report
-from .results import StudyResult
+from analysis.results import StudyResult
 from .seg import build_segmentation
 
 

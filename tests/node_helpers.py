@@ -40,7 +40,7 @@ class StandInEngine:
         self.fail = os.environ.get("CALCNODE_TEST_ENGINE_FAIL", "")
 
     def model_identity(self):
-        from sr_templates import ModelIdentity
+        from analysis.results import ModelIdentity
 
         return ModelIdentity(name="node-test-stand-in", version="1",
                              sha256=hashlib.sha256(b"node-test-stand-in").hexdigest(),
@@ -51,7 +51,7 @@ class StandInEngine:
         from scipy import ndimage
 
         from analysis.dicom_input import load_image, parse_rois
-        from sr_templates import ImageResult, RoiResult, StudyResult
+        from analysis.results import ImageResult, RoiResult, StudyResult
 
         started = datetime.now()
         delay = self.delay_s

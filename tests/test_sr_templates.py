@@ -22,9 +22,8 @@ from pydicom.sr._concepts_dict import concepts
 
 from conftest import need_tool
 from dicom_factory import mg_dataset, write
-from sr_templates import (
-    ImageResult, ModelIdentity, RoiResult, StudyResult, build_study_results, write_study_results,
-)
+from analysis.results import ImageResult, ModelIdentity, RoiResult, StudyResult
+from sr_templates import build_study_results, write_study_results
 from sr_templates import codes
 from sr_templates.common import closed_outline, index_sources
 from sr_templates.preview import render_overlay_png, segment_masks

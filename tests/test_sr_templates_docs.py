@@ -20,7 +20,8 @@ import pytest
 
 from conftest import ROOT, need_tool
 from dicom_factory import mg_dataset
-from sr_templates import ImageResult, ModelIdentity, RoiResult, StudyResult, write_study_results
+from analysis.results import ImageResult, ModelIdentity, RoiResult, StudyResult
+from sr_templates import write_study_results
 from sr_templates.preview import render_overlay_png
 
 DSRDUMP = "/usr/bin/dsrdump"

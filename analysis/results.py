@@ -1,7 +1,8 @@
-"""The analysed study, as the DICOM writers see it.
+"""The analysis's output: the analysed study, as the DICOM writers see it.
 
-These types say *what* was found, never *how*: the writers in this package
-need nothing else, and the analysis fills them without knowing DICOM.
+These types say *what* was found, never *how*: the writers (``sr_templates``)
+need nothing else, and the analysis fills them without knowing DICOM. They live
+at the bottom of the analysis so that data flows one way (analyse -> write).
 Everything is validated when it is built (highdicom style): inconsistent data
 raise :class:`ValueError` with a sentence that says what is wrong, so a bad
 result never reaches a PACS.
@@ -31,7 +32,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from analysis.extent import nonzero_extent
+from .extent import nonzero_extent
 
 STATUSES = ("ok", "not_assessable", "failed")
 DECISIONS = ("actionable", "benign")
