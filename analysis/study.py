@@ -14,7 +14,7 @@
    is the breast mask's) or left out (``no_roi="skip"``, with a warning). ROI ids are the
    reader's (``ann1-obj2``, ``seg3``); when several ROI objects annotate one image, each id gets
    ``-src<k>``, k = the object's rank among the ROI files given;
-4. per ROI, :func:`analyse_roi` — a pure function of (pixels, spacing, bit depth, ROI mask,
+4. per ROI, :func:`analyze_roi` — a pure function of (pixels, spacing, bit depth, ROI mask,
    label image) and the bundle, so it can be mapped over ROIs by any engine: its calcifications
    are the segmented objects whose centroid lies inside it (SPEC 2.2); with 0 or 1 the ROI is
    ``not_assessable`` with the reason, else its features are extracted and scored by the
@@ -44,7 +44,7 @@ WHOLE_BREAST_ROI_ID = "whole-breast"
 
 @dataclass(frozen=True)
 class RoiAnalysis:
-    """What :func:`analyse_roi` found for one ROI."""
+    """What :func:`analyze_roi` found for one ROI."""
 
     calcification_labels: tuple[int, ...]
     status: str  # "ok" or "not_assessable"
@@ -69,7 +69,7 @@ def roi_calcifications(labels: np.ndarray, roi_mask: np.ndarray | None) -> tuple
     return tuple(int(o.label) for o in select_roi_objects(np.asarray(labels), roi_mask))
 
 
-def analyse_roi(pixels: np.ndarray, spacing_mm, bits_stored: int, roi_mask: np.ndarray, labels: np.ndarray,
+def analyze_roi(pixels: np.ndarray, spacing_mm, bits_stored: int, roi_mask: np.ndarray, labels: np.ndarray,
                 bundle: ClassifierBundle, *, executor=None) -> RoiAnalysis:
     """One ROI: its calcifications, then not-assessable or features -> score (pure; inputs untouched)."""
     calcs = roi_calcifications(labels, roi_mask)
@@ -388,7 +388,7 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
                 roi_results.append(RoiResult(status="failed", reason=failure, **common))
                 continue
             try:
-                found = analyse_roi(image.pixels, spacing, image.bits_stored, mask, labels, bundle,
+                found = analyze_roi(image.pixels, spacing, image.bits_stored, mask, labels, bundle,
                                     executor=executor)
             except Exception as exc:
                 roi_results.append(RoiResult(status="failed", threshold=threshold, **common,
@@ -439,6 +439,6 @@ def analyze_study(images: Sequence, roi_files: Sequence = (), seg_model=None,
                           default_pixel_spacing_mm=default_pixel_spacing_mm).result
 
 
-__all__ = ["analyze_study", "study_analysis", "analyse_roi", "RoiAnalysis", "StudyAnalysis",
+__all__ = ["analyze_study", "study_analysis", "analyze_roi", "RoiAnalysis", "StudyAnalysis",
            "roi_calcifications", "not_assessable_reason", "roi_outline", "mask_outline",
            "MIN_CALCIFICATIONS", "NO_ROI_POLICIES", "WHOLE_BREAST_ROI_ID"]

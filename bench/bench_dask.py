@@ -68,7 +68,7 @@ class _StageClock:
 _STAGES = (("analysis.study", "load_image", "load"), ("analysis.study", "parse_rois", "load"),
            ("analysis.segmentation.breast_mask", "breast_mask", "segment"),
            ("analysis.segmentation.pipeline", "segment", "segment"),
-           ("analysis.study", "analyse_roi", "features_classify"))
+           ("analysis.study", "analyze_roi", "features_classify"))
 
 
 class TimedEngine:
@@ -83,7 +83,7 @@ class TimedEngine:
     def model_identity(self):
         return self.inner.model_identity()
 
-    def analyse(self, images, roi_files):
+    def analyze(self, images, roi_files):
         import importlib
 
         clock = _StageClock()
@@ -94,7 +94,7 @@ class TimedEngine:
             setattr(module, attr, clock.wrap(stage, getattr(module, attr)))
         t0 = time.perf_counter()
         try:
-            return self.inner.analyse(images, roi_files)
+            return self.inner.analyze(images, roi_files)
         finally:
             for module, attr, original in saved:
                 setattr(module, attr, original)
@@ -141,7 +141,7 @@ def _run(data: Path, out: Path, n_workers: int, no_roi: str) -> dict:
             "cluster_start_seconds": round(start_s, 2), "seconds": round(seconds, 1),
             "studies_per_min": round(summary["studies"] / seconds * 60, 3),
             "stage_seconds_summed_over_studies": split,
-            "analysis_seconds_per_study": round(stages.get("analyse", 0.0) / summary["studies"], 1),
+            "analysis_seconds_per_study": round(stages.get("analyze", 0.0) / summary["studies"], 1),
             "peak_rss_mb_per_worker": [round(p) for p in peaks]}
 
 

@@ -1,8 +1,10 @@
 """The ``calcnode`` command.
 
-One console script with sub-commands. Each sub-command lives next to the code it
-drives and registers itself here with a ``register(subparsers)`` function that
-adds its parser and sets ``func`` (``args -> exit code``).
+One console script with sub-commands, all in one home: :mod:`dicom_node.commands`,
+one module per command or pair of related commands. Each registers itself here with a
+``register(subparsers)`` function that adds its parser and sets ``func``
+(``args -> exit code``). The command layer parses arguments and reads configuration;
+the code it drives (``analysis``, ``training``, the node) takes plain values.
 
 Bad input never produces a traceback: the typed input errors
 (:class:`analysis.dicom_input.InputError`) and configuration errors are printed
@@ -28,11 +30,11 @@ SUBCOMMAND_MODULES = (
     "dicom_node.commands.demo",
     "dicom_node.commands.inspect",
     "dicom_node.commands.segment",
-    "training.synth.cli",
-    "training.seg_cli",
+    "dicom_node.commands.synth",
+    "dicom_node.commands.segmentation_training",
     "dicom_node.commands.analyze",
     "dicom_node.commands.batch",
-    "training.classifier.cli",
+    "dicom_node.commands.train",
 )
 
 

@@ -7,7 +7,7 @@ to the scheduler at ``workers.dask_scheduler``:
 1. **claim** the oldest queued job (:meth:`StateDB.claim_job`: running, attempts + 1), exactly as
    a local worker. The job's ``worker_pid`` is a *slot token*, a negative number (-1, -2, ...)
    that no real process has, so :meth:`StateDB.requeue_jobs_of` re-queues exactly that job;
-2. **submit** :func:`dicom_node.worker.analyse_anywhere` -- the analysis and the result writers,
+2. **submit** :func:`dicom_node.job.analyze_anywhere` -- the analysis and the result writers,
    no database -- with the spool paths of the inputs and a result folder
    ``results/<study>/<job id>-<attempt>`` (fresh per attempt: a task orphaned by a node restart
    can never write into the folder of the attempt that replaced it);
@@ -41,9 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
+from .job import EngineBox, analyze_and_write, analyze_anywhere
 from .logs import event
 from .metrics import Counters
 from .state import Job, StateDB
+from .worker import give_up_reason, job_inputs, job_log_fields, record_outcome
 
 log = logging.getLogger("calcnode.dask")
 
@@ -166,23 +168,20 @@ class DaskDispatcher:
 
     # ------------------------------------------------------------------ jobs
     def _dispatch(self, job: Job, token: int) -> None:
-        from .worker import EngineBox, analyse_and_write, analyse_anywhere, give_up_reason, job_inputs, \
-            job_log_fields, record_outcome
-
         images, rois = job_inputs(job)
         fields = job_log_fields(job)
         out_dir = self.config.results_dir.absolute() / job.study_instance_uid / f"{job.id}-{job.attempts}"
         give_up = give_up_reason(job, self.config)
         if give_up is not None:
             # not sent to Dask again (the job may be what kills its workers): the report is written here
-            outcome = analyse_and_write(job.study_instance_uid, images, rois, out_dir, EngineBox(self.config),
+            outcome = analyze_and_write(job.study_instance_uid, images, rois, out_dir, EngineBox(self.config),
                                         write_gsps=False, input_hash=job.input_hash, give_up=give_up,
                                         log_fields=fields)
             record_outcome(self.db, self.config, job, outcome, token, out_dir)
             return
         try:
             future = self._client.submit(
-                analyse_anywhere, self.config, job.study_instance_uid, [str(p) for p in images],
+                analyze_anywhere, self.config, job.study_instance_uid, [str(p) for p in images],
                 [str(p) for p in rois], str(out_dir), input_hash=job.input_hash, log_fields=fields,
                 key=f"calcnode-job-{job.id}-{job.attempts}-{uuid.uuid4().hex[:8]}", pure=False)
         except Exception as exc:  # noqa: BLE001 - the connection went: the job waits in the queue
@@ -194,8 +193,6 @@ class DaskDispatcher:
               scheduler=self.address, **fields)
 
     def _collect(self) -> None:
-        from .worker import record_outcome
-
         for token, entry in list(self._inflight.items()):
             if not entry.future.done():
                 continue

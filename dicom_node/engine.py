@@ -2,9 +2,9 @@
 
 An engine has two methods:
 
-``analyse(images: list[Path], roi_files: list[Path]) -> sr_templates.StudyResult``
+``analyze(images: list[Path], roi_files: list[Path]) -> analysis.results.StudyResult``
     the MG images of the study (spool paths) and its ROI objects (GSPS / SEG);
-``model_identity() -> sr_templates.ModelIdentity``
+``model_identity() -> analysis.results.ModelIdentity``
     the model the results are attributed to (also used for a failure report).
 
 The default engine is calcnode's own analysis (``analysis.study.analyze_study`` with the
@@ -80,7 +80,7 @@ class CalcnodeEngine:
     def model_identity(self) -> ModelIdentity:
         return self._identity
 
-    def analyse(self, images: list[Path], roi_files: list[Path]):
+    def analyze(self, images: list[Path], roi_files: list[Path]):
         analysis = self.config.analysis
         return self._analyze([str(p) for p in images], [str(p) for p in roi_files], self.seg_model, self.bundle,
                              no_roi=self.config.assembly.no_roi_policy,

@@ -47,7 +47,7 @@ class StandInEngine:
                              training_data="none: a brightness threshold used by the node tests",
                              not_for_clinical_use=True)
 
-    def analyse(self, images, roi_files):
+    def analyze(self, images, roi_files):
         from scipy import ndimage
 
         from analysis.dicom_input import load_image, parse_rois

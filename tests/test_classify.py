@@ -20,7 +20,7 @@ from analysis.classify import (AGGREGATOR_FILE, LIGHTGBM_FILE, MANIFEST, BundleE
 from analysis.features import (BACKGROUND_NAMES, DEFAULT_PARAMS, FOREGROUND_NAMES, HANDCRAFTED_NAMES,
                                REGIONPROP_NAMES, FeatureTable, FeatureVector, RoiFeatures, topology_names)
 from analysis.features.synthetic import synthetic_roi
-from analysis.study import analyse_roi
+from analysis.study import analyze_roi
 from training.classifier import model as M
 
 TINY = replace(M.Settings(), folds=3, outer_folds=2, grid=M.GRIDS["tiny"])
@@ -268,7 +268,7 @@ def test_rois_with_fewer_than_two_calcifications_are_not_assessable(saved_bundle
     pixels, roi, labels = synthetic_roi(n_calcs=6, size_mm=8.0, roi_mm=6.0, seed=1)
     labels = np.where(labels <= keep, labels, 0).astype(np.int32)
     before = (pixels.copy(), labels.copy())
-    found = analyse_roi(pixels, (0.07, 0.07), 12, roi, labels, bundle)
+    found = analyze_roi(pixels, (0.07, 0.07), 12, roi, labels, bundle)
     assert found.status == status and found.reason == reason
     assert found.n_calcifications == keep
     if status == "ok":

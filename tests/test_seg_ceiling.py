@@ -1,4 +1,4 @@
-"""The ideal-observer bound (training/seg_ceiling.py, `calcnode seg-ceiling`)."""
+"""The ideal-observer bound (training/segmentation/ceiling.py, `calcnode seg-ceiling`)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from training.seg_ceiling import (detectability_index, noise_power_spectrum, noise_windows,
+from training.segmentation.ceiling import (detectability_index, noise_power_spectrum, noise_windows,
                                   prewhitened_filter, roi_observer, search_threshold)
 from training.synth.config import SynthConfig
 from training.synth.dataset import generate_dataset

@@ -107,11 +107,11 @@ def test_shipped_demonstration_model():
 
 
 def test_cli_defaults_match_the_training_settings():
-    from training.seg_cli import DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WIDTH, DEFAULT_WORKERS
-    from training.seg_train import TrainSettings
+    from dicom_node.commands.segmentation_training import DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WIDTH, DEFAULT_WORKERS
+    from training.segmentation.train import TrainSettings
 
     assert (DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS, DEFAULT_WIDTH) == (
         TrainSettings.max_epochs, TrainSettings.patience, TrainSettings.workers, TrainSettings.width)
     from analysis.segmentation.cnn import SelectionParams
-    from training.seg_cli import DEFAULT_OUTLINE_LEVEL
+    from dicom_node.commands.segmentation_training import DEFAULT_OUTLINE_LEVEL
     assert DEFAULT_OUTLINE_LEVEL == SelectionParams.outline_level

@@ -7,7 +7,7 @@ import pytest
 
 from dicom_node.config import load_config
 from dicom_node.warmup import warm_up
-from dicom_node.worker import EngineBox
+from dicom_node.job import EngineBox
 
 
 def test_warm_up_analyses_a_simulated_study_and_removes_it(tmp_path):

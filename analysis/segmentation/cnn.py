@@ -51,7 +51,7 @@ class SelectionParams:
     proximity_radius_mm: float = 0.7   # x = 10 px at 0.07 mm
     proximity_a: float = 1.0
     # HDoGReg's 10^-3.5 belongs to its own network's output scale; a trained model carries the
-    # threshold calibrated on its validation images (training/seg_train.py).
+    # threshold calibrated on its validation images (training/segmentation/train.py).
     prediction_threshold: float = 10 ** -3.5
     min_fraction: float = 0.30         # a component is kept when MORE than this fraction is >= threshold
     # Candidates are cut to their pixels with prediction >= this before the rule (None: HDoGReg's

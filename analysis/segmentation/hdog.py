@@ -368,7 +368,7 @@ def _zone_blobs(dog, box, zone, previous_zone, previous_blob, pp: PixelParams, p
     return blob
 
 
-def _analyse_crop(pixels: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int],
+def _analyze_crop(pixels: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int],
                   pp: PixelParams, pool: ThreadPoolExecutor | None,
                   previous: _Reuse | None = None) -> tuple[_CropResult, _Reuse]:
     rows, cols = pixels.shape
@@ -460,13 +460,13 @@ def _grown(box, grow, step, shape):
             max(c0 - sc, 0) if grow[2] else c0, min(c1 + sc, shape[1]) if grow[3] else c1)
 
 
-def _analyse_box(pixels, region, box, pp, pool) -> _CropResult:
+def _analyze_box(pixels, region, box, pp, pool) -> _CropResult:
     """Analyse a crop, growing it until its returned candidates are exact; a grown crop reuses
     the DoGs and blob-like tests of the previous one and computes only what is new."""
     step = (max(pp.margin[0] + pp.context[0], 16), max(pp.margin[1] + pp.context[1], 16))
     previous = None
     while True:
-        result, previous = _analyse_crop(pixels, region, box, pp, pool, previous)
+        result, previous = _analyze_crop(pixels, region, box, pp, pool, previous)
         if not any(result.grow):
             return result
         new = _grown(box, result.grow, step, pixels.shape)
@@ -573,7 +573,7 @@ def hdog_candidates(pixels, spacing_mm, region=None, params: HDoGParams = HDoGPa
     big = max((b[1] - b[0]) * (b[3] - b[2]) for b in boxes) >= _THREAD_MIN_PIXELS
     pool = ThreadPoolExecutor(workers) if workers > 1 and big else None
     try:
-        results = [_analyse_box(image, region, box, pp, pool) for box in boxes]
+        results = [_analyze_box(image, region, box, pp, pool) for box in boxes]
     finally:
         if pool is not None:
             pool.shutdown()

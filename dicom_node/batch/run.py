@@ -1,7 +1,7 @@
 """Run a batch: one Dask task per study that is not done yet, then the run's tables.
 
 The task (:func:`study_task`) is the node's own analysis-and-write step
-(:func:`dicom_node.worker.analyse_anywhere`: the configured engine, then
+(:func:`dicom_node.job.analyze_anywhere`: the configured engine, then
 ``sr_templates.write_study_results``) followed by publishing the study's folder and its done
 marker (:mod:`dicom_node.batch.store`). File paths travel to the workers, never pixels: the
 input files and ``--out`` must be on storage every worker sees at the same paths. Each worker
@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..job import analyze_anywhere
 from .inputs import Inventory, folder_files, inventory, manifest_files
 from .store import (
     FAILURE_COLUMNS, MARKER_FORMAT, RESULT_COLUMNS, partial_dir, publish, read_marker, remove_partials,
@@ -46,10 +47,8 @@ class BatchOptions:
 def study_task(config, study_uid: str, images: list[str], rois: list[str], out: str, key: str,
                input_hash: str) -> dict:
     """Analyse one study on a worker, publish its objects and done marker; returns the marker."""
-    from ..worker import analyse_anywhere
-
     partial = partial_dir(Path(out), study_uid, uuid.uuid4().hex[:12])
-    outcome = analyse_anywhere(config, study_uid, images, rois, str(partial), input_hash=input_hash,
+    outcome = analyze_anywhere(config, study_uid, images, rois, str(partial), input_hash=input_hash,
                                log_fields={"study_instance_uid": study_uid})
     marker = {"format": MARKER_FORMAT, "key": key, "study_instance_uid": study_uid,
               "outcome": "failed" if outcome.failure is not None else "done", "failure": outcome.failure,

@@ -1,4 +1,5 @@
-"""``calcnode train-seg`` and ``calcnode evaluate-seg``."""
+"""``calcnode train-seg``, ``calcnode evaluate-seg`` and ``calcnode seg-ceiling``: the selection CNN's training
+and evaluation (:mod:`training.segmentation`)."""
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,7 @@ def register(subparsers) -> None:
         description="The sensitivity that the prewhitening matched filter, told each particle's exact "
                     "shape and position, reaches at a given false-positive rate inside the ROIs of "
                     "calcnode synth folders: a bound on what any segmentation can show on that data "
-                    "(training/seg_ceiling.py).")
+                    "(training/segmentation/ceiling.py).")
     ceiling.add_argument("--data", action="append", required=True, metavar="DIR")
     ceiling.add_argument("--fp-per-cm2", type=float, action="append", metavar="RATE",
                          help="false positives per cm² of ROI allowed (repeatable; default 0.5, 1, 2)")
@@ -63,7 +64,7 @@ def _outline_level(text: str) -> float | None:
 def run_train(args) -> int:
     from analysis.segmentation.cnn import SelectionParams
 
-    from .seg_train import TrainSettings, train_segmentation
+    from training.segmentation.train import TrainSettings, train_segmentation
 
     settings = TrainSettings(seed=args.seed, max_epochs=args.max_epochs, patience=args.patience,
                              workers=args.workers, width=args.width)
@@ -72,7 +73,7 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from .seg_evaluate import evaluate_segmentation
+    from training.segmentation.evaluate import evaluate_segmentation
 
     report = evaluate_segmentation(args.model, args.data, args.out)
     summary = {k: report[k] for k in ("images", "truth_objects", "region_cm2", "by_type")}
@@ -85,7 +86,7 @@ def run_evaluate(args) -> int:
 def run_ceiling(args) -> int:
     from pathlib import Path
 
-    from .seg_ceiling import ideal_observer_bound
+    from training.segmentation.ceiling import ideal_observer_bound
 
     try:
         report = ideal_observer_bound(args.data, tuple(args.fp_per_cm2 or (0.5, 1.0, 2.0)))

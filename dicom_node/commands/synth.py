@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import (CALCIFICATION_TYPES, DEFAULT_BACKGROUND_SPACING_MM, DEFAULT_DIFFICULTY,
+from training.synth.config import (CALCIFICATION_TYPES, DEFAULT_BACKGROUND_SPACING_MM, DEFAULT_DIFFICULTY,
                      DEFAULT_SIZE, DEFAULT_SPACING_MM, ROI_FORMATS, ROI_SHAPES, SynthConfig,
                      parse_type_weights)
 
@@ -107,14 +107,14 @@ def run(args) -> int:
             print(f"calcnode synth: error: background {b} not found", file=sys.stderr)
             return 2
     if args.preview is not None:
-        from .preview import render_preview
+        from training.synth.preview import render_preview
 
         path = render_preview(args.preview, seed=args.seed, rows=config.rows, columns=config.columns,
                               type_weights=config.type_weights)
         print(f"wrote {path}")
         if args.out is None:
             return 0
-    from .dataset import generate_dataset
+    from training.synth.dataset import generate_dataset
 
     summary = generate_dataset(config, args.out, workers=args.workers, progress=not args.quiet)
     print(f"wrote {summary['images']} images, {summary['rois']} ROIs ({summary['clusters']} clusters, "

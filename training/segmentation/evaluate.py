@@ -32,7 +32,7 @@ from analysis.dicom_input import load_image
 from analysis.segmentation.cnn import SegmentationModel, select_candidates
 from analysis.segmentation.pipeline import segment
 
-from .datasets import DatasetImage, image_rois, load_truth, roi_region, scan_dataset
+from ..datasets import DatasetImage, image_rois, load_truth, roi_region, scan_dataset
 
 MATCH_DISTANCE_MM = 0.35
 MATCH_IOU = 0.3

@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from .model import GRIDS, Settings
+from training.classifier.model import GRIDS, Settings
 
 _DATA_HELP = ("folder with the DICOM images and their ROI objects (GSPS/SEG), searched recursively; "
               "repeatable")
@@ -84,7 +84,7 @@ def _labels(args) -> Path:
 
 
 def _config():
-    from dicom_node.config import load_config
+    from ..config import load_config
 
     analysis = load_config().analysis
     return analysis.default_pixel_spacing_mm or None
@@ -99,9 +99,9 @@ def _feature_executor(scheduler: str | None, workers: int | None):
     if not scheduler and workers is not None and workers <= 1:
         yield
         return
-    from dicom_node.cluster import SchedulerUnreachable, dask_client
+    from ..cluster import SchedulerUnreachable, dask_client
 
-    from .features import use_executor
+    from training.classifier.features import use_executor
 
     try:
         with dask_client(scheduler, n_workers=None if scheduler else workers) as client, \
@@ -112,7 +112,7 @@ def _feature_executor(scheduler: str | None, workers: int | None):
 
 
 def run_train(args) -> int:
-    from .pipeline import TrainOptions, train
+    from training.classifier.pipeline import TrainOptions, train
 
     for name in ("folds", "outer_folds", "workers", "bootstrap"):
         if (getattr(args, name) or 0) < 0:
@@ -140,7 +140,7 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from .pipeline import evaluate
+    from training.classifier.pipeline import evaluate
 
     with _feature_executor(args.scheduler, args.workers):
         report = evaluate(Path(args.model), args.data, _labels(args), Path(args.out),

@@ -1,7 +1,7 @@
 """Training the selection CNN (``calcnode train-seg``).
 
 Images are split by patient into training and validation (so no patient is on both sides);
-patches come from :mod:`training.seg_patches`; the loss is HDoGReg's soft Dice on the
+patches come from :mod:`training.segmentation.patches`; the loss is HDoGReg's soft Dice on the
 continuous proximity target plus binary cross-entropy (the Dice term alone leaves the
 background's output free to drift above the 10^-3.5 decision threshold). Training stops
 when the validation loss has not improved for ``patience`` epochs and the best epoch's
@@ -29,9 +29,9 @@ from torch import nn
 from analysis.segmentation.cnn import ProximityNet, SegmentationModel, SelectionParams
 from analysis.segmentation.models import NOT_FOR_CLINICAL_USE
 
-from .datasets import DatasetImage, scan_dataset
-from .seg_evaluate import SUPPORT_THRESHOLDS, collect_matches, froc, sensitivity_at
-from .seg_patches import Patches, image_patches
+from ..datasets import DatasetImage, scan_dataset
+from .evaluate import SUPPORT_THRESHOLDS, collect_matches, froc, sensitivity_at
+from .patches import Patches, image_patches
 
 
 CALIBRATION_FP_PER_CM2 = 1.0

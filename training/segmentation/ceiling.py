@@ -47,10 +47,10 @@ from scipy import signal as signal_fft
 
 from analysis.dicom_input import read_geometry
 
-from .datasets import image_rois, load_truth, roi_region, scan_dataset
-from .seg_evaluate import MATCH_DISTANCE_MM, particle_kinds
-from .synth.config import SynthConfig
-from .synth.dataset import calcification_free_image
+from ..datasets import image_rois, load_truth, roi_region, scan_dataset
+from .evaluate import MATCH_DISTANCE_MM, particle_kinds
+from ..synth.config import SynthConfig
+from ..synth.dataset import calcification_free_image
 
 WINDOW_MM = 2.24          # NPS / filter window (32 px at 0.07 mm): holds the largest particle's template
 HIGHPASS_MM = 1.0         # the slow density trend is removed with a Gaussian of this sigma

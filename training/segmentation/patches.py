@@ -21,7 +21,7 @@ from analysis.segmentation import breast_mask, hdog_candidates
 from analysis.segmentation.cnn import (NET_SPACING_MM, SelectionParams, local_context_px, normalise_input,
                                        proximity_target)
 
-from .datasets import DatasetImage, image_rois, load_truth, roi_region
+from ..datasets import DatasetImage, image_rois, load_truth, roi_region
 
 PATCH_PX = 48                 # at NET_SPACING_MM: 3.4 mm (the receptive field is 2.3 mm)
 RANDOM_BOX_MM = 12.0          # side of the random breast boxes
