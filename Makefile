@@ -24,7 +24,9 @@ system-deps:
 run: $(STAMP)
 	$(BIN)/calcnode serve
 
+# lint-imports checks the architecture contracts in pyproject.toml ([tool.importlinter]).
 test: $(STAMP) system-deps
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -ra
 
 bench: $(STAMP)
