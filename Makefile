@@ -35,7 +35,7 @@ bench: $(STAMP)
 # The shipped demonstration segmentation model (NOT FOR CLINICAL USE): simulator data with
 # real-background insertion, fixed seeds. About 40 minutes on 2 cores (2026-12-03). See docs/segmentation.md.
 INTEROP_MG := ../shared/interop/mg
-SYNTH_TYPES := amorphous:3,punctate,fine_pleomorphic,fine_linear
+SYNTH_TYPES := amorphous:3,punctate,fine_pleomorphic,fine_linear_branching
 demo-seg-model: $(STAMP)
 	rm -rf data/seg-train data/seg-train-bg data/seg-train-2
 	$(BIN)/calcnode synth --out data/seg-train --cases 30 --seed 101 --types $(SYNTH_TYPES) --quiet

@@ -13,7 +13,7 @@ from training.segmentation.ceiling import (detectability_index, noise_power_spec
 from training.synth.config import SynthConfig
 from training.synth.dataset import generate_dataset
 
-ALL_TYPES = (("amorphous", 1.0), ("punctate", 1.0), ("fine_pleomorphic", 1.0), ("fine_linear", 1.0))
+ALL_TYPES = (("amorphous", 1.0), ("punctate", 1.0), ("fine_pleomorphic", 1.0), ("fine_linear_branching", 1.0))
 
 
 def _blob(size: int, sigma: float, amplitude: float) -> np.ndarray:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 INTEROP = ROOT.parent / "shared" / "interop"
 DCIODVFY = "/usr/bin/dciodvfy"
 DCENTVFY = "/usr/bin/dcentvfy"
-ALL_TYPES = (("amorphous", 2.0), ("punctate", 1.0), ("fine_pleomorphic", 1.0), ("fine_linear", 1.0))
+ALL_TYPES = (("amorphous", 2.0), ("punctate", 1.0), ("fine_pleomorphic", 1.0), ("fine_linear_branching", 1.0))
 
 
 def _rows(path: Path) -> list[dict]:
@@ -71,7 +71,7 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 # --------------------------------------------------------------------------- CLI
 def test_cli_registers_synth_subcommand(tmp_path):
-    from training.synth import cli
+    from dicom_node.commands import synth as cli
 
     parser = argparse.ArgumentParser(prog="calcnode")
     cli.register(parser.add_subparsers(dest="command"))
@@ -87,7 +87,7 @@ def test_cli_registers_synth_subcommand(tmp_path):
 
 
 def test_cli_run_writes_a_data_set(tmp_path, capsys):
-    from training.synth import cli
+    from dicom_node.commands import synth as cli
 
     out = tmp_path / "ds"
     code = cli.main(["--out", str(out), "--cases", "1", "--size", "512x384", "--lateralities", "L",
@@ -248,7 +248,7 @@ def test_truth_matches_what_was_asked(gsps_set, tmp_path):
             m = labels == int(p["label"])
             assert int(m.sum()) == int(p["area_px"])
             # size: equivalent diameter of the truth mask vs the requested diameter (blobs >= 0.2 mm)
-            if p["kind"] != "fine_linear" and float(p["diameter_mm"]) >= 0.2:
+            if p["kind"] != "fine_linear_branching" and float(p["diameter_mm"]) >= 0.2:
                 sizes.append(2 * np.sqrt(m.sum() / np.pi) * 0.07 / float(p["diameter_mm"]))
             requested.append(float(p["rendered_mean"]))
             # contrast 1: image minus the true background under the particle
@@ -574,3 +574,11 @@ def test_generated_studies_are_stored_whole_by_a_running_node(gsps_set, seg_set,
     assert {p.stem for p in node.stored_files()} == sent
     studies = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
     assert {p.parent.name for p in node.stored_files()} == studies
+
+
+def test_calcification_types_use_the_writers_names_and_accept_the_old_one():
+    from analysis.results import CALCIFICATION_TYPES as WRITER_TYPES
+    from training.synth.config import CALCIFICATION_TYPES, parse_type_weights
+
+    assert set(CALCIFICATION_TYPES) <= set(WRITER_TYPES)  # every simulated type can be coded in an SR
+    assert parse_type_weights("amorphous:3,fine_linear") == (("amorphous", 3.0), ("fine_linear_branching", 1.0))

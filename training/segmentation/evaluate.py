@@ -33,6 +33,7 @@ from analysis.segmentation.cnn import SegmentationModel, select_candidates
 from analysis.segmentation.pipeline import segment
 
 from ..datasets import DatasetImage, image_rois, load_truth, roi_region, scan_dataset
+from ..synth.config import canonical_type
 
 MATCH_DISTANCE_MM = 0.35
 MATCH_IOU = 0.3
@@ -71,7 +72,8 @@ def particle_kinds(truth_path: Path) -> dict[int, str | None] | None:
     if table == truth_path or not table.is_file():
         return None
     with table.open(newline="") as f:
-        return {int(row["label"]): row.get("kind") or None for row in csv.DictReader(f)}
+        return {int(row["label"]): canonical_type(row["kind"]) if row.get("kind") else None
+                for row in csv.DictReader(f)}
 
 
 def truth_kinds(truth_path: Path, raw_labels: np.ndarray, truth_labels: np.ndarray,

@@ -39,7 +39,7 @@ TYPE_PROPERTIES = {
                      irregular=0.25, haze=(0.0, 0.0)),
     "fine_pleomorphic": dict(median=0.30, lo=0.10, hi=0.60, mu=(0.8, 1.1), thick=(0.5, 0.9),
                              irregular=1.5, haze=(0.0, 0.0)),
-    "fine_linear": dict(median=0.18, lo=0.10, hi=0.35, mu=(1.0, 1.3), thick=(1.0, 1.0),
+    "fine_linear_branching": dict(median=0.18, lo=0.10, hi=0.35, mu=(1.0, 1.3), thick=(1.0, 1.0),
                         irregular=1.0, haze=(0.0, 0.0)),
 }
 
@@ -68,7 +68,7 @@ class Particle:
     @property
     def radius_mm(self) -> float:
         """Radius of a disc enclosing the particle (mm)."""
-        if self.kind == "fine_linear":
+        if self.kind == "fine_linear_branching":
             reach = max((np.hypot(s[0], s[1]), np.hypot(s[2], s[3])) for s in self.segments)
             return float(max(reach)) + self.diameter_mm / 2
         amp = sum(abs(a) for _, a, _ in self.harmonics)
@@ -89,7 +89,7 @@ def make_particle(kind: str, rng: np.random.Generator, size_cv: float, irregular
     p = Particle(kind=kind, diameter_mm=d, mu_per_mm=float(rng.uniform(*props["mu"])))
     p.haze_mm = float(rng.uniform(*props["haze"]))
     irr = irregularity * props["irregular"]
-    if kind == "fine_linear":
+    if kind == "fine_linear_branching":
         length = float(rng.uniform(0.6, 2.5) * np.exp(rng.normal(0, sigma_log)))
         angle = rng.uniform(0, np.pi)
         u = np.array([np.cos(angle), np.sin(angle)]) * length / 2
@@ -112,7 +112,7 @@ def make_particle(kind: str, rng: np.random.Generator, size_cv: float, irregular
 
 def _thickness(p: Particle, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """Projected thickness (mm) at offsets dx, dy (mm) from the particle centre."""
-    if p.kind == "fine_linear":
+    if p.kind == "fine_linear_branching":
         t = np.zeros(dx.shape, dtype=np.float32)
         half = p.diameter_mm / 2
         for x0, y0, x1, y1 in p.segments:

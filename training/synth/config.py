@@ -11,7 +11,15 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-CALCIFICATION_TYPES = ("amorphous", "punctate", "fine_pleomorphic", "fine_linear")
+# BI-RADS descriptors, named as the result writers name them (analysis.results.CALCIFICATION_TYPES).
+CALCIFICATION_TYPES = ("amorphous", "punctate", "fine_pleomorphic", "fine_linear_branching")
+#: Names earlier versions wrote (``--types``, the ``kind`` column of old truth tables).
+TYPE_ALIASES = {"fine_linear": "fine_linear_branching"}
+
+
+def canonical_type(name: str) -> str:
+    """The current name of a calcification type (an old alias maps to it)."""
+    return TYPE_ALIASES.get(name, name)
 ROI_FORMATS = ("gsps", "seg")
 ROI_SHAPES = ("polyline", "circle", "ellipse", "mixed")
 VIEWS = ("CC", "MLO")
@@ -99,12 +107,12 @@ class SynthConfig:
 
 
 def parse_type_weights(text: str) -> tuple[tuple[str, float], ...]:
-    """``"amorphous:3,punctate:1"`` or ``"amorphous,fine_linear"`` -> ((name, weight), ...)."""
+    """``"amorphous:3,punctate:1"`` or ``"amorphous,fine_linear_branching"`` -> ((name, weight), ...)."""
     out = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, weight = part.partition(":")
-        out.append((name.strip(), float(weight) if weight else 1.0))
+        out.append((canonical_type(name.strip()), float(weight) if weight else 1.0))
     return tuple(out)
 
 
-__all__ = ["SynthConfig", "parse_type_weights", "CALCIFICATION_TYPES"]
+__all__ = ["SynthConfig", "parse_type_weights", "canonical_type", "CALCIFICATION_TYPES", "TYPE_ALIASES"]

@@ -284,7 +284,7 @@ def _generate_image(config, case_index, image_index, lat, view, bg_path, cluster
             particles_out.append({
                 "label": next_label, "kind": p.kind, "roi_id": roi_id, "cluster_id": cluster.cluster_id,
                 "x": p.x, "y": p.y, "diameter_mm": p.diameter_mm,
-                "length_mm": p.length_mm if p.kind == "fine_linear" else None,
+                "length_mm": p.length_mm if p.kind == "fine_linear_branching" else None,
                 "thickness_mm": p.thickness_mm, "mu_per_mm": p.mu_per_mm, "haze_mm": p.haze_mm,
                 "peak_contrast": p.peak_contrast * gain / CALC_GAIN,
                 "rendered_peak": float(contrib.max()),
