@@ -5,12 +5,12 @@ destination and batch, proposes for each SOP class the transfer syntax the file 
 (plus explicit and implicit VR little endian for uncompressed files, so any Storage SCP can
 take them), and records each object as sent the moment its success status arrives.
 
-A failure (no association, a failure status, no response) counts an attempt and schedules
-the next one with exponential backoff (``outbound.backoff_initial_s * 2^(n-1)``, at most
-``outbound.backoff_max_s``); after ``outbound.max_attempts`` the object is dead-lettered with
-the reason (``calcnode queue list`` shows it, ``calcnode queue retry`` sends it again).
-"SOP class not supported" (0x0122) and "not authorised" (0x0124) are permanent: dead-lettered
-at once. An object recorded as sent is never sent again.
+A failure (no association, a failure status, no response) counts an attempt; whether and when
+the object is tried again is :func:`retry_decision` (the retry backoff: exponential, from
+``outbound.backoff_initial_s`` doubling up to ``outbound.backoff_max_s``, dead-lettered after
+``outbound.max_attempts``; ``calcnode queue list`` shows dead-lettered objects, ``calcnode queue
+retry`` sends them again). "SOP class not supported" (0x0122) and "not authorised" (0x0124) are
+permanent: dead-lettered at once. An object recorded as sent is never sent again.
 """
 from __future__ import annotations
 
@@ -38,6 +38,68 @@ log = logging.getLogger("calcnode.outbound")
 
 PERMANENT_FAILURES = {0x0122: "SOP class not supported", 0x0124: "not authorised"}
 POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    """What happens to a send after a failed attempt (recorded by ``StateDB.mark_failed``).
+
+    Attributes
+    ----------
+    attempts : int
+        Failed attempts so far, the last one included.
+    dead : bool
+        True: dead-lettered (no more attempts); False: tried again at ``next_attempt_at``.
+    next_attempt_at : float
+        Unix s: when the next attempt is due; the time of the decision when dead-lettered.
+    dead_reason : str or None
+        Why it is dead-lettered ("permanent failure", "3 attempts failed"); None when retried.
+    """
+
+    attempts: int
+    dead: bool
+    next_attempt_at: float
+    dead_reason: str | None = None
+
+    def recorded_error(self, error: str) -> str:
+        """The send's ``last_error`` for the failure ``error``: prefixed with why when dead."""
+        return f"{self.dead_reason}; last: {error}" if self.dead else error
+
+
+def retry_decision(attempts: int, *, max_attempts: int, backoff_initial_s: float, backoff_max_s: float,
+                   now: float, permanent: bool = False) -> RetryDecision:
+    """The retry backoff: whether a failed send is tried again, and when.
+
+    A permanent failure (e.g. the destination does not support the SOP class) is dead-lettered
+    at once. Otherwise the object is dead-lettered once ``max_attempts`` attempts have failed;
+    before that, the next attempt waits ``backoff_initial_s`` after the first failure and twice
+    as long after each further one, never more than ``backoff_max_s``:
+    ``delay = min(backoff_initial_s * 2 ** (attempts - 1), backoff_max_s)``. With the defaults
+    (10 s, 900 s, 8 attempts) the waits are 10, 20, 40, 80, 160, 320 and 640 s, and the 8th
+    failure dead-letters the object (about 21 minutes after the first).
+
+    Parameters
+    ----------
+    attempts : int
+        Failed attempts so far, the one that just failed included (>= 1).
+    max_attempts : int
+        ``outbound.max_attempts``: failed attempts after which the object is dead-lettered.
+    backoff_initial_s, backoff_max_s : float
+        ``outbound.backoff_initial_s`` and ``outbound.backoff_max_s`` (s).
+    now : float
+        Time of the failure (Unix s).
+    permanent : bool
+        The failure cannot go away by trying again.
+
+    Returns
+    -------
+    RetryDecision
+    """
+    if permanent or attempts >= max_attempts:
+        why = "permanent failure" if permanent else f"{attempts} attempts failed"
+        return RetryDecision(attempts, True, now, why)
+    delay = min(backoff_initial_s * 2 ** (attempts - 1), backoff_max_s)
+    return RetryDecision(attempts, False, now + delay)
 
 
 @dataclass(frozen=True)
@@ -121,9 +183,12 @@ class Sender:
 
     def _failed(self, row: Send, destination: Destination | None, reason: str, *, permanent: bool = False) -> None:
         out = self.config.outbound
-        updated = self.db.mark_failed(row.id, reason, max_attempts=out.max_attempts,
-                                      backoff_initial_s=out.backoff_initial_s,
-                                      backoff_max_s=out.backoff_max_s, permanent=permanent)
+
+        def decide(attempts: int, now: float) -> RetryDecision:
+            return retry_decision(attempts, max_attempts=out.max_attempts, backoff_initial_s=out.backoff_initial_s,
+                                  backoff_max_s=out.backoff_max_s, now=now, permanent=permanent)
+
+        updated = self.db.mark_failed(row.id, reason, decide=decide)
         self.counters.inc("calcnode_send_failures_total", destination=row.destination)
         fields = dict(send=row.id, job=row.job_id, destination=row.destination, kind=row.kind,
                       sop_instance_uid=row.sop_instance_uid, study_instance_uid=row.study_instance_uid,

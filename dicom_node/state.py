@@ -21,7 +21,6 @@ Times are Unix seconds (``time.time()``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
@@ -29,7 +28,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
+
+# INPUT_KINDS, ROI_KINDS and input_hash are also imported from here by callers
+from .assembly import INPUT_KINDS, ROI_KINDS, StudySummary, decide, input_hash, stable_cutoff  # noqa: F401
 
 SCHEMA_VERSION = 1
 
@@ -94,11 +96,10 @@ CREATE INDEX IF NOT EXISTS sends_due ON sends (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS sends_sop ON sends (destination, sop_instance_uid, state);
 """
 
-INPUT_KINDS = ("MG", "GSPS", "SEG")
-ROI_KINDS = ("GSPS", "SEG")
 JOB_STATES = ("queued", "running", "done", "failed")
 SEND_STATES = ("pending", "sent", "dead")
-
+# the AssemblyEvent action of each assembly verdict ("analyse" is "queued" or "updated")
+_EVENT_ACTIONS = {"wait": "waiting", "skip": "skipped", "unchanged": "unchanged", "analyse": "queued"}
 
 
 def _in_clause(column: str, values, params: list) -> str:
@@ -163,6 +164,21 @@ class Send:
     sent_at: float | None
 
 
+class FailureDecision(Protocol):
+    """What :meth:`StateDB.mark_failed` records for a failed send (``outbound.RetryDecision``)."""
+
+    @property
+    def dead(self) -> bool:
+        """Dead-letter the send (True) or try it again (False)."""
+
+    @property
+    def next_attempt_at(self) -> float:
+        """When the next attempt is due (Unix s); the time of the decision when dead."""
+
+    def recorded_error(self, error: str) -> str:
+        """The send's ``last_error`` for the failure ``error``."""
+
+
 @dataclass(frozen=True)
 class OutputObject:
     """A result file of a job, to be sent to every destination."""
@@ -183,15 +199,6 @@ class AssemblyEvent:
     job_id: int | None = None
     n_images: int = 0
     n_roi_objects: int = 0
-
-
-def input_hash(sop_instance_uids: Iterable[str]) -> str:
-    """SHA-256 of the sorted SOP Instance UIDs of a study's input set."""
-    h = hashlib.sha256()
-    for uid in sorted(set(sop_instance_uids)):
-        h.update(uid.encode("ascii", "replace"))
-        h.update(b"\n")
-    return h.hexdigest()
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -291,63 +298,62 @@ class StateDB:
     def assemble(self, *, now: float, stable_seconds: float, no_roi_policy: str) -> list[AssemblyEvent]:
         """Queue an analysis for every study that is ready and whose input set changed.
 
-        Ready: no instance arrived for ``stable_seconds`` and at least one MG image (and, with
-        ``no_roi_policy == "skip"``, at least one ROI object). A study whose set equals the set
-        of its last job is not analysed again. A queued (not yet running) job of the study is
-        updated in place instead of queueing a second one.
+        The rules are :func:`dicom_node.assembly.decide`'s; this method reads each candidate
+        study, asks it and records the answer, in one transaction per study. A queued (not yet
+        running) job of the study is updated in place instead of queueing a second one.
         """
         events = []
+        # candidates: stable studies with an arrival not assessed yet (the rules check again below)
         candidates = self._read(
             """SELECT study_instance_uid FROM studies
                WHERE (assessed_at IS NULL OR assessed_at < last_received_at)
-                 AND last_received_at <= ?""", (now - stable_seconds,))
+                 AND last_received_at <= ?""", (stable_cutoff(now, stable_seconds),))
         for (study_uid,) in candidates:
             with self._tx() as c:
                 study = c.execute("SELECT * FROM studies WHERE study_instance_uid = ?", (study_uid,)).fetchone()
-                if study is None or study["last_received_at"] > now - stable_seconds:
-                    continue  # an instance arrived meanwhile
+                if study is None:
+                    continue  # forgotten meanwhile
                 rows = c.execute("""SELECT sop_instance_uid, sop_class_uid, kind, path FROM instances
                                     WHERE study_instance_uid = ? ORDER BY sop_instance_uid""",
                                  (study_uid,)).fetchall()
                 inputs = [InputInstance(**dict(r)) for r in rows if r["kind"] in INPUT_KINDS]
-                n_images = sum(i.kind == "MG" for i in inputs)
-                n_rois = sum(i.kind in ROI_KINDS for i in inputs)
+                summary = StudySummary(
+                    last_received_at=study["last_received_at"],
+                    n_images=sum(i.kind == "MG" for i in inputs),
+                    n_roi_objects=sum(i.kind in ROI_KINDS for i in inputs),
+                    input_hash=input_hash(i.sop_instance_uid for i in inputs),
+                    analysed_hash=study["input_hash"], status=study["status"])
+                decision = decide(summary, now=now, stable_seconds=stable_seconds, no_roi_policy=no_roi_policy)
+                if decision.verdict == "not_stable":
+                    continue  # an instance arrived meanwhile
                 c.execute("UPDATE studies SET assessed_at = ?, updated_at = ? WHERE study_instance_uid = ?",
                           (study["last_received_at"], now, study_uid))
-
-                def note(status: str, text: str, action: str, job_id=None):
-                    c.execute("UPDATE studies SET status = ?, note = ? WHERE study_instance_uid = ?",
-                              (status, text, study_uid))
-                    events.append(AssemblyEvent(study_uid, action, text, job_id, n_images, n_rois))
-
-                if n_images == 0:
-                    note("waiting", "no MG image (yet): nothing to analyse", "waiting")
-                    continue
-                if n_rois == 0 and no_roi_policy == "skip":
-                    note("skipped", "no ROI object and assembly.no_roi_policy = \"skip\"", "skipped")
-                    continue
-                digest = input_hash(i.sop_instance_uid for i in inputs)
-                if digest == study["input_hash"]:
-                    note(study["status"] if study["status"] != "receiving" else "queued",
-                         "input set unchanged since the last analysis: not analysed again", "unchanged")
-                    continue
-                payload = json.dumps([i.__dict__ for i in inputs])
-                queued = c.execute("""SELECT id FROM jobs WHERE study_instance_uid = ? AND state = 'queued'
-                                      ORDER BY id DESC LIMIT 1""", (study_uid,)).fetchone()
-                if queued is not None:
-                    c.execute("UPDATE jobs SET input_hash = ?, inputs = ? WHERE id = ?",
-                              (digest, payload, queued["id"]))
-                    job_id, action = queued["id"], "updated"
-                else:
-                    job_id = c.execute("""INSERT INTO jobs (study_instance_uid, input_hash, inputs, state,
-                                                            created_at)
-                                          VALUES (?, ?, ?, 'queued', ?)""",
-                                       (study_uid, digest, payload, now)).lastrowid
-                    action = "queued"
-                c.execute("UPDATE studies SET input_hash = ? WHERE study_instance_uid = ?", (digest, study_uid))
-                again = " (input set changed: analysed again)" if study["input_hash"] else ""
-                note("queued", f"analysis job {job_id} {action}{again}", action, job_id)
+                job_id, action = None, _EVENT_ACTIONS[decision.verdict]
+                note = decision.reason
+                if decision.verdict == "analyse":
+                    job_id, action = self._queue_job(c, study_uid, summary.input_hash, inputs, now)
+                    c.execute("UPDATE studies SET input_hash = ? WHERE study_instance_uid = ?",
+                              (summary.input_hash, study_uid))
+                    note = decision.job_note(job_id, action)
+                c.execute("UPDATE studies SET status = ?, note = ? WHERE study_instance_uid = ?",
+                          (decision.status, note, study_uid))
+                events.append(AssemblyEvent(study_uid, action, note, job_id, summary.n_images,
+                                            summary.n_roi_objects))
         return events
+
+    @staticmethod
+    def _queue_job(c: sqlite3.Connection, study_uid: str, digest: str, inputs: Sequence[InputInstance],
+                   now: float) -> tuple[int, str]:
+        """Update the study's queued job with ``inputs``, or queue a new one: (job id, action)."""
+        payload = json.dumps([i.__dict__ for i in inputs])
+        queued = c.execute("""SELECT id FROM jobs WHERE study_instance_uid = ? AND state = 'queued'
+                              ORDER BY id DESC LIMIT 1""", (study_uid,)).fetchone()
+        if queued is not None:
+            c.execute("UPDATE jobs SET input_hash = ?, inputs = ? WHERE id = ?", (digest, payload, queued["id"]))
+            return queued["id"], "updated"
+        job_id = c.execute("""INSERT INTO jobs (study_instance_uid, input_hash, inputs, state, created_at)
+                              VALUES (?, ?, ?, 'queued', ?)""", (study_uid, digest, payload, now)).lastrowid
+        return job_id, "queued"
 
     # --------------------------------------------------------------------- jobs
     def recover_running_jobs(self) -> list[int]:
@@ -466,23 +472,25 @@ class StateDB:
                                    last_error = NULL WHERE id = ? AND state = 'pending'""", (now, send_id))
             return cur.rowcount == 1
 
-    def mark_failed(self, send_id: int, error: str, *, max_attempts: int, backoff_initial_s: float,
-                    backoff_max_s: float, permanent: bool = False, now: float | None = None) -> Send | None:
-        """Count a failed attempt: retry later (exponential backoff) or dead-letter."""
+    def mark_failed(self, send_id: int, error: str, *, decide: Callable[[int, float], FailureDecision],
+                    now: float | None = None) -> Send | None:
+        """Count a failed attempt and record what ``decide`` says: retry later or dead-letter.
+
+        ``decide(attempts, now)`` gets the failed attempts so far, this one included, and
+        ``now``; the node passes :func:`dicom_node.outbound.retry_decision` (the retry backoff)
+        with its settings bound. Read, decision and write are one transaction, so two
+        processes failing the same row both count. None when the row is no longer pending.
+        """
         now = time.time() if now is None else now
         with self._tx() as c:
             row = c.execute("SELECT * FROM sends WHERE id = ? AND state = 'pending'", (send_id,)).fetchone()
             if row is None:
                 return None
             attempts = row["attempts"] + 1
-            if permanent or attempts >= max_attempts:
-                why = "permanent failure" if permanent else f"{attempts} attempts failed"
-                c.execute("""UPDATE sends SET state = 'dead', attempts = ?, last_error = ?, next_attempt_at = ?
-                             WHERE id = ?""", (attempts, f"{why}; last: {error}", now, send_id))
-            else:
-                delay = min(backoff_initial_s * 2 ** (attempts - 1), backoff_max_s)
-                c.execute("""UPDATE sends SET attempts = ?, last_error = ?, next_attempt_at = ?
-                             WHERE id = ?""", (attempts, error, now + delay, send_id))
+            decision = decide(attempts, now)
+            c.execute("""UPDATE sends SET state = ?, attempts = ?, last_error = ?, next_attempt_at = ?
+                         WHERE id = ?""", ("dead" if decision.dead else "pending", attempts,
+                                           decision.recorded_error(error), decision.next_attempt_at, send_id))
             return _send(c.execute("SELECT * FROM sends WHERE id = ?", (send_id,)).fetchone())
 
     def sends(self, states: Iterable[str] | None = None, *, ids: Iterable[int] | None = None,

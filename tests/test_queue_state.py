@@ -11,6 +11,7 @@ import sqlite3
 
 import pytest
 
+from dicom_node.outbound import retry_decision
 from dicom_node.state import OutputObject, StateDB, input_hash
 
 MG = "1.2.840.10008.5.1.4.1.1.1.2"
@@ -33,6 +34,12 @@ def receive(db, sop, kind="MG", at=100.0, study=STUDY):
 
 def assemble(db, now, policy="whole_breast"):
     return db.assemble(now=now, stable_seconds=10, no_roi_policy=policy)
+
+
+def retry_rule(permanent=False):
+    """The node's retry rule with test settings: 3 attempts, 10 s doubling, at most 15 s."""
+    return lambda attempts, now: retry_decision(attempts, max_attempts=3, backoff_initial_s=10,
+                                                backoff_max_s=15, now=now, permanent=permanent)
 
 
 def finish(db, job, outputs=(), destinations=("pacs",), state="done", pid=1):
@@ -169,7 +176,7 @@ def test_backoff_then_dead_letter_then_retry(db):
     job = db.claim_job(worker_pid=1)
     finish(db, job, [OutputObject(path="/r/a.dcm", sop_instance_uid="9.1", sop_class_uid=GSPS, kind="GSPS")])
     [send] = db.sends()
-    kwargs = dict(max_attempts=3, backoff_initial_s=10, backoff_max_s=15)
+    kwargs = dict(decide=retry_rule())
     first = db.mark_failed(send.id, "refused", now=1000, **kwargs)
     assert (first.state, first.attempts, first.next_attempt_at) == ("pending", 1, 1010)
     assert db.due_sends(now=1005) == [] and len(db.due_sends(now=1010)) == 1
@@ -185,7 +192,7 @@ def test_backoff_then_dead_letter_then_retry(db):
     assert db.mark_sent(again.id)
     assert db.retry_sends() == 0                               # sent stays sent
     assert db.purge_sends(states=("dead",)) == 0
-    permanent = db.mark_failed(again.id, "x", permanent=True, **kwargs)
+    permanent = db.mark_failed(again.id, "x", decide=retry_rule(permanent=True))
     assert permanent is None                                   # a sent row is not touched
 
 
