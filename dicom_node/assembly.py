@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from typing import Iterable, Literal
 
 INPUT_KINDS = ("MG", "GSPS", "SEG")
-ROI_KINDS = ("GSPS", "SEG")
+# The received objects that carry regions of interest (how each ROI was drawn is
+# analysis.dicom_input.rois.ROI_KINDS).
+ROI_OBJECT_KINDS = ("GSPS", "SEG")
 
-Verdict = Literal["not_stable", "wait", "skip", "unchanged", "analyse"]
+Verdict = Literal["not_stable", "wait", "skip", "unchanged", "analyze"]
 
 
 def input_hash(sop_instance_uids: Iterable[str]) -> str:
@@ -85,14 +87,14 @@ class Decision:
 
     Attributes
     ----------
-    verdict : {"not_stable", "wait", "skip", "unchanged", "analyse"}
+    verdict : {"not_stable", "wait", "skip", "unchanged", "analyze"}
         See the module docstring.
     reason : str
         Why, in words (the study's note for "wait", "skip" and "unchanged").
     status : str or None
         The study status to record; None for "not_stable" (nothing is recorded).
     again : bool
-        "analyse" only: the study was analysed before and its input set changed.
+        "analyze" only: the study was analysed before and its input set changed.
     """
 
     verdict: Verdict
@@ -135,5 +137,5 @@ def decide(study: StudySummary, *, now: float, stable_seconds: float, no_roi_pol
         status = study.status if study.status != "receiving" else "queued"
         return Decision("unchanged", "input set unchanged since the last analysis: not analysed again", status)
     if study.analysed_hash:
-        return Decision("analyse", "input set changed: analysed again", "queued", again=True)
-    return Decision("analyse", "first analysis of the study", "queued")
+        return Decision("analyze", "input set changed: analysed again", "queued", again=True)
+    return Decision("analyze", "first analysis of the study", "queued")

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
-# INPUT_KINDS, ROI_KINDS and input_hash are also imported from here by callers
-from .assembly import INPUT_KINDS, ROI_KINDS, StudySummary, decide, input_hash, stable_cutoff  # noqa: F401
+# INPUT_KINDS, ROI_OBJECT_KINDS and input_hash are also imported from here by callers
+from .assembly import INPUT_KINDS, ROI_OBJECT_KINDS, StudySummary, decide, input_hash, stable_cutoff  # noqa: F401
 
 SCHEMA_VERSION = 1
 
@@ -98,8 +98,8 @@ CREATE INDEX IF NOT EXISTS sends_sop ON sends (destination, sop_instance_uid, st
 
 JOB_STATES = ("queued", "running", "done", "failed")
 SEND_STATES = ("pending", "sent", "dead")
-# the AssemblyEvent action of each assembly verdict ("analyse" is "queued" or "updated")
-_EVENT_ACTIONS = {"wait": "waiting", "skip": "skipped", "unchanged": "unchanged", "analyse": "queued"}
+# the AssemblyEvent action of each assembly verdict ("analyze" is "queued" or "updated")
+_EVENT_ACTIONS = {"wait": "waiting", "skip": "skipped", "unchanged": "unchanged", "analyze": "queued"}
 
 
 def _in_clause(column: str, values, params: list) -> str:
@@ -143,7 +143,7 @@ class Job:
 
     @property
     def roi_objects(self) -> list[InputInstance]:
-        return [i for i in self.inputs if i.kind in ROI_KINDS]
+        return [i for i in self.inputs if i.kind in ROI_OBJECT_KINDS]
 
 
 @dataclass(frozen=True)
@@ -320,7 +320,7 @@ class StateDB:
                 summary = StudySummary(
                     last_received_at=study["last_received_at"],
                     n_images=sum(i.kind == "MG" for i in inputs),
-                    n_roi_objects=sum(i.kind in ROI_KINDS for i in inputs),
+                    n_roi_objects=sum(i.kind in ROI_OBJECT_KINDS for i in inputs),
                     input_hash=input_hash(i.sop_instance_uid for i in inputs),
                     analysed_hash=study["input_hash"], status=study["status"])
                 decision = decide(summary, now=now, stable_seconds=stable_seconds, no_roi_policy=no_roi_policy)
@@ -330,7 +330,7 @@ class StateDB:
                           (study["last_received_at"], now, study_uid))
                 job_id, action = None, _EVENT_ACTIONS[decision.verdict]
                 note = decision.reason
-                if decision.verdict == "analyse":
+                if decision.verdict == "analyze":
                     job_id, action = self._queue_job(c, study_uid, summary.input_hash, inputs, now)
                     c.execute("UPDATE studies SET input_hash = ? WHERE study_instance_uid = ?",
                               (summary.input_hash, study_uid))

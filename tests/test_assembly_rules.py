@@ -22,7 +22,7 @@ def rule(summary, now=200.0, policy="whole_breast"):
 
 
 def test_ready_exactly_at_stable_seconds_not_just_before():
-    assert rule(study(last=100.0), now=100.0 + STABLE_S).verdict == "analyse"
+    assert rule(study(last=100.0), now=100.0 + STABLE_S).verdict == "analyze"
     just_before = rule(study(last=100.0), now=100.0 + STABLE_S - 0.001)
     assert just_before.verdict == "not_stable" and just_before.status is None
     assert rule(study(last=100.0), now=100.0).verdict == "not_stable"
@@ -41,7 +41,7 @@ def test_no_image_waits_whatever_the_policy():
         assert (d.verdict, d.status) == ("wait", "waiting") and "no MG image" in d.reason
 
 
-@pytest.mark.parametrize("policy, verdict, status", [("whole_breast", "analyse", "queued"),
+@pytest.mark.parametrize("policy, verdict, status", [("whole_breast", "analyze", "queued"),
                                                      ("skip", "skip", "skipped")])
 def test_no_roi_policy(policy, verdict, status):
     d = rule(study(rois=0), policy=policy)
@@ -49,19 +49,19 @@ def test_no_roi_policy(policy, verdict, status):
     if verdict == "skip":
         assert "no_roi_policy" in d.reason
     # with a ROI object both policies analyse
-    assert rule(study(rois=1), policy=policy).verdict == "analyse"
+    assert rule(study(rois=1), policy=policy).verdict == "analyze"
 
 
 def test_first_analysis_is_not_called_again():
     d = rule(study())
-    assert (d.verdict, d.status, d.again) == ("analyse", "queued", False)
+    assert (d.verdict, d.status, d.again) == ("analyze", "queued", False)
     assert d.job_note(4, "queued") == "analysis job 4 queued"
 
 
 def test_late_roi_reanalyses():
     late = input_hash(["1.1", "1.2", "1.3"])                 # a GSPS drawn after the images
     d = rule(study(rois=1, current=late, analysed=FIRST, status="analysed"))
-    assert (d.verdict, d.status, d.again) == ("analyse", "queued", True)
+    assert (d.verdict, d.status, d.again) == ("analyze", "queued", True)
     assert d.job_note(5, "updated") == "analysis job 5 updated (input set changed: analysed again)"
 
 
