@@ -40,6 +40,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cluster import connect, describe_failure, worker_threads
 from .config import Config
 from .job import EngineBox, analyze_and_write, analyze_anywhere
 from .logs import event
@@ -133,8 +134,6 @@ class DaskDispatcher:
         if time.monotonic() < self._next_connect:
             return False
         self._next_connect = time.monotonic() + RECONNECT_EVERY_S
-        from .cluster import connect
-
         try:
             self._client, _ = connect(self.address, timeout_s=10)
         except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError: try again later
@@ -151,8 +150,6 @@ class DaskDispatcher:
         return True
 
     def _worker_threads(self) -> int:
-        from .cluster import worker_threads
-
         try:
             return worker_threads(self._client)
         except Exception:  # noqa: BLE001 - the connection is going: nothing new is submitted
@@ -213,8 +210,6 @@ class DaskDispatcher:
                 raise
 
     def _lose(self, token: int, entry: _InFlight, exc: BaseException, *, count_attempt: bool) -> None:
-        from .cluster import describe_failure
-
         reason = describe_failure(exc)
         jobs = self.db.requeue_jobs_of(token, f"Dask: {reason[:500]}; re-queued", count_attempt=count_attempt)
         event(log, logging.WARNING, "Dask task did not return; job re-queued", job=entry.job.id,

@@ -59,7 +59,7 @@ class EngineBox:
         return unavailable_identity(self.error or "no model loaded")
 
 
-def _one_line(text: str, limit: int = 1000) -> str:
+def one_line(text: str, limit: int = 1000) -> str:
     text = " ".join(str(text).replace("\\", "/").split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
@@ -67,7 +67,7 @@ def _one_line(text: str, limit: int = 1000) -> str:
 def failure_result(study_uid: str, reason: str, identity, started: datetime, input_hash: str):
     finished = datetime.now()
     return StudyResult(study_instance_uid=study_uid, images=(), model=identity, started=started,
-                       finished=max(finished, started), failure=_one_line(reason),
+                       finished=max(finished, started), failure=one_line(reason),
                        # keeps failure reports of different input sets apart (UIDs derive from it)
                        parameters={"input_set": input_hash[:16]})
 
@@ -146,7 +146,7 @@ def analyze_and_write(study_uid: str, images: list[Path], rois: list[Path], out_
                 failure = result.failure
         except Exception as exc:  # noqa: BLE001 - reported in the SR, the node carries on
             failure = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
-            event(log, logging.ERROR, "analysis failed", reason=_one_line(failure),
+            event(log, logging.ERROR, "analysis failed", reason=one_line(failure),
                   exception=type(exc).__name__, **fields)
             shutil.rmtree(out_dir, ignore_errors=True)
             paths, rows = [], []

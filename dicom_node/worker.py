@@ -35,9 +35,11 @@ import signal
 import time
 from pathlib import Path
 
+import pydicom
+
 from .config import Config
 from .engine import EngineError
-from .job import AnalysisOutcome, EngineBox, _one_line, analyze_and_write
+from .job import AnalysisOutcome, EngineBox, one_line, analyze_and_write
 from .logs import event, setup_logging
 from .state import Job, OutputObject, StateDB
 from .warmup import warm_up
@@ -59,8 +61,6 @@ def die_with_parent() -> None:
 
 
 def _outputs(paths: list[Path]) -> list[OutputObject]:
-    import pydicom
-
     outputs = []
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID", "SOPClassUID"])
@@ -85,14 +85,14 @@ def record_outcome(db: StateDB, config: Config, job: Job, outcome: AnalysisOutco
     failure = outcome.failure
     state = "failed" if failure is not None else "done"
     outputs = _outputs([Path(p) for p in outcome.paths])
-    summary = db.finish_job(job.id, pid, state=state, reason=_one_line(failure) if failure else None,
+    summary = db.finish_job(job.id, pid, state=state, reason=one_line(failure) if failure else None,
                             result_dir=str(out_dir) if outputs else None, analysis_s=outcome.seconds,
                             outputs=outputs, destinations=[d.name for d in config.destinations])
     level = logging.INFO if state == "done" else logging.WARNING
     event(log, level, f"analysis {state}", seconds=outcome.seconds, outputs=[o.kind for o in outputs],
           sends_queued=summary["queued"], already_sent=summary["already_sent"],
           superseded_by=summary["superseded_by"], recorded=summary["recorded"],
-          reason=_one_line(failure) if failure else None, **fields)
+          reason=one_line(failure) if failure else None, **fields)
     return {"state": state, "reason": failure, "outputs": outputs, **summary}
 
 
@@ -160,7 +160,7 @@ def _warm_up(config: Config, engines: EngineBox, index: int) -> None:
                           write_gsps=config.analysis.write_gsps)
     except Exception as exc:  # noqa: BLE001 - only the first study is slower for it
         event(log, logging.WARNING, "warm-up failed; the first study will take longer",
-              reason=_one_line(f"{type(exc).__name__}: {exc}"), worker=index)
+              reason=one_line(f"{type(exc).__name__}: {exc}"), worker=index)
     else:
         event(log, logging.INFO, "worker warmed up", seconds=round(seconds, 2), worker=index)
 

@@ -23,6 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from ..assembly import input_hash
+from ..scp import KEPT_SOP_CLASSES, instance_kind
+from ..spool import check_uid
+
 HEADER_READ_THREADS = 8  # header reads wait on the disk (often network storage), not the CPU
 
 
@@ -49,8 +56,6 @@ class Study:
 
     def input_hash(self) -> str:
         """The node's input-set hash: SHA-256 of the sorted SOP Instance UIDs."""
-        from ..state import input_hash
-
         return input_hash(f.sop_instance_uid for f in self.files)
 
 
@@ -112,8 +117,6 @@ def manifest_files(manifest: str | Path) -> list[tuple[Path, str | None]]:
 
 
 def _header(path: Path):
-    import pydicom
-
     return pydicom.dcmread(path, stop_before_pixels=True,
                            specific_tags=["StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"])
 
@@ -124,11 +127,6 @@ def inventory(files: list[tuple[Path, str | None]], *, listed: bool) -> Inventor
     ``listed``: the files were named by a manifest, so one that is not DICOM is a problem (in a
     scanned folder it is just another file, counted as ``not_dicom``).
     """
-    from pydicom.errors import InvalidDicomError
-
-    from ..scp import KEPT_SOP_CLASSES, instance_kind
-    from ..spool import check_uid
-
     inv = Inventory()
     seen: dict[str, str] = {}
 

@@ -11,12 +11,23 @@ PACS. **Synthetic data; the demonstration model is not for clinical use.**
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import socket
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
+
+from .. import scu_reactor
+from ..config import Destination, load_config
+from ..logs import setup_logging
+from ..state import StateDB
+
+# pydicom, pynetdicom, highdicom, the simulator and the node are imported where they are used, so
+# that `calcnode --help` (which imports every command module) stays fast.
 
 
 def register(subparsers) -> None:
@@ -39,8 +50,6 @@ def register(subparsers) -> None:
 
 
 def argparse_suppress():
-    import argparse
-
     return argparse.SUPPRESS
 
 
@@ -77,8 +86,6 @@ def _send(files: list[Path], port: int, ae_title: str) -> int:
     import pydicom
     from pynetdicom import AE
 
-    from dicom_node import scu_reactor
-
     scu_reactor.install()  # see dicom_node.scu_reactor: no answer lost to pynetdicom's own thread
     datasets = [pydicom.dcmread(f) for f in files]
     ae = AE(ae_title="DEMOSCU")
@@ -111,8 +118,6 @@ def _roi_lines(sr_path: Path) -> list[dict]:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -123,17 +128,12 @@ def _say(text: str) -> None:
 
 
 def run(args) -> int:
-    from dataclasses import replace
-
     import pydicom
 
     from training.synth.config import SynthConfig
     from training.synth.dataset import generate_dataset
 
-    from ..config import Destination, load_config
-    from ..logs import setup_logging
     from ..service import Node
-    from ..state import StateDB
 
     try:
         rows, cols = (int(v) for v in args.size.lower().split("x"))

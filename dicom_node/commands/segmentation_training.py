@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 # Defaults shown in --help; the training code (torch) is imported only when a command runs.
 DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS, DEFAULT_WIDTH = 40, 6, 2, 8
@@ -84,8 +85,6 @@ def run_evaluate(args) -> int:
 
 
 def run_ceiling(args) -> int:
-    from pathlib import Path
-
     from training.segmentation.ceiling import ideal_observer_bound
 
     try:
