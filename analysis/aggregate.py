@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.features import LOCAL_SETS, FeatureTable, RoiFeatures
+from analysis.features import GLOBAL_NAMES, LOCAL_SETS, FeatureTable, RoiFeatures
 
 FORMAT_VERSION = 1
 
@@ -187,7 +187,7 @@ def fit_aggregator(rois, k: int = 15, seed: int = 0, n_init: int = 10) -> Aggreg
     know the global names and ``transform`` needs RoiFeatures with the standard 67).
     Raises ValueError when a set has fewer measured training objects than ``k``.
     """
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # deferred: scikit-learn is slow to import, and only fitting needs it
 
     rois = list(rois)
     if not rois:
@@ -211,7 +211,6 @@ def fit_aggregator(rois, k: int = 15, seed: int = 0, n_init: int = 10) -> Aggreg
     if hasattr(first, "global_features"):
         global_names = list(first.global_features().names)
     else:
-        from analysis.features import GLOBAL_NAMES
         global_names = list(GLOBAL_NAMES)
     return Aggregator(k=int(k), seed=int(seed), sets=sets, global_names=global_names)
 

@@ -51,6 +51,7 @@ from analysis.aggregate import Aggregator, MeanStdAggregator, aggregator_from_di
 from analysis.dicom_input import InputError
 from analysis.features import (BACKGROUND_NAMES, DEFAULT_PARAMS, FOREGROUND_NAMES, HANDCRAFTED_NAMES,
                                LOCAL_SETS, REGIONPROP_NAMES, FeatureParams, RoiFeatures, topology_names)
+from analysis.results import ModelIdentity
 
 BUNDLE_FORMAT = "calcnode-classifier-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -243,7 +244,7 @@ class ClassifierBundle:
                impute: np.ndarray, feature_params: FeatureParams, parameters: Mapping[str, Any],
                training_summary: Mapping[str, Any], training_data: str, segmentation_model_path: str | Path,
                not_for_clinical_use: bool = True) -> "ClassifierBundle":
-        from analysis.segmentation.cnn import SegmentationModel
+        from analysis.segmentation.cnn import SegmentationModel  # deferred: it imports torch (over a second)
 
         seg_path = Path(segmentation_model_path)
         seg = SegmentationModel.load(seg_path)
@@ -311,8 +312,6 @@ class ClassifierBundle:
 
     def identity(self):
         """The :class:`analysis.results.ModelIdentity` the DICOM writers quote."""
-        from analysis.results import ModelIdentity
-
         return ModelIdentity(name=self.name[:64], version=self.version[:64], sha256=self.sha256,
                              training_data=_one_line(self.training_data)[:1024],
                              not_for_clinical_use=self.not_for_clinical_use)
@@ -447,7 +446,7 @@ class ClassifierBundle:
     @property
     def booster(self):
         if self._booster is None:
-            import lightgbm as lgb
+            import lightgbm as lgb  # deferred: about a second to import, needed only to score
 
             try:
                 booster = lgb.Booster(model_str=self.lightgbm_text)
@@ -459,7 +458,7 @@ class ClassifierBundle:
 
     def segmentation_model(self):
         """The selection CNN the bundle's features were extracted with."""
-        from analysis.segmentation.cnn import SegmentationModel
+        from analysis.segmentation.cnn import SegmentationModel  # deferred: it imports torch
 
         if self.path is not None:
             return SegmentationModel.load(self.path / SEGMENTATION_FILE)

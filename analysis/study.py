@@ -31,11 +31,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pydicom
+from skimage import measure
 
 from analysis.classify import ClassifierBundle, Score, load_bundle, segmentation_identity
 from analysis.dicom_input import ImageGeometry, InputError, RoiError, load_image, parse_rois, read_geometry
+from analysis.dicom_input.image import read_dataset
 from analysis.dicom_input.rois import DEFAULT_POINT_RADIUS_MM, Roi
 from analysis.features import extract_roi_features, select_roi_objects
+from analysis.results import ImageResult, RoiResult, StudyResult
+from analysis.segmentation.breast_mask import breast_mask
 
 MIN_CALCIFICATIONS = 2
 NO_ROI_POLICIES = ("whole_breast", "skip")
@@ -129,8 +134,6 @@ def _box(r0, c0, r1, c1) -> np.ndarray:
 
 def mask_outline(mask: np.ndarray, tolerance_px: float = 2.0) -> np.ndarray | None:
     """Outer contour of the largest component of a mask as a (column, row) polygon (None if empty)."""
-    from skimage import measure
-
     if not mask.any():
         return None
     padded = np.pad(mask.astype(np.uint8), 1)
@@ -157,7 +160,7 @@ class StudyAnalysis:
     """:func:`study_analysis`'s full answer: the result for the writers, plus what they do not
     carry (per-ROI contributions, input problems, which file each image came from)."""
 
-    result: Any  # analysis.results.StudyResult
+    result: StudyResult
     scores: dict = field(default_factory=dict)  # (image SOP UID, roi_id) -> Score
     problems: tuple[str, ...] = ()  # one sentence per input that could not be used
     image_files: dict = field(default_factory=dict)  # image SOP UID -> path (or Dataset) it was read from
@@ -191,8 +194,6 @@ class StudyAnalysis:
 
 
 def _study_uid_of(path) -> str | None:
-    import pydicom
-
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
         return str(ds.StudyInstanceUID)
@@ -218,8 +219,6 @@ def _images_without_roi(images: Sequence, roi_files: Sequence, *, point_radius_m
     left out here, and :func:`load_image` then says why. The ROI parses are kept: the study
     reuses them when the images it loads have exactly these geometries (the usual case).
     """
-    from analysis.dicom_input.image import read_dataset
-
     headers: dict[int, tuple[ImageGeometry, str]] = {}
     for k, source in enumerate(images):
         try:
@@ -250,10 +249,10 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
     Raises :class:`InputError` when no image can be used at all (nothing to report on) and
     ``ValueError`` when the images belong to several studies.
     """
-    from analysis.segmentation.breast_mask import breast_mask
+    # Deferred on purpose: the CNN modules import torch (over a second), which importing this module
+    # (e.g. for MIN_CALCIFICATIONS) should not cost.
     from analysis.segmentation.cnn import SegmentationModel
     from analysis.segmentation.pipeline import segment
-    from analysis.results import ImageResult, RoiResult, StudyResult
 
     if no_roi not in NO_ROI_POLICIES:
         raise ValueError(f"no_roi must be one of {NO_ROI_POLICIES}, got {no_roi!r}")

@@ -1,8 +1,8 @@
 """pyradiomics features of many small objects at once, with pyradiomics' values.
 
 :func:`batched_radiomics_rows` computes what
-:func:`analysis.features.pyrad.radiomics_rows_reference` computes (one
-``RadiomicsFeatureExtractor.execute`` per object; settings in :mod:`analysis.features.pyrad`),
+:func:`analysis.features.pyrad_reference.radiomics_rows_reference` computes (one
+``RadiomicsFeatureExtractor.execute`` per object; settings in :mod:`analysis.features.pyrad_reference`),
 but pays pyradiomics' per-call Python overhead (SimpleITK images, mask checks, ~100 feature
 functions each doing a few numpy operations on tiny arrays) once per batch of objects.
 Written against pyradiomics 3.1.4 (segment-based, native 2D image, force2D off, fixed bin
@@ -45,7 +45,7 @@ Computed by pyradiomics itself instead, per object:
   discretised crop, :func:`_direct`) when pyradiomics' arrays have fewer than four angles: a
   one-pixel-thick bounding box (the C code generates only the angle along it), two or more
   empty GLCM angles with three or more gray levels, no GLCM pair, a GLRLM angle without runs.
-* the whole row (:func:`analysis.features.pyrad.radiomics_rows_reference`) for non-finite
+* the whole row (:func:`analysis.features.pyrad_reference.radiomics_rows_reference`) for non-finite
   intensities in the mask, more than ``MAX_LEVELS`` gray levels, and inputs outside the
   contract (not 2D, shapes differing, a mask other than 0/1).
 
@@ -59,7 +59,11 @@ import warnings
 
 import numpy as np
 
-from . import pyrad
+from . import pyrad_reference as reference
+
+# radiomics (its C matrices and feature classes) is imported inside the functions that use
+# it, on purpose: importing it takes about a quarter of a second, which importing this module
+# (analysis.features imports it through pyrad) should not cost.
 
 #: objects with more distinct gray levels than this go to the per-object pyradiomics path
 #: (their L x L matrices make the batch arrays large; pyradiomics' cost is in the math then)
@@ -70,8 +74,8 @@ CHUNK_ELEMENTS = 1_000_000
 _EPS = np.spacing(1)
 _NA = 4  # angles of a 2D image (distance 1): pyradiomics' generate_angles order
 
-_FIRSTORDER = [n[len("firstorder_"):] for n in pyrad.TEXTURE_NAMES if n.startswith("firstorder_")]
-_SHAPE = [n[len("shape2D_"):] for n in pyrad.SHAPE2D_NAMES]
+_FIRSTORDER = [n[len("firstorder_"):] for n in reference.TEXTURE_NAMES if n.startswith("firstorder_")]
+_SHAPE = [n[len("shape2D_"):] for n in reference.SHAPE2D_NAMES]
 
 
 class _Obj:
@@ -796,9 +800,9 @@ def _batches(objs: list[_Obj], key=None) -> list[list[int]]:
 
 
 def batched_radiomics_rows(tasks, spacing_mm, bin_width: float, with_shape: bool):
-    """Same contract and values as :func:`analysis.features.pyrad.radiomics_rows_reference`."""
-    pyrad.quiet_radiomics_logging()
-    names = pyrad.FOREGROUND_NAMES if with_shape else pyrad.BACKGROUND_NAMES
+    """Same contract and values as :func:`analysis.features.pyrad_reference.radiomics_rows_reference`."""
+    reference.quiet_radiomics_logging()
+    names = reference.FOREGROUND_NAMES if with_shape else reference.BACKGROUND_NAMES
     col = {name: c for c, name in enumerate(names)}
     out = np.full((len(tasks), len(names)), np.nan)
     errors: list[tuple[int, str]] = []
@@ -859,8 +863,8 @@ def batched_radiomics_rows(tasks, spacing_mm, bin_width: float, with_shape: bool
 
     if fallback:
         fallback.sort()
-        vals, errs, _ = pyrad.radiomics_rows_reference([tasks[k] for k in fallback], spacing_mm, bin_width,
-                                                       with_shape)
+        vals, errs, _ = reference.radiomics_rows_reference([tasks[k] for k in fallback], spacing_mm,
+                                                           bin_width, with_shape)
         out[fallback] = vals
         errors.extend((fallback[i], r) for i, r in errs)
         errors.sort(key=lambda e: e[0])
