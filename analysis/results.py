@@ -36,9 +36,11 @@ from .extent import nonzero_extent
 
 STATUSES = ("ok", "not_assessable", "failed")
 DECISIONS = ("actionable", "benign")
-# How the radiologist's region was drawn (analysis.dicom_input.rois.ROI_KINDS), or the
-# breast outline when an image without ROI is analysed as a whole.
-ROI_KINDS = ("ellipse", "circle", "polygon", "polyline", "point", "seg", "whole_breast")
+# How a radiologist's region was drawn (a GSPS graphic type, or a SEG segment) ...
+DRAWN_ROI_KINDS = ("ellipse", "circle", "polygon", "polyline", "point", "seg")
+# ... and every kind of region a result can be about: a drawn one, or the breast outline when an
+# image without ROI is analysed as a whole.
+ROI_KINDS = DRAWN_ROI_KINDS + ("whole_breast",)
 # BI-RADS descriptors the writers can code (sr_templates.codes maps them to SNOMED CT).
 CALCIFICATION_TYPES = ("amorphous", "coarse_heterogeneous", "fine_pleomorphic",
                        "fine_linear_branching", "punctate", "round")

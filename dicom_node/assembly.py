@@ -24,7 +24,7 @@ from typing import Iterable, Literal
 
 INPUT_KINDS = ("MG", "GSPS", "SEG")
 # The received objects that carry regions of interest (how each ROI was drawn is
-# analysis.dicom_input.rois.ROI_KINDS).
+# analysis.results.DRAWN_ROI_KINDS).
 ROI_OBJECT_KINDS = ("GSPS", "SEG")
 
 Verdict = Literal["not_stable", "wait", "skip", "unchanged", "analyze"]

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..results import DRAWN_ROI_KINDS
 from .errors import RoiError
 from .image import ImageGeometry
 from .roi_geometry import Ellipse, ellipse_from_points, ellipse_mask, polygon_mask, shoelace_area
 
-ROI_KINDS = ("ellipse", "circle", "polygon", "polyline", "point", "seg")
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,8 +51,8 @@ class Roi:
     radius_mm: float | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ROI_KINDS:
-            raise ValueError(f"unknown ROI kind {self.kind!r}; expected one of {ROI_KINDS}")
+        if self.kind not in DRAWN_ROI_KINDS:
+            raise ValueError(f"unknown ROI kind {self.kind!r}; expected one of {DRAWN_ROI_KINDS}")
         if (self.mask is None) == (self.kind == "seg"):
             raise ValueError("a mask is required for kind 'seg' and only for it")
         points = np.array(self.points_px, dtype=float).reshape(-1, 2)

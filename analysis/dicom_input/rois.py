@@ -24,17 +24,18 @@ from typing import Iterable, Iterator
 
 from pydicom.dataset import Dataset
 
+from ..results import DRAWN_ROI_KINDS
 from .errors import RoiError
 from .gsps import gsps_rois
 from .image import ImageGeometry, read_dataset, sop_class_name
-from .roi_types import ROI_KINDS, Roi, size_mismatch_sentence
+from .roi_types import Roi, size_mismatch_sentence
 from .seg import seg_rois
 
 __all__ = [
     "GSPS_SOP_CLASS",
     "SEG_SOP_CLASS",
     "DEFAULT_POINT_RADIUS_MM",
-    "ROI_KINDS",
+    "DRAWN_ROI_KINDS",
     "Roi",
     "read_rois",
     "parse_rois",
