@@ -11,11 +11,12 @@ A bundle is one versioned folder (``calcnode train`` writes it)::
 ``manifest.json`` holds: format and format version, name, version, training-data description,
 ``not_for_clinical_use``, the segmentation reference (file, segmentation identity, SHA-256 of the
 CNN's weights, prediction threshold, source name, and the segmentation settings the features were
-extracted with: HDoG parameters, ROI growth, breast mask parameters), the feature-extraction parameters and their hash, the per-set feature names the
-aggregator was fitted on, the final feature list (3K + 67 names in model column order), the
-missing-value fill (``impute``), the decision threshold, the parameter set (LightGBM
-hyper-parameters, K, resampling) and a training summary. Nothing in it depends on the time or
-the machine, so the same data, code and seed give the same bundle, byte for byte.
+extracted with: HDoG parameters, ROI growth, breast mask parameters), the feature-extraction
+parameters and their hash, the per-set feature names the aggregator was fitted on, the final
+feature list (3K + 67 names in model column order), the missing-value fill (``impute``), the
+decision threshold, the parameter set (LightGBM hyper-parameters, K, resampling) and a training
+summary. Nothing in it depends on the time or the machine, so the same data, code and seed give
+the same bundle, byte for byte.
 
 Identity: the bundle's SHA-256 is the digest of ``manifest.json``; the manifest lists the
 digest of each other file, and :meth:`ClassifierBundle.load` checks them all, so one hash names
@@ -29,9 +30,9 @@ analysis segments with the bundle's HDoG parameters (:attr:`ClassifierBundle.hdo
 warns when the identity it gets differs from the recorded one.
 
 :meth:`ClassifierBundle.load` refuses (``BundleError``) a bundle of another format version,
-with a file that does not match its digest, or whose feature list differs from what this
-version of the code extracts (feature names per set, topology radii, global features) or from
-the LightGBM model's own feature list: a model must never be fed columns it was not trained on.
+with a file that does not match its digest, without valid segmentation settings, or whose
+feature list differs from what this version of the code extracts (feature names per set,
+topology radii, global features) or from the LightGBM model's own feature list: a model must never be fed columns it was not trained on.
 
 Scoring: the ROI's features are aggregated (:mod:`analysis.aggregate`), non-finite values are
 filled with the training medians (``impute``; LightGBM would accept NaN, but SMOTE in training

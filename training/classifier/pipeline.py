@@ -434,12 +434,11 @@ def evaluate(model: Path, data_dirs, labels: Path, out: Path, *, seg_model: Path
     t0 = time.perf_counter()
     bundle = ClassifierBundle.load(model)
     log(f"model {bundle.describe()}")
-    if seg_model is None:
-        seg_path, seg_sha = Path(bundle.path) / SEGMENTATION_FILE, bundle.segmentation_sha256
-    else:
-        seg_path, seg_sha = _seg_model(seg_model, log, hdog_params=bundle.hdog_params)
-        if seg_sha != bundle.segmentation_sha256:
-            log("warning: this segmentation CNN is not the one the model was trained with")
+    # the bundle's HDoG parameters; the identity recomputed (the CNN, or a code setting, may differ)
+    seg_path, seg_sha = _seg_model(seg_model or Path(bundle.path) / SEGMENTATION_FILE, log,
+                                   hdog_params=bundle.hdog_params)
+    if seg_sha != bundle.segmentation_sha256:
+        log("warning: this segmentation (CNN and settings) is not the one the model was trained with")
     out = Path(out)
     cache_dir = (Path(cache_dir) if cache_dir else default_cache_dir(data_dirs, out)) if use_cache else None
     data = load_data(data_dirs, Path(labels), seg_path, seg_sha, params=bundle.feature_params, cache_dir=cache_dir,
