@@ -9,21 +9,30 @@ A bundle is one versioned folder (``calcnode train`` writes it)::
       segmentation-cnn.pt  the HDoGReg selection CNN the features were extracted with (a copy)
 
 ``manifest.json`` holds: format and format version, name, version, training-data description,
-``not_for_clinical_use``, the segmentation CNN reference (file, SHA-256 of its weights, source
-name), the feature-extraction parameters and their hash, the per-set feature names the
-aggregator was fitted on, the final feature list (3K + 67 names in model column order), the
-missing-value fill (``impute``), the decision threshold, the parameter set (LightGBM
-hyper-parameters, K, resampling) and a training summary. Nothing in it depends on the time or
-the machine, so the same data, code and seed give the same bundle, byte for byte.
+``not_for_clinical_use``, the segmentation reference (file, segmentation identity, SHA-256 of the
+CNN's weights, prediction threshold, source name, and the segmentation settings the features were
+extracted with: HDoG parameters, ROI growth, breast mask parameters), the feature-extraction
+parameters and their hash, the per-set feature names the aggregator was fitted on, the final
+feature list (3K + 67 names in model column order), the missing-value fill (``impute``), the
+decision threshold, the parameter set (LightGBM hyper-parameters, K, resampling) and a training
+summary. Nothing in it depends on the time or the machine, so the same data, code and seed give
+the same bundle, byte for byte.
 
 Identity: the bundle's SHA-256 is the digest of ``manifest.json``; the manifest lists the
 digest of each other file, and :meth:`ClassifierBundle.load` checks them all, so one hash names
 the whole bundle (it is what the SR, the CAD SR and the logs quote).
 
+Segmentation identity (:func:`segmentation_identity`): what the features depend on upstream of
+feature extraction, i.e. everything that changes the segmented objects: the CNN's weights, its
+selection parameters, and the settings of :mod:`analysis.segmentation.settings` (HDoG
+parameters, ROI growth, breast mask parameters). The manifest records it and the settings;
+analysis segments with the bundle's HDoG parameters (:attr:`ClassifierBundle.hdog_params`) and
+warns when the identity it gets differs from the recorded one.
+
 :meth:`ClassifierBundle.load` refuses (``BundleError``) a bundle of another format version,
-with a file that does not match its digest, or whose feature list differs from what this
-version of the code extracts (feature names per set, topology radii, global features) or from
-the LightGBM model's own feature list: a model must never be fed columns it was not trained on.
+with a file that does not match its digest, without valid segmentation settings, or whose
+feature list differs from what this version of the code extracts (feature names per set,
+topology radii, global features) or from the LightGBM model's own feature list: a model must never be fed columns it was not trained on.
 
 Scoring: the ROI's features are aggregated (:mod:`analysis.aggregate`), non-finite values are
 filled with the training medians (``impute``; LightGBM would accept NaN, but SMOTE in training
@@ -52,9 +61,12 @@ from analysis.dicom_input import InputError
 from analysis.features import (BACKGROUND_NAMES, DEFAULT_PARAMS, FOREGROUND_NAMES, HANDCRAFTED_NAMES,
                                LOCAL_SETS, REGIONPROP_NAMES, FeatureParams, RoiFeatures, topology_names)
 from analysis.results import ModelIdentity
+from analysis.segmentation.hdog import HDoGParams
+from analysis.segmentation.settings import hdog_params_from, segmentation_settings
 
 BUNDLE_FORMAT = "calcnode-classifier-bundle"
-BUNDLE_FORMAT_VERSION = 1
+# 2: the segmentation settings are in the manifest and in the segmentation identity
+BUNDLE_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 AGGREGATOR_FILE = "aggregator.json"
 LIGHTGBM_FILE = "lightgbm.txt"
@@ -78,9 +90,14 @@ class BundleError(InputError):
 
 # --------------------------------------------------------------------------- helpers
 
-def segmentation_identity(model) -> str:
-    """What the features depend on in a selection CNN: its weights *and* its selection parameters
-    (the prediction threshold above all). ``SegmentationModel.sha256`` covers the weights only."""
+def segmentation_identity(model, hdog_params: HDoGParams = HDoGParams()) -> str:
+    """SHA-256 naming everything that decides the objects ``segment(..., model, hdog_params)``
+    returns, so everything the features depend on upstream of feature extraction: the CNN's
+    weights, its selection parameters (the prediction threshold above all), and the segmentation
+    settings (:func:`analysis.segmentation.settings.segmentation_settings`: ``hdog_params``, the
+    ROI growth, the breast mask parameters). ``SegmentationModel.sha256`` covers the weights only.
+
+    Hex digest of the sorted-key JSON of ``{"weights_sha256", "params", "settings"}``."""
     from dataclasses import asdict
 
     from analysis.segmentation.cnn import LEGACY_PARAMS
@@ -89,7 +106,7 @@ def segmentation_identity(model) -> str:
     for key, value in LEGACY_PARAMS.items():  # the identity models had before the parameter existed
         if key in params and params[key] == value:
             del params[key]
-    spec = {"weights_sha256": model.sha256, "params": params}
+    spec = {"weights_sha256": model.sha256, "params": params, "settings": segmentation_settings(hdog_params)}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -230,9 +247,10 @@ class ClassifierBundle:
     training_summary: Mapping[str, Any]
     training_data: str
     segmentation_weights: bytes  # the CNN file, as written by SegmentationModel.save
-    segmentation_sha256: str  # segmentation_identity() of that CNN (weights + selection parameters)
+    segmentation_sha256: str  # segmentation_identity() of that CNN with the settings below
     segmentation_source: str = ""
-    segmentation_info: Mapping[str, Any] = field(default_factory=dict)  # weights sha, threshold
+    # weights sha, threshold, "settings" (segmentation_settings(): HDoG, ROI growth, breast mask)
+    segmentation_info: Mapping[str, Any] = field(default_factory=dict)
     not_for_clinical_use: bool = True
     path: Path | None = None
     _booster: Any = field(default=None, repr=False)
@@ -243,24 +261,31 @@ class ClassifierBundle:
     def create(cls, *, name: str, version: str, threshold: float, aggregator, booster,
                impute: np.ndarray, feature_params: FeatureParams, parameters: Mapping[str, Any],
                training_summary: Mapping[str, Any], training_data: str, segmentation_model_path: str | Path,
-               not_for_clinical_use: bool = True) -> "ClassifierBundle":
+               hdog_params: HDoGParams = HDoGParams(), not_for_clinical_use: bool = True) -> "ClassifierBundle":
+        """``hdog_params``: the HDoG parameters the training features were segmented with."""
         from analysis.segmentation.cnn import SegmentationModel  # deferred: it imports torch (over a second)
 
         seg_path = Path(segmentation_model_path)
         seg = SegmentationModel.load(seg_path)
         seg_info = {"weights_sha256": seg.sha256,
-                    "prediction_threshold": float(seg.params.prediction_threshold)}
+                    "prediction_threshold": float(seg.params.prediction_threshold),
+                    "settings": segmentation_settings(hdog_params)}
         text = booster.model_to_string() if not isinstance(booster, str) else booster
         bundle = cls(name=name, version=version, threshold=float(threshold), aggregator=aggregator,
                      lightgbm_text=text, feature_names=tuple(aggregator.feature_names),
                      impute=np.asarray(impute, dtype=np.float64), feature_params=feature_params,
                      parameters=dict(parameters), training_summary=dict(training_summary),
                      training_data=training_data, segmentation_weights=seg_path.read_bytes(),
-                     segmentation_sha256=segmentation_identity(seg), segmentation_source=seg_path.name,
+                     segmentation_sha256=segmentation_identity(seg, hdog_params), segmentation_source=seg_path.name,
                      segmentation_info=seg_info,
                      not_for_clinical_use=bool(not_for_clinical_use))
         bundle._check()
         return bundle
+
+    @property
+    def hdog_params(self) -> HDoGParams:
+        """The HDoG parameters the training features were segmented with (analysis uses them)."""
+        return hdog_params_from(self.segmentation_info["settings"])
 
     # ------------------------------------------------------------ identity
 
@@ -399,6 +424,7 @@ class ClassifierBundle:
                          segmentation_info={k: v for k, v in manifest["segmentation_model"].items()
                                             if k not in ("file", "sha256", "source")},
                          not_for_clinical_use=bool(manifest["not_for_clinical_use"]), path=path)
+            hdog_params_from(manifest["segmentation_model"]["settings"])  # recorded and valid, else malformed
         except BundleError:
             raise
         except (OSError, KeyError, TypeError, ValueError) as exc:

@@ -20,8 +20,11 @@
    ``not_assessable`` with the reason, else its features are extracted and scored by the
    bundle (:mod:`analysis.classify`).
 
-The segmentation CNN defaults to the one inside the bundle (the one its features were
-trained with); another one can be given and is then named in a warning.
+Segmentation runs with the bundle's HDoG parameters (the ones its features were trained with).
+The segmentation CNN defaults to the one inside the bundle; another one can be given. Either
+way, when the segmentation identity (CNN + settings,
+:func:`analysis.classify.segmentation_identity`) differs from the one the bundle records (another
+CNN, or ROI growth / breast mask constants changed in the code since training), a warning names it.
 """
 from __future__ import annotations
 
@@ -265,9 +268,11 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
         model = bundle.segmentation_model()
     else:
         model = seg_model if isinstance(seg_model, SegmentationModel) else SegmentationModel.load(seg_model)
-        if segmentation_identity(model) != bundle.segmentation_sha256:
-            warnings.append(f"segmentation CNN {segmentation_identity(model)[:12]} is not the one the classifier "
-                            f"was trained with ({bundle.segmentation_sha256[:12]}): scores may be off")
+    hdog_params = bundle.hdog_params
+    seg_identity = segmentation_identity(model, hdog_params)
+    if seg_identity != bundle.segmentation_sha256:
+        warnings.append(f"segmentation {seg_identity[:12]} (CNN and settings) is not the one the classifier "
+                        f"was trained with ({bundle.segmentation_sha256[:12]}): scores may be off")
 
     header_pass = None if no_roi != "skip" else _images_without_roi(
         images, roi_files, point_radius_mm=point_radius_mm, default_pixel_spacing_mm=default_pixel_spacing_mm)
@@ -372,7 +377,7 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
         if usable:
             region = None if whole else np.logical_or.reduce([e[4] for e in usable])
             try:
-                labels = segment(image.pixels, spacing, region, model).labels
+                labels = segment(image.pixels, spacing, region, model, hdog_params).labels
             except Exception as exc:  # one image's failure must not lose the study
                 seg_failure = _one_line(f"segmentation failed: {type(exc).__name__}: {exc}", 1000)
 
@@ -412,7 +417,7 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
 
     parameters = {
         "threshold": float(threshold),
-        "segmentation_cnn": segmentation_identity(model),
+        "segmentation_cnn": seg_identity,
         "min_calcifications": MIN_CALCIFICATIONS,
         "no_roi": no_roi,
     }

@@ -119,6 +119,35 @@ def test_empty_roi_is_not_assessable_and_a_bad_roi_is_reported_without_losing_th
     assert both.result.model.sha256 == ClassifierBundle.load(world.bundle).sha256
 
 
+def test_analysis_segments_with_the_bundles_hdog_parameters_and_warns_on_other_settings(world, study,
+                                                                                        monkeypatch):
+    """A bundle trained with other HDoG parameters is analysed with them (no warning); a code
+    setting that differs from the bundle's record (ROI growth here) is named in a warning."""
+    from analysis.classify import SEGMENTATION_FILE
+    from analysis.segmentation import HDoGParams, pipeline, settings
+
+    trained = ClassifierBundle.load(world.bundle)
+    strict = HDoGParams(dog_threshold=0.009)
+    bundle = ClassifierBundle.create(
+        name=trained.name, version=trained.version, threshold=trained.threshold, aggregator=trained.aggregator,
+        booster=trained.lightgbm_text, impute=trained.impute, feature_params=trained.feature_params,
+        parameters=trained.parameters, training_summary=trained.training_summary,
+        training_data=trained.training_data, segmentation_model_path=world.bundle / SEGMENTATION_FILE,
+        hdog_params=strict)
+    seen = []
+    real = pipeline.segment
+    monkeypatch.setattr(pipeline, "segment", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
+    images, gsps = study["images"][:1], study["gsps"]
+    found = study_analysis(images, gsps, None, bundle).result
+    assert seen == [strict] and not any("is not the one" in w for w in found.warnings)
+    assert found.parameters["segmentation_cnn"] == bundle.segmentation_sha256 != trained.segmentation_sha256
+    assert not any("is not the one" in w for w in study_analysis(images, gsps, None, trained).result.warnings)
+    assert seen[1:] == [HDoGParams()]
+    monkeypatch.setattr(settings, "REGION_GROWTH_MM", 1.5)
+    warned = study_analysis(images, gsps, None, trained).result.warnings
+    assert any("is not the one the classifier was trained with" in w for w in warned)
+
+
 def test_image_without_roi_is_skipped_on_request(world, study):
     found = study_analysis([study["no_roi"]], [], None, world.bundle, no_roi="skip")
     assert found.result.images == () and found.result.failure

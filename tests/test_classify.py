@@ -20,6 +20,8 @@ from analysis.classify import (AGGREGATOR_FILE, LIGHTGBM_FILE, MANIFEST, BundleE
 from analysis.features import (BACKGROUND_NAMES, DEFAULT_PARAMS, FOREGROUND_NAMES, HANDCRAFTED_NAMES,
                                REGIONPROP_NAMES, FeatureTable, FeatureVector, RoiFeatures, topology_names)
 from analysis.features.synthetic import synthetic_roi
+from analysis.segmentation import HDoGParams
+from analysis.segmentation.settings import segmentation_settings
 from analysis.study import analyze_roi
 from training.classifier import model as M
 
@@ -80,7 +82,7 @@ def make_bundle(data, seg_weights, seed=0, **kw) -> ClassifierBundle:
         name=kw.get("name", "unit-test"), version="0.0.1", threshold=config["threshold"],
         aggregator=fitted.aggregator, booster=fitted.booster, impute=fitted.impute, feature_params=DEFAULT_PARAMS,
         parameters={"kmeans_k": 4}, training_summary={"rois": len(data)}, training_data="random tables",
-        segmentation_model_path=seg_weights)
+        segmentation_model_path=seg_weights, hdog_params=kw.get("hdog_params", HDoGParams()))
 
 
 # --------------------------------------------------------------------------- CV hygiene
@@ -208,6 +210,33 @@ def test_bundle_round_trip(data, seg_weights, tmp_path):
     manifest = json.loads((path / MANIFEST).read_text())
     assert manifest["not_for_clinical_use"] is True and "NOT FOR CLINICAL USE" in manifest["notice"]
     assert segmentation_identity(loaded.segmentation_model()) == manifest["segmentation_model"]["sha256"]
+    assert loaded.hdog_params == HDoGParams() and manifest["segmentation_model"]["settings"] == segmentation_settings()
+
+
+def test_bundle_records_its_hdog_parameters_in_the_manifest_and_the_identity(data, seg_weights, tmp_path):
+    strict = HDoGParams(dog_threshold=0.008)
+    default = ClassifierBundle.load(make_bundle(data, seg_weights).save(tmp_path / "default"))
+    other = ClassifierBundle.load(make_bundle(data, seg_weights, hdog_params=strict).save(tmp_path / "other"))
+    manifest = json.loads((tmp_path / "other" / MANIFEST).read_text())
+    assert other.hdog_params == strict and manifest["segmentation_model"]["settings"]["hdog"]["dog_threshold"] == 0.008
+    cnn = other.segmentation_model()
+    assert other.segmentation_sha256 == segmentation_identity(cnn, strict) == manifest["segmentation_model"]["sha256"]
+    assert default.segmentation_sha256 == segmentation_identity(cnn) != other.segmentation_sha256
+    assert default.sha256 != other.sha256  # what the SRs quote tells the two apart
+
+
+def test_the_shipped_bundle_loads_and_its_segmentation_identity_matches():
+    """The demonstration bundle records the default settings and the identity they give with its
+    CNN; the value is pinned: a change to the identity formula or a default must be deliberate
+    (it changes the manifest, so the bundle SHA-256 every SR quotes)."""
+    from analysis.classify import load_bundle
+
+    bundle = load_bundle(None)
+    assert bundle.hdog_params == HDoGParams()
+    assert bundle.segmentation_info["settings"] == segmentation_settings()
+    identity = segmentation_identity(bundle.segmentation_model(), bundle.hdog_params)
+    assert identity == bundle.segmentation_sha256 == "2bea949e822773af645a0cc5cbd4a3c1a7208cbea13408a1e444c81e38e31e21"
+    assert bundle.sha256 == "fa7138858b9edfff976aaee90e9217d1ce03ccd2d0df0574371107fa15acb5fc"
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +256,10 @@ def _edit_manifest(path, change):
 
 
 @pytest.mark.parametrize("change, reason", [
-    (lambda m: m.update(format_version=2), "version"),
+    (lambda m: m.update(format_version=1), "version"),  # before the segmentation settings were recorded
+    (lambda m: m["segmentation_model"].pop("settings"), "malformed"),
+    (lambda m: m["segmentation_model"]["settings"]["hdog"].update(dog_threshold="high"), "malformed"),
+    (lambda m: m["segmentation_model"]["settings"]["hdog"].update(sigma_ratio=0.5), "malformed"),
     (lambda m: m["feature_names"].__setitem__(0, "foreground.cluster99"), "feature_mismatch"),
     (lambda m: m["feature_extraction"]["params"].update(bin_width=10.0), "feature_mismatch"),
     (lambda m: m["files"].update({LIGHTGBM_FILE: "0" * 64}), "integrity"),

@@ -208,6 +208,53 @@ def test_models_from_before_local_scaling_keep_the_crop_scaling(tmp_path):
     assert segmentation_identity(SegmentationModel(model.net, SelectionParams())) != segmentation_identity(model)
 
 
+def test_segmentation_identity_covers_every_setting_that_changes_the_objects(monkeypatch):
+    """The identity names the CNN *and* the segmentation settings: each HDoG parameter, the ROI
+    growth and the breast mask parameters change it; the same values (however written) do not."""
+    from analysis.classify import segmentation_identity
+    from analysis.segmentation import BreastMaskParams, HDoGParams
+    from analysis.segmentation import settings
+
+    model = SegmentationModel(ProximityNet(width=2), SelectionParams())
+    default = segmentation_identity(model)
+    assert segmentation_identity(model, HDoGParams()) == default
+    assert segmentation_identity(model, HDoGParams(dog_threshold=0.006, truncate=4)) == default  # 4 == 4.0
+    assert segmentation_identity(model, HDoGParams(dog_threshold=0.0061)) != default
+    changed = {"min_sigma_mm": 0.09, "max_sigma_mm": 0.3, "sigma_ratio": 1.5, "dog_threshold": 0.01,
+               "hessian_threshold": 1.0, "truncate": 3.0, "context_mm": 4.0}
+    assert set(changed) == set(settings.params_dict(HDoGParams()))  # a new parameter must be listed here
+    identities = {segmentation_identity(model, replace(HDoGParams(), **{k: v})) for k, v in changed.items()}
+    assert len(identities) == len(changed) and default not in identities
+    monkeypatch.setattr(settings, "REGION_GROWTH_MM", 1.5)
+    grown = segmentation_identity(model)
+    assert grown not in identities | {default}
+    monkeypatch.setattr(settings, "REGION_GROWTH_MM", 1.0)
+    monkeypatch.setattr(settings, "BreastMaskParams", lambda: BreastMaskParams(erosion_mm=2.0))
+    assert segmentation_identity(model) not in identities | {default, grown}
+    monkeypatch.undo()
+    assert segmentation_identity(model) == default
+
+
+def test_segment_runs_with_the_region_growth_of_the_settings(monkeypatch):
+    """REGION_GROWTH_MM, which the identity records, is the growth segment() applies."""
+    from analysis.segmentation import pipeline, settings
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args):
+        raise Stop
+
+    assert pipeline.REGION_GROWTH_MM is settings.REGION_GROWTH_MM
+    grown = []
+    monkeypatch.setattr(pipeline, "grow_region", lambda region, spacing, mm: grown.append(mm) or region)
+    monkeypatch.setattr(pipeline, "hdog_candidates", stop)
+    with pytest.raises(Stop):
+        pipeline.segment(np.zeros((8, 8), np.float32), (0.07, 0.07), np.ones((8, 8), bool),
+                         SegmentationModel(ProximityNet(width=2), SelectionParams()))
+    assert grown == [settings.REGION_GROWTH_MM]
+
+
 def test_local_scaling_does_not_depend_on_the_crop_size():
     """The network sees the same input for a pixel whether it sits in a 3.4 mm training patch or a
     large inference crop: read with its context, a small crop is scaled as the whole image is."""

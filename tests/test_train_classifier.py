@@ -15,7 +15,9 @@ import pytest
 from PIL import Image
 
 from analysis.classify import AGGREGATOR_FILE, LIGHTGBM_FILE, MANIFEST, ClassifierBundle, segmentation_identity
+from analysis.segmentation import HDoGParams
 from analysis.segmentation.cnn import SegmentationModel
+from analysis.segmentation.settings import segmentation_settings
 from conftest import CALCNODE, ROOT
 from training.classifier.labels import match_outcomes
 
@@ -77,6 +79,10 @@ def test_train_writes_a_bundle_that_loads_and_says_not_for_clinical_use(world):
     assert "calcnode synth (simulated, not patients): seed 11, 8 cases" in bundle.training_data
     cnn = bundle.segmentation_model()
     assert segmentation_identity(cnn) == manifest["segmentation_model"]["sha256"] == bundle.segmentation_sha256
+    # trained with the default HDoG parameters: recorded, and part of the identity
+    assert bundle.hdog_params == HDoGParams()
+    assert manifest["segmentation_model"]["settings"] == segmentation_settings(HDoGParams())
+    assert segmentation_identity(cnn, HDoGParams(dog_threshold=0.007)) != bundle.segmentation_sha256
     assert cnn.params.prediction_threshold == SEG_THRESHOLD == manifest["segmentation_model"]["prediction_threshold"]
     assert cnn.sha256 == SegmentationModel.load(world.cnn).sha256 == manifest["segmentation_model"]["weights_sha256"]
     assert manifest["threshold"] in (0.3, 0.5) and manifest["aggregation"] == {"kind": "kmeans_histogram", "k": 4,
@@ -135,6 +141,40 @@ def test_retraining_reuses_the_feature_cache_and_the_same_seed_gives_the_same_bu
                 *TRAIN_ARGS, "--outer-folds", "0")
     assert _bundle_content(tmp_path / "other")[0] != _bundle_content(world.bundle)[0]
     assert json.loads(other.stdout)["nested_cv_auc"] is None  # --outer-folds 0 skips the nested CV
+
+
+def test_the_feature_cache_key_and_the_segmentation_follow_the_hdog_parameters(world, tmp_path, monkeypatch):
+    """Other HDoG parameters: another cache key, and the images are segmented again with them
+    (cached features of the default parameters are not reused)."""
+    from analysis.segmentation import pipeline
+    from training.classifier import features as F
+
+    matched, _ = match_outcomes(world.data, world.data / "labels.csv")
+    subset = [m for m in matched if m.image.sop_instance_uid == matched[0].image.sop_instance_uid]
+    cnn = SegmentationModel.load(world.cnn)
+    strict = HDoGParams(dog_threshold=0.012)
+    roi, uid, identity = subset[0].roi, subset[0].image.sop_instance_uid, segmentation_identity(cnn)
+    key = F.cache_key(uid, roi, identity, "h")
+    assert key == F.cache_key(uid, roi, identity, "h", HDoGParams()) == F.cache_key(uid, roi, identity, "h")
+    assert F.cache_key(uid, roi, identity, "h", strict) != key  # even with the same identity passed
+    assert F.cache_key(uid, roi, segmentation_identity(cnn, strict), "h", strict) != key
+
+    seen = []
+    real = pipeline.segment
+    monkeypatch.setattr(pipeline, "segment", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
+    cache = F.FeatureCache(tmp_path / "cache")
+
+    def extract(hdog):
+        return F.extract_features(subset, world.cnn, seg_sha256=segmentation_identity(cnn, hdog), hdog_params=hdog,
+                                  cache=cache, workers=1, progress=False)
+
+    first = extract(HDoGParams())
+    assert seen == [HDoGParams()] and not any(e.cached for e in first)
+    assert any(e.features is not None for e in first)
+    again = extract(HDoGParams())
+    assert len(seen) == 1 and all(e.cached for e in again if e.features is not None)
+    third = extract(strict)
+    assert seen[1:] == [strict] and not any(e.cached for e in third)
 
 
 def test_evaluate_scores_a_labelled_set_with_the_same_report(world, tmp_path):

@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from .cnn import SegmentationModel, Selection, nonzero_extent, select_candidates
 from .hdog import Candidates, HDoGParams, hdog_candidates
+from .settings import REGION_GROWTH_MM
 
 PARTICLE_DTYPE = np.dtype([
     ("label", "<i4"),
@@ -83,9 +84,6 @@ def particle_table(labels: np.ndarray, pixels: np.ndarray, spacing_mm: tuple[flo
     return table
 
 
-REGION_GROWTH_MM = 1.0
-
-
 def grow_region(region: np.ndarray, spacing_mm: tuple[float, float], grow_mm: float) -> np.ndarray:
     """``region`` grown by ``grow_mm``: every pixel within ``grow_mm`` (Euclidean, in mm, so an
     ellipse in pixels for unequal spacing) of a region pixel.
@@ -129,6 +127,9 @@ def segment(pixels: np.ndarray, spacing_mm: tuple[float, float], region: np.ndar
         (SPEC §2.2), and a calcification at the edge can have its centroid inside and its peak
         just outside. It is kept whole.
     model : the trained selection network.
+    hdog_params : the HDoG stage's parameters (mm). They, the network and the constants of
+        :mod:`analysis.segmentation.settings` decide the objects: all are in the segmentation
+        identity (:func:`analysis.classify.segmentation_identity`).
     predictions : optional memo of the network's crop predictions
         (:func:`analysis.segmentation.cnn.select_candidates`).
     """

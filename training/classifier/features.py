@@ -10,9 +10,13 @@ bundle's feature parameters). Images are spread over ``workers`` processes, or o
 
 Cache: one ``.npz`` per ROI (``RoiFeatures.to_dict``, no pickle) under the cache folder, named by
 the SHA-256 of (cache format, image SOP Instance UID, ROI object SOP Instance UID, ROI id, the
-ROI's geometry, segmentation CNN SHA-256, feature-parameter hash). A re-run with the same
-inputs reads them instead of recomputing; anything that would change a feature changes the
-key. Files are written to a temporary name and renamed (an interrupted run leaves no half file).
+ROI's geometry, segmentation identity, feature-parameter hash, segmentation settings). The
+segmentation identity (:func:`analysis.classify.segmentation_identity`) covers the CNN and the
+settings; the settings the images are segmented with (HDoG parameters, ROI growth, breast mask:
+:func:`analysis.segmentation.settings.segmentation_settings`) are in the key as well, so the key
+follows what actually ran even if a caller passes an identity computed for other settings. A
+re-run with the same inputs reads them instead of recomputing; anything that would change a
+feature changes the key. Files are written to a temporary name and renamed (an interrupted run leaves no half file).
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ import numpy as np
 
 from analysis.classify import feature_params_hash
 from analysis.features import DEFAULT_PARAMS, FeatureParams, RoiFeatures
+from analysis.segmentation.hdog import HDoGParams
+from analysis.segmentation.settings import segmentation_settings
 
 from .labels import LabelledRoi
 
@@ -50,10 +56,13 @@ def roi_digest(roi) -> str:
     return h.hexdigest()
 
 
-def cache_key(image_uid: str, roi, seg_sha256: str, params_hash: str) -> str:
+def cache_key(image_uid: str, roi, seg_sha256: str, params_hash: str,
+              hdog_params: HDoGParams = HDoGParams()) -> str:
+    """The cache file name of one ROI's features (see the module docstring); ``seg_sha256`` is
+    the segmentation identity, ``hdog_params`` the HDoG parameters the image is segmented with."""
     spec = [CACHE_FORMAT, image_uid, roi.source_sop_instance_uid, roi.roi_id, roi_digest(roi), seg_sha256,
-            params_hash]
-    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
+            params_hash, segmentation_settings(hdog_params)]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
 class FeatureCache:
@@ -179,8 +188,10 @@ def _model(path: str):
 
 
 def image_features(image_path: str, all_rois, wanted: list[int], seg_model_path: str,
-                   params: FeatureParams, default_pixel_spacing_mm: float | None = None):
-    """Segment one image inside its ROIs and extract the features of the ``wanted`` ROIs.
+                   params: FeatureParams, default_pixel_spacing_mm: float | None = None,
+                   hdog_params: HDoGParams = HDoGParams()):
+    """Segment one image inside its ROIs (with ``hdog_params``) and extract the features of the
+    ``wanted`` ROIs.
 
     Returns ``[(index, RoiFeatures.to_dict() or None, error or None)]`` (picklable: it runs in a
     worker process)."""
@@ -202,7 +213,7 @@ def image_features(image_path: str, all_rois, wanted: list[int], seg_model_path:
         if not good:
             raise ValueError("no ROI of the image can be rasterised")
         labels = segment(image.pixels, image.pixel_spacing_mm, np.logical_or.reduce(good),
-                         _model(seg_model_path)).labels
+                         _model(seg_model_path), hdog_params).labels
     except (InputError, ValueError, RuntimeError, MemoryError) as exc:
         return [(i, None, f"{type(exc).__name__}: {exc}") for i in wanted]
     out = []
@@ -223,12 +234,17 @@ def image_features(image_path: str, all_rois, wanted: list[int], seg_model_path:
 def extract_features(labelled: list[LabelledRoi], seg_model_path: str | Path, *, seg_sha256: str,
                      params: FeatureParams = DEFAULT_PARAMS, cache: FeatureCache | None = None,
                      workers: int = 2, progress: bool = True,
-                     default_pixel_spacing_mm: float | None = None) -> list[ExtractedRoi]:
-    """Features of every labelled ROI (in the given order), from the cache when there."""
+                     default_pixel_spacing_mm: float | None = None,
+                     hdog_params: HDoGParams = HDoGParams()) -> list[ExtractedRoi]:
+    """Features of every labelled ROI (in the given order), from the cache when there.
+
+    ``seg_sha256``: ``segmentation_identity(model, hdog_params)`` of the CNN at ``seg_model_path``;
+    ``hdog_params``: the HDoG parameters the images are segmented with."""
     params_hash = feature_params_hash(params)
     results: list[ExtractedRoi | None] = [None] * len(labelled)
     bar = Progress("features", len(labelled), enabled=progress)
-    keys = [cache_key(lab.image.sop_instance_uid, lab.roi, seg_sha256, params_hash) for lab in labelled]
+    keys = [cache_key(lab.image.sop_instance_uid, lab.roi, seg_sha256, params_hash, hdog_params)
+            for lab in labelled]
     todo: dict[str, list[int]] = {}
     for i, (lab, key) in enumerate(zip(labelled, keys)):
         hit = cache.get(key) if cache is not None else None
@@ -246,7 +262,7 @@ def extract_features(labelled: list[LabelledRoi], seg_model_path: str | Path, *,
         ids = [(r.source_sop_instance_uid, r.roi_id) for r in all_rois]
         wanted = [ids.index((labelled[i].roi.source_sop_instance_uid, labelled[i].roi.roi_id)) for i in indices]
         tasks.append((indices, (str(lab0.image.image_path), all_rois, wanted, str(seg_model_path), params,
-                                default_pixel_spacing_mm)))
+                                default_pixel_spacing_mm, hdog_params)))
 
     def collect(indices, answer):
         by_roi = {w: (d, e) for w, d, e in answer}

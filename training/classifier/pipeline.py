@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from analysis.classify import SEGMENTATION_FILE, ClassifierBundle, segmentation_identity
 from analysis.features import DEFAULT_PARAMS
+from analysis.segmentation.hdog import HDoGParams
 from analysis.study import MIN_CALCIFICATIONS
 
 from . import report as rep
@@ -86,7 +87,9 @@ class DataOutcome:
 
 def load_data(data_dirs, labels: Path, seg_model_path: Path, seg_sha256: str, *, params=DEFAULT_PARAMS,
               cache_dir: Path | None, workers: int, progress: bool, log, default_pixel_spacing_mm=None,
-              point_radius_mm: float = 2.5) -> DataOutcome:
+              point_radius_mm: float = 2.5, hdog_params: HDoGParams = HDoGParams()) -> DataOutcome:
+    """The labelled ROIs' features, segmented with the CNN at ``seg_model_path`` and
+    ``hdog_params``; ``seg_sha256`` is ``segmentation_identity`` of the two."""
     matched, problems = match_outcomes(data_dirs, labels, point_radius_mm=point_radius_mm,
                                        default_pixel_spacing_mm=default_pixel_spacing_mm)
     log(f"{len(matched)} labelled ROIs matched on {len({m.image.sop_instance_uid for m in matched})} images"
@@ -99,7 +102,7 @@ def load_data(data_dirs, labels: Path, seg_model_path: Path, seg_sha256: str, *,
     cache = FeatureCache(cache_dir) if cache_dir is not None else None
     extracted = extract_features(matched, seg_model_path, seg_sha256=seg_sha256, params=params, cache=cache,
                                  workers=workers, progress=progress,
-                                 default_pixel_spacing_mm=default_pixel_spacing_mm)
+                                 default_pixel_spacing_mm=default_pixel_spacing_mm, hdog_params=hdog_params)
     outcome = DataOutcome(extracted, problems)
     log(f"{len(outcome.usable)} ROIs usable, {len(outcome.not_assessable)} not assessable "
         f"(< {MIN_CALCIFICATIONS} calcifications), {len(outcome.failed)} failed")
@@ -139,9 +142,11 @@ def _lib_versions() -> dict:
             "imbalanced-learn": imblearn.__version__}
 
 
-def _seg_model(path, log, threshold: float | None = None, workdir: Path | None = None):
-    """(path of the CNN file to segment with, its identity). With ``threshold``, a copy of the CNN
-    with that prediction threshold is written to ``workdir`` and used (and bundled) instead."""
+def _seg_model(path, log, threshold: float | None = None, workdir: Path | None = None,
+               hdog_params: HDoGParams = HDoGParams()):
+    """(path of the CNN file to segment with, its segmentation identity with ``hdog_params``). With
+    ``threshold``, a copy of the CNN with that prediction threshold is written to ``workdir`` and
+    used (and bundled) instead."""
     from analysis.segmentation.cnn import SegmentationModel
     from analysis.segmentation.models import DEFAULT_SEGMENTATION_MODEL
 
@@ -157,7 +162,7 @@ def _seg_model(path, log, threshold: float | None = None, workdir: Path | None =
         model.params = replace(model.params, prediction_threshold=float(threshold))
         path = Path(workdir) / path.name
         model.save(path)
-    identity = segmentation_identity(model)
+    identity = segmentation_identity(model, hdog_params)
     log(f"segmentation CNN {path.name} (weights {model.sha256[:12]}, prediction threshold "
         f"{model.params.prediction_threshold:.4g}; identity {identity[:12]})")
     return path, identity
@@ -193,6 +198,7 @@ class TrainOptions:
     n_boot: int = 2000
     quiet: bool = False
     default_pixel_spacing_mm: float | None = None
+    hdog_params: HDoGParams = field(default_factory=HDoGParams)  # recorded in the bundle, used by analysis
 
 
 def train(opt: TrainOptions) -> dict:
@@ -205,11 +211,12 @@ def _train(opt: TrainOptions, workdir: Path) -> dict:
     t0 = time.perf_counter()
     out = Path(opt.out)
     report_dir = Path(opt.report_dir) if opt.report_dir else out.with_name(out.name + "-report")
-    seg_path, seg_sha = _seg_model(opt.seg_model, log, opt.seg_threshold, workdir)
+    seg_path, seg_sha = _seg_model(opt.seg_model, log, opt.seg_threshold, workdir, opt.hdog_params)
     cache_dir = (Path(opt.cache_dir) if opt.cache_dir else default_cache_dir(opt.data_dirs, out)) \
         if opt.use_cache else None
     data = load_data(opt.data_dirs, Path(opt.labels), seg_path, seg_sha, cache_dir=cache_dir, workers=opt.workers,
-                     progress=not opt.quiet, log=log, default_pixel_spacing_mm=opt.default_pixel_spacing_mm)
+                     progress=not opt.quiet, log=log, default_pixel_spacing_mm=opt.default_pixel_spacing_mm,
+                     hdog_params=opt.hdog_params)
     t_features = time.perf_counter() - t0
     ts = data.training_set()
     if len(ts) == 0:
@@ -268,7 +275,8 @@ def _train(opt: TrainOptions, workdir: Path) -> dict:
                                                                         "feature_fraction": s.feature_fraction},
                     "kmeans_k": best["k"], "threshold": best["threshold"], "resampling": s.resampling,
                     "seed": s.seed},
-        training_summary=summary, training_data=training_data, segmentation_model_path=seg_path)
+        training_summary=summary, training_data=training_data, segmentation_model_path=seg_path,
+        hdog_params=opt.hdog_params)
     bundle.save(out)
     log(f"wrote {out} (sha256 {bundle.sha256[:12]}); NOT FOR CLINICAL USE")
 
@@ -373,7 +381,8 @@ def _training_markdown(r: dict) -> str:
     lines = [f"# Training report: {m['name']} {m['version']}", "",
              "**NOT FOR CLINICAL USE.**" if m["not_for_clinical_use"] else "", "",
              f"- model sha256: `{m['sha256']}`", f"- training data: {m['training_data']}",
-             f"- segmentation CNN identity (weights + selection parameters): `{m['segmentation_cnn_identity']}`",
+             "- segmentation identity (CNN weights, selection and segmentation settings): "
+             f"`{m['segmentation_cnn_identity']}`",
              f"- outcome table: `{d['labels_file']}` (sha256 `{d['labels_sha256'][:16]}...`)",
              f"- ROIs: {d['rows_matched']} matched, {d['rois_used']} used ({d['actionable']} actionable, "
              f"{d['benign']} benign, {d['patients']} patients), {d['rois_not_assessable']} not assessable "
@@ -425,16 +434,16 @@ def evaluate(model: Path, data_dirs, labels: Path, out: Path, *, seg_model: Path
     t0 = time.perf_counter()
     bundle = ClassifierBundle.load(model)
     log(f"model {bundle.describe()}")
-    if seg_model is None:
-        seg_path, seg_sha = Path(bundle.path) / SEGMENTATION_FILE, bundle.segmentation_sha256
-    else:
-        seg_path, seg_sha = _seg_model(seg_model, log)
-        if seg_sha != bundle.segmentation_sha256:
-            log("warning: this segmentation CNN is not the one the model was trained with")
+    # the bundle's HDoG parameters; the identity recomputed (the CNN, or a code setting, may differ)
+    seg_path, seg_sha = _seg_model(seg_model or Path(bundle.path) / SEGMENTATION_FILE, log,
+                                   hdog_params=bundle.hdog_params)
+    if seg_sha != bundle.segmentation_sha256:
+        log("warning: this segmentation (CNN and settings) is not the one the model was trained with")
     out = Path(out)
     cache_dir = (Path(cache_dir) if cache_dir else default_cache_dir(data_dirs, out)) if use_cache else None
     data = load_data(data_dirs, Path(labels), seg_path, seg_sha, params=bundle.feature_params, cache_dir=cache_dir,
-                     workers=workers, progress=not quiet, log=log, default_pixel_spacing_mm=default_pixel_spacing_mm)
+                     workers=workers, progress=not quiet, log=log, default_pixel_spacing_mm=default_pixel_spacing_mm,
+                     hdog_params=bundle.hdog_params)
     ts = data.training_set()
     if len(ts) == 0:
         raise TrainingError("no labelled ROI has 2 or more calcifications: nothing to evaluate", reason="no_data")
