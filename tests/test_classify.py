@@ -22,6 +22,7 @@ from analysis.features import (BACKGROUND_NAMES, DEFAULT_PARAMS, FOREGROUND_NAME
 from analysis.features.synthetic import synthetic_roi
 from analysis.study import analyse_roi
 from training.classifier import model as M
+from training.model_files import save_bundle, save_segmentation_model
 
 TINY = replace(M.Settings(), folds=3, outer_folds=2, grid=M.GRIDS["tiny"])
 
@@ -68,7 +69,8 @@ def seg_weights(tmp_path_factory):
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("cnn") / "untrained.pt"
-    SegmentationModel(net=ProximityNet(width=2), info={"notice": "untrained test net"}).save(path)
+    save_segmentation_model(SegmentationModel(net=ProximityNet(width=2), info={"notice": "untrained test net"}),
+                            path)
     return path
 
 
@@ -178,9 +180,9 @@ def _content_hash(bundle_dir) -> str:
 
 
 def test_same_seed_gives_an_identical_bundle_and_another_seed_does_not(data, seg_weights, tmp_path):
-    a = make_bundle(data, seg_weights, seed=3).save(tmp_path / "a")
-    b = make_bundle(data, seg_weights, seed=3).save(tmp_path / "b")
-    c = make_bundle(data, seg_weights, seed=4).save(tmp_path / "c")
+    a = save_bundle(make_bundle(data, seg_weights, seed=3), tmp_path / "a")
+    b = save_bundle(make_bundle(data, seg_weights, seed=3), tmp_path / "b")
+    c = save_bundle(make_bundle(data, seg_weights, seed=4), tmp_path / "c")
     assert _content_hash(a) == _content_hash(b) != _content_hash(c)
     assert (a / MANIFEST).read_bytes() == (b / MANIFEST).read_bytes()
     assert ClassifierBundle.load(a).sha256 == ClassifierBundle.load(b).sha256 != ClassifierBundle.load(c).sha256
@@ -188,7 +190,7 @@ def test_same_seed_gives_an_identical_bundle_and_another_seed_does_not(data, seg
 
 def test_bundle_round_trip(data, seg_weights, tmp_path):
     bundle = make_bundle(data, seg_weights)
-    path = bundle.save(tmp_path / "model")
+    path = save_bundle(bundle, tmp_path / "model")
     loaded = ClassifierBundle.load(path)
     assert loaded.sha256 == bundle.sha256 == hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
     # hashed once per bundle (every study quotes it): the same string object each time
@@ -212,7 +214,7 @@ def test_bundle_round_trip(data, seg_weights, tmp_path):
 
 @pytest.fixture(scope="module")
 def saved_bundle(data, seg_weights, tmp_path_factory):
-    return make_bundle(data, seg_weights).save(tmp_path_factory.mktemp("bundle") / "model")
+    return save_bundle(make_bundle(data, seg_weights), tmp_path_factory.mktemp("bundle") / "model")
 
 
 @pytest.fixture

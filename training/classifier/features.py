@@ -12,7 +12,8 @@ Cache: one ``.npz`` per ROI (``RoiFeatures.to_dict``, no pickle) under the cache
 the SHA-256 of (cache format, image SOP Instance UID, ROI object SOP Instance UID, ROI id, the
 ROI's geometry, segmentation CNN SHA-256, feature-parameter hash). A re-run with the same
 inputs reads them instead of recomputing; anything that would change a feature changes the
-key. Files are written to a temporary name and renamed (an interrupted run leaves no half file).
+key. Files are written durably (:mod:`common.durable`: temporary name, fsync, rename, fsync of the
+folder), so an interrupted run or a power cut leaves no half file.
 """
 from __future__ import annotations
 
@@ -21,9 +22,7 @@ import json
 import contextlib
 import contextvars
 import multiprocessing
-import os
 import sys
-import tempfile
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import numpy as np
 
 from analysis.classify import feature_params_hash
 from analysis.features import DEFAULT_PARAMS, FeatureParams, RoiFeatures
+from common.durable import atomic_path
 
 from .labels import LabelledRoi
 
@@ -76,16 +76,8 @@ class FeatureCache:
             return None
 
     def put(self, key: str, features: RoiFeatures) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}.", suffix=".partial", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **features.to_dict())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.path(key)) as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
+            np.savez(fh, **features.to_dict())
 
 
 @dataclass(frozen=True, eq=False)
