@@ -67,12 +67,11 @@ def write_study_results(result: StudyResult, source_datasets: Iterable | Mapping
     ``source_datasets``: the study's source images (pydicom Datasets, pixels not
     needed, or file paths), at least every analysed image. Everything is built
     before anything is written, so an inconsistent result writes nothing; each
-    file is written to a temporary name in ``out_dir``, fsync'ed and renamed
-    (``<KIND>-<SOPInstanceUID>.dcm``), and the folder fsync'ed
+    file is written to a temporary name in ``out_dir``, fsync'ed, renamed
+    (``<KIND>-<SOPInstanceUID>.dcm``) and the folder fsync'ed
     (:mod:`common.durable`), so a reader never sees half a file, a written file
-    survives a power cut, and a
-    re-run replaces identical instances in place. Returns the written paths in
-    the order of :func:`build_study_results`.
+    survives a power cut, and a re-run replaces identical instances in place.
+    Returns the written paths in the order of :func:`build_study_results`.
     """
     objects = build_study_results(result, source_datasets, gsps=gsps)
     out = make_dirs(out_dir)
