@@ -45,9 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -246,7 +244,7 @@ class ClassifierBundle:
     parameters: Mapping[str, Any]
     training_summary: Mapping[str, Any]
     training_data: str
-    segmentation_weights: bytes  # the CNN file, as written by SegmentationModel.save
+    segmentation_weights: bytes  # the CNN file, as SegmentationModel.to_bytes gives it
     segmentation_sha256: str  # segmentation_identity() of that CNN with the settings below
     segmentation_source: str = ""
     # weights sha, threshold, "settings" (segmentation_settings(): HDoG, ROI growth, breast mask)
@@ -316,13 +314,17 @@ class ClassifierBundle:
             "training_summary": dict(self.training_summary),
         }
 
-    def _file_contents(self) -> dict[str, bytes]:
+    def file_contents(self) -> dict[str, bytes]:
+        """Every file of the bundle folder but the manifest (:meth:`manifest_bytes`), name -> bytes.
+
+        ``analysis`` writes no files of its own: ``training.model_files.save_bundle`` writes
+        these durably."""
         return {AGGREGATOR_FILE: _canonical(aggregator_to_json(self.aggregator)),
                 LIGHTGBM_FILE: self.lightgbm_text.encode(),
                 SEGMENTATION_FILE: self.segmentation_weights}
 
     def _file_digests(self) -> dict[str, str]:
-        return {name: hashlib.sha256(data).hexdigest() for name, data in self._file_contents().items()}
+        return {name: hashlib.sha256(data).hexdigest() for name, data in self.file_contents().items()}
 
     def manifest_bytes(self) -> bytes:
         return _canonical(self.manifest())
@@ -346,36 +348,6 @@ class ClassifierBundle:
         return f"{self.name} {self.version} (sha256 {self.sha256[:12]}; {self.training_data}){flag}"
 
     # ------------------------------------------------------------ files
-
-    def save(self, path: str | Path) -> Path:
-        """Write the bundle folder (complete or not at all: built in a sibling temporary
-        folder, then renamed; an existing bundle at ``path`` is replaced)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        try:
-            for name, data in self._file_contents().items():
-                (tmp / name).write_bytes(data)
-            (tmp / MANIFEST).write_bytes(self.manifest_bytes())
-            for child in tmp.iterdir():
-                with open(child, "rb") as fh:
-                    os.fsync(fh.fileno())
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        object.__setattr__(self, "path", path)
-        return path
 
     @classmethod
     def load(cls, path: str | Path) -> "ClassifierBundle":

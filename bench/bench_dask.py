@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: `bench` and the workers' engine must be importable
     sys.path.insert(0, str(ROOT))
 
-from bench.common import write_results  # noqa: E402
+from bench.harness import write_results  # noqa: E402
 
 ENGINE = "bench.bench_dask:timed_engine"
 TARGET_SPEEDUP = 1.7

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from analysis.features.synthetic import synthetic_roi
-from bench.common import peak_rss_mb, timed, write_results
+from bench.harness import peak_rss_mb, timed, write_results
 
 SPACING = 0.07
 BITS = 12

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import peak_rss_mb, run_stage, write_results
+from bench.harness import peak_rss_mb, run_stage, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 MG1 = ROOT.parent / "shared" / "interop" / "mg" / "MG1_J2KI.dcm"

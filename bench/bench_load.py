@@ -58,7 +58,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import write_results
+from bench.harness import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.bench_hdog import MG1, ROI_MM, SPACING, _random_centres, _roi_mask
-from bench.common import peak_rss_mb, run_stage, write_results
+from bench.harness import peak_rss_mb, run_stage, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 

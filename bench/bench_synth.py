@@ -9,7 +9,7 @@ reference: writing one uncompressed full-size 12-bit MG image with pydicom. Prin
 seconds per image (wall clock, and per worker), the extrapolated time for 200 images,
 peak resident memory of the main process and of the worker processes
 (``resource.getrusage``), and the ratio to the reference; writes the same as JSON
-to bench/results/bench_synth.json (bench.common.write_results).
+to bench/results/bench_synth.json (bench.harness.write_results).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_results  # noqa: E402
+from bench.harness import write_results  # noqa: E402
 from training.synth.config import SynthConfig  # noqa: E402
 from training.synth.dataset import generate_dataset  # noqa: E402
 from training.synth.dicom_writer import ImageInfo, UidFactory, mg_dataset, save  # noqa: E402

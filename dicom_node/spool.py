@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
+from common.durable import fsync_dir, make_dirs
+
 Bytes = Union[bytes, bytearray, memoryview]
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
@@ -159,14 +161,6 @@ def _write_direct(fd: int, data: Bytes | Sequence[Bytes]) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Spool:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -196,17 +190,14 @@ class Spool:
             return StoreResult(final, duplicate=True)
         tmp = self.tmp / f"{final.stem}.{uuid.uuid4().hex}.part"
         try:
-            new_dir = not final.parent.exists()
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if new_dir:
-                _fsync_dir(self.incoming)
+            make_dirs(final.parent)  # a new study's folder is synced into incoming/
             write_durably(tmp, data)
             try:
                 os.link(tmp, final)
                 duplicate = False
             except FileExistsError:
                 duplicate = True  # another association stored the same instance first
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except OSError as exc:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
             raise SpoolError(f"cannot write instance to the spool: {exc.strerror or exc}",
@@ -222,7 +213,7 @@ class Spool:
         """Remove a stored instance again (it could not be recorded; the sender will retry)."""
         try:
             Path(path).unlink(missing_ok=True)
-            _fsync_dir(Path(path).parent)
+            fsync_dir(Path(path).parent)
         except OSError:
             pass
 

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import tempfile
 import uuid
 from datetime import datetime
 from importlib import metadata
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -279,38 +276,6 @@ def clip_outline(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     pts[:, 0] = np.clip(pts[:, 0], 0.0, float(cols))
     pts[:, 1] = np.clip(pts[:, 1], 0.0, float(rows))
     return pts
-
-
-# ----------------------------------------------------------------------- files
-
-def write_atomic(ds: Dataset, path: Path) -> Path:
-    """Write ``ds`` as a Part 10 file: temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            ds.save_as(handle, enforce_file_format=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-    return path
 
 
 def ordered(values: Sequence[str]) -> list[str]:

@@ -9,8 +9,10 @@ from typing import Iterable, Mapping
 import pydicom
 from pydicom.dataset import Dataset
 
+from common.durable import atomic_path, make_dirs
+
 from .cad_sr import build_mammography_cad_sr
-from .common import index_sources, write_atomic
+from .common import index_sources
 from .gsps import build_presentation_state, study_laterality
 from .measurement_report import build_measurement_report
 from analysis.results import StudyResult
@@ -65,12 +67,19 @@ def write_study_results(result: StudyResult, source_datasets: Iterable | Mapping
     ``source_datasets``: the study's source images (pydicom Datasets, pixels not
     needed, or file paths), at least every analysed image. Everything is built
     before anything is written, so an inconsistent result writes nothing; each
-    file is written to a temporary name in ``out_dir``, fsync'ed and renamed
-    (``<KIND>-<SOPInstanceUID>.dcm``), so a reader never sees half a file and a
-    re-run replaces identical instances in place. Returns the written paths in
-    the order of :func:`build_study_results`.
+    file is written to a temporary name in ``out_dir``, fsync'ed, renamed
+    (``<KIND>-<SOPInstanceUID>.dcm``) and the folder fsync'ed
+    (:mod:`common.durable`), so a reader never sees half a file, a written file
+    survives a power cut, and a re-run replaces identical instances in place.
+    Returns the written paths in the order of :func:`build_study_results`.
     """
     objects = build_study_results(result, source_datasets, gsps=gsps)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return [write_atomic(ds, out / result_filename(kind, ds)) for kind, ds in objects]
+    out = make_dirs(out_dir)
+    return [_write(ds, out / result_filename(kind, ds)) for kind, ds in objects]
+
+
+def _write(ds: Dataset, path: Path) -> Path:
+    """Write ``ds`` as a Part 10 file, durably (temporary file, fsync, rename, fsync of the folder)."""
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return path

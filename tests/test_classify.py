@@ -24,6 +24,7 @@ from analysis.segmentation import HDoGParams
 from analysis.segmentation.settings import segmentation_settings
 from analysis.study import analyze_roi
 from training.classifier import model as M
+from training.model_files import save_bundle, save_segmentation_model
 
 TINY = replace(M.Settings(), folds=3, outer_folds=2, grid=M.GRIDS["tiny"])
 
@@ -70,7 +71,8 @@ def seg_weights(tmp_path_factory):
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("cnn") / "untrained.pt"
-    SegmentationModel(net=ProximityNet(width=2), info={"notice": "untrained test net"}).save(path)
+    save_segmentation_model(SegmentationModel(net=ProximityNet(width=2), info={"notice": "untrained test net"}),
+                            path)
     return path
 
 
@@ -180,9 +182,9 @@ def _content_hash(bundle_dir) -> str:
 
 
 def test_same_seed_gives_an_identical_bundle_and_another_seed_does_not(data, seg_weights, tmp_path):
-    a = make_bundle(data, seg_weights, seed=3).save(tmp_path / "a")
-    b = make_bundle(data, seg_weights, seed=3).save(tmp_path / "b")
-    c = make_bundle(data, seg_weights, seed=4).save(tmp_path / "c")
+    a = save_bundle(make_bundle(data, seg_weights, seed=3), tmp_path / "a")
+    b = save_bundle(make_bundle(data, seg_weights, seed=3), tmp_path / "b")
+    c = save_bundle(make_bundle(data, seg_weights, seed=4), tmp_path / "c")
     assert _content_hash(a) == _content_hash(b) != _content_hash(c)
     assert (a / MANIFEST).read_bytes() == (b / MANIFEST).read_bytes()
     assert ClassifierBundle.load(a).sha256 == ClassifierBundle.load(b).sha256 != ClassifierBundle.load(c).sha256
@@ -190,7 +192,7 @@ def test_same_seed_gives_an_identical_bundle_and_another_seed_does_not(data, seg
 
 def test_bundle_round_trip(data, seg_weights, tmp_path):
     bundle = make_bundle(data, seg_weights)
-    path = bundle.save(tmp_path / "model")
+    path = save_bundle(bundle, tmp_path / "model")
     loaded = ClassifierBundle.load(path)
     assert loaded.sha256 == bundle.sha256 == hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
     # hashed once per bundle (every study quotes it): the same string object each time
@@ -215,8 +217,8 @@ def test_bundle_round_trip(data, seg_weights, tmp_path):
 
 def test_bundle_records_its_hdog_parameters_in_the_manifest_and_the_identity(data, seg_weights, tmp_path):
     strict = HDoGParams(dog_threshold=0.008)
-    default = ClassifierBundle.load(make_bundle(data, seg_weights).save(tmp_path / "default"))
-    other = ClassifierBundle.load(make_bundle(data, seg_weights, hdog_params=strict).save(tmp_path / "other"))
+    default = ClassifierBundle.load(save_bundle(make_bundle(data, seg_weights), tmp_path / "default"))
+    other = ClassifierBundle.load(save_bundle(make_bundle(data, seg_weights, hdog_params=strict), tmp_path / "other"))
     manifest = json.loads((tmp_path / "other" / MANIFEST).read_text())
     assert other.hdog_params == strict and manifest["segmentation_model"]["settings"]["hdog"]["dog_threshold"] == 0.008
     cnn = other.segmentation_model()
@@ -241,7 +243,7 @@ def test_the_shipped_bundle_loads_and_its_segmentation_identity_matches():
 
 @pytest.fixture(scope="module")
 def saved_bundle(data, seg_weights, tmp_path_factory):
-    return make_bundle(data, seg_weights).save(tmp_path_factory.mktemp("bundle") / "model")
+    return save_bundle(make_bundle(data, seg_weights), tmp_path_factory.mktemp("bundle") / "model")
 
 
 @pytest.fixture

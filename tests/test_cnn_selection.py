@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from analysis.segmentation.cnn import (ProximityNet, SegmentationModel, SelectionParams, candidate_crops,
                                        outline_objects, predict_crop, proximity_target, select_candidates)
+from training.model_files import save_segmentation_model
 
 
 def test_proximity_target_follows_the_kernel():
@@ -107,7 +108,7 @@ def test_outlines_cut_a_merged_candidate_into_its_calcifications():
 
 def test_models_from_before_outlines_keep_hdogreg_rule(tmp_path):
     model = SegmentationModel(ProximityNet(), SelectionParams(prediction_threshold=0.5))
-    model.save(tmp_path / "old.pt")
+    save_segmentation_model(model, tmp_path / "old.pt")
     blob = torch.load(tmp_path / "old.pt", weights_only=True)
     del blob["params"]["outline_level"]       # as written before outlines existed
     torch.save(blob, tmp_path / "old.pt")
@@ -148,7 +149,7 @@ def test_prediction_keeps_the_crop_shape_at_other_spacings():
 
 def test_save_and_load_round_trip(tmp_path):
     model = SegmentationModel(ProximityNet(), SelectionParams(min_fraction=0.25), {"trained_on": "test"})
-    digest = model.save(tmp_path / "seg.pt")
+    digest = save_segmentation_model(model, tmp_path / "seg.pt")
     loaded = SegmentationModel.load(tmp_path / "seg.pt")
     assert loaded.params.min_fraction == 0.25 and loaded.info == {"trained_on": "test"}
     x = torch.randn(1, 1, 20, 20)
@@ -197,7 +198,7 @@ def test_models_from_before_local_scaling_keep_the_crop_scaling(tmp_path):
     from analysis.classify import segmentation_identity
 
     model = SegmentationModel(ProximityNet(), SelectionParams(input_normalisation="crop"))
-    model.save(tmp_path / "old.pt")
+    save_segmentation_model(model, tmp_path / "old.pt")
     blob = torch.load(tmp_path / "old.pt", weights_only=True)
     del blob["params"]["input_normalisation"]  # as written before local scaling existed
     torch.save(blob, tmp_path / "old.pt")

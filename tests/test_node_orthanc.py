@@ -169,12 +169,14 @@ def throwaway_bundle(tmp_path_factory) -> Path:
 
         from analysis.segmentation.cnn import ProximityNet, SegmentationModel
         from test_classify import fake_set, make_bundle
+        from training.model_files import save_bundle, save_segmentation_model
     except ImportError as exc:
         pytest.skip(f"the classifier training code is not importable: {exc}")
     out = tmp_path_factory.mktemp("bundle")
     torch.manual_seed(0)
-    SegmentationModel(net=ProximityNet(width=2), info={"notice": "untrained test net"}).save(out / "cnn.pt")
-    return make_bundle(fake_set(), out / "cnn.pt", name="node-test-throwaway").save(out / "model")
+    save_segmentation_model(SegmentationModel(net=ProximityNet(width=2), info={"notice": "untrained test net"}),
+                            out / "cnn.pt")
+    return save_bundle(make_bundle(fake_set(), out / "cnn.pt", name="node-test-throwaway"), out / "model")
 
 
 def test_orthanc_routes_a_study_through_the_real_analysis_with_a_throwaway_bundle(

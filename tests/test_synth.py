@@ -14,8 +14,8 @@ import pydicom
 import pytest
 from pydicom.uid import PYDICOM_ROOT_UID, UID
 
+from common.durable import atomic_path
 from training.synth import anatomy, clusters
-from training.synth.atomic import atomic_path
 from training.synth.calcifications import TYPE_PROPERTIES, make_particle, render_particle
 from training.synth.config import SynthConfig
 from training.synth.dataset import Progress, generate_case, generate_dataset

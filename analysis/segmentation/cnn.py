@@ -179,19 +179,17 @@ class SegmentationModel:
     params: SelectionParams = field(default_factory=SelectionParams)
     info: dict = field(default_factory=dict)  # how it was made: data, seeds, epochs, losses
 
-    def save(self, path: str | Path) -> str:
-        """Write weights + params + info to one file (atomically); returns its SHA-256."""
-        path = Path(path)
+    def to_bytes(self) -> bytes:
+        """The model file: weights + params + info in torch's format (``load`` reads it back).
+
+        Bytes, not a file: ``analysis`` writes no files of its own; the trainer writes them
+        durably (``training.model_files.save_segmentation_model``)."""
         buffer = io.BytesIO()
         torch.save({"format": "calcnode-segmentation-cnn/1", "width": self.net.width,
                     "state_dict": self.net.state_dict(), "params": asdict(self.params),
                     # JSON text: weights_only loading accepts no other objects (and it reads anywhere)
                     "info_json": json.dumps(self.info, default=_plain)}, buffer)
-        data = buffer.getvalue()
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-        return hashlib.sha256(data).hexdigest()
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path: str | Path) -> "SegmentationModel":

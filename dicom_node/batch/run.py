@@ -25,11 +25,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.durable import write_text
+
 from ..job import analyze_anywhere
 from .inputs import Inventory, folder_files, inventory, manifest_files
 from .store import (
     FAILURE_COLUMNS, MARKER_FORMAT, RESULT_COLUMNS, partial_dir, publish, read_marker, remove_partials,
-    settings_fingerprint, study_dir, study_key, write_atomic, write_csv,
+    settings_fingerprint, study_dir, study_key, write_csv,
 )
 
 
@@ -142,7 +144,7 @@ def run_batch(config, opts: BatchOptions, *, client=None) -> dict:
                "results": str(out / "results.csv"), "failures_table": str(out / "failures.csv"),
                "seconds": round(time.monotonic() - t0, 3), "cluster_start_seconds": round(cluster_s, 3),
                "stage_seconds_all_studies": stage_seconds}
-    write_atomic(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

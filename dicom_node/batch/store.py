@@ -21,11 +21,10 @@ import csv
 import hashlib
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
-from ..spool import _fsync_dir
+from common.durable import replace_dir, write_bytes
 
 MARKER = "done.json"
 MARKER_FORMAT = 1
@@ -84,14 +83,14 @@ def read_marker(out: Path, study_uid: str) -> dict | None:
 
 
 def publish(partial: Path, final: Path, marker: dict) -> None:
-    """Replace ``final`` by the complete ``partial`` folder, then write the marker into it."""
-    (final / MARKER).unlink(missing_ok=True)  # first: never an old marker beside new objects
-    if final.exists():
-        shutil.rmtree(final)
+    """Replace ``final`` by the complete ``partial`` folder, then write the marker into it.
+
+    The old folder (and its marker) goes in the same step as the new one arrives
+    (``common.durable.replace_dir``), so an old marker never stands beside new objects; the
+    marker comes last, once the objects are on disk."""
     partial.mkdir(parents=True, exist_ok=True)  # a study whose report could not be written has none
-    os.replace(partial, final)
-    _fsync_dir(final.parent)
-    write_atomic(final / MARKER, json.dumps(marker, indent=1, default=str).encode())
+    replace_dir(partial, final)
+    write_bytes(final / MARKER, json.dumps(marker, indent=1, default=str).encode())
 
 
 def remove_partials(out: Path) -> int:
@@ -105,22 +104,6 @@ def remove_partials(out: Path) -> int:
     return count
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, rename it onto ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def write_csv(path: Path, columns, rows) -> None:
     """A CSV table with a header row (``None`` cells empty, floats at full precision), atomically."""
     text = io.StringIO()
@@ -129,4 +112,4 @@ def write_csv(path: Path, columns, rows) -> None:
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else repr(row[k]) if isinstance(row.get(k), float)
                              else row[k]) for k in columns})
-    write_atomic(Path(path), text.getvalue().encode("utf-8"))
+    write_bytes(Path(path), text.getvalue().encode("utf-8"))

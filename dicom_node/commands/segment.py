@@ -10,6 +10,7 @@ import numpy as np
 from analysis.dicom_input import load_image
 from analysis.dicom_input.rois import parse_rois
 from analysis.segmentation.models import DEFAULT_SEGMENTATION_MODEL, NOT_FOR_CLINICAL_USE
+from common.durable import atomic_path
 
 from ..config import load_config
 
@@ -71,9 +72,9 @@ def run(args) -> int:
     }
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out / "labels.npz", labels=result.labels, particles=result.particles,
-                            sop_instance_uid=image.sop_instance_uid)
+        with atomic_path(out / "labels.npz") as tmp, open(tmp, "wb") as fh:  # a file object: no suffix added
+            np.savez_compressed(fh, labels=result.labels, particles=result.particles,
+                                sop_instance_uid=image.sop_instance_uid)
         write_overlay(image.pixels, result.labels, masks, out / "overlay.png")
         summary["files"] = [str(out / "labels.npz"), str(out / "overlay.png")]
     if args.json:
@@ -113,6 +114,5 @@ def write_overlay(pixels: np.ndarray, labels: np.ndarray, roi_masks: list[np.nda
     image = Image.fromarray(rgb)
     if max(image.size) > 2048:
         image.thumbnail((2048, 2048))
-    tmp = path.with_name(path.name + ".part")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")

@@ -16,7 +16,8 @@ settings; the settings the images are segmented with (HDoG parameters, ROI growt
 :func:`analysis.segmentation.settings.segmentation_settings`) are in the key as well, so the key
 follows what actually ran even if a caller passes an identity computed for other settings. A
 re-run with the same inputs reads them instead of recomputing; anything that would change a
-feature changes the key. Files are written to a temporary name and renamed (an interrupted run leaves no half file).
+feature changes the key. Files are written durably (:mod:`common.durable`: temporary name, fsync, rename, fsync of the
+folder), so an interrupted run or a power cut leaves no half file.
 """
 from __future__ import annotations
 
@@ -25,9 +26,7 @@ import json
 import contextlib
 import contextvars
 import multiprocessing
-import os
 import sys
-import tempfile
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from analysis.classify import feature_params_hash
 from analysis.features import DEFAULT_PARAMS, FeatureParams, RoiFeatures
 from analysis.segmentation.hdog import HDoGParams
 from analysis.segmentation.settings import segmentation_settings
+from common.durable import atomic_path
 
 from .labels import LabelledRoi
 
@@ -85,16 +85,8 @@ class FeatureCache:
             return None
 
     def put(self, key: str, features: RoiFeatures) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}.", suffix=".partial", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **features.to_dict())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.path(key)) as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
+            np.savez(fh, **features.to_dict())
 
 
 @dataclass(frozen=True, eq=False)

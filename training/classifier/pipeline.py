@@ -20,6 +20,7 @@ from analysis.features import DEFAULT_PARAMS
 from analysis.segmentation.hdog import HDoGParams
 from analysis.study import MIN_CALCIFICATIONS
 
+from ..model_files import save_bundle, save_segmentation_model
 from . import report as rep
 from .features import ExtractedRoi, FeatureCache, extract_features
 from .labels import LabelsError, file_sha256, match_outcomes
@@ -161,7 +162,7 @@ def _seg_model(path, log, threshold: float | None = None, workdir: Path | None =
     if threshold is not None:
         model.params = replace(model.params, prediction_threshold=float(threshold))
         path = Path(workdir) / path.name
-        model.save(path)
+        save_segmentation_model(model, path)
     identity = segmentation_identity(model, hdog_params)
     log(f"segmentation CNN {path.name} (weights {model.sha256[:12]}, prediction threshold "
         f"{model.params.prediction_threshold:.4g}; identity {identity[:12]})")
@@ -277,7 +278,7 @@ def _train(opt: TrainOptions, workdir: Path) -> dict:
                     "seed": s.seed},
         training_summary=summary, training_data=training_data, segmentation_model_path=seg_path,
         hdog_params=opt.hdog_params)
-    bundle.save(out)
+    save_bundle(bundle, out)
     log(f"wrote {out} (sha256 {bundle.sha256[:12]}); NOT FOR CLINICAL USE")
 
     report_dir.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from common import durable
 
 from .model import auc
 
@@ -87,27 +87,9 @@ def _clean(v):
 
 # --------------------------------------------------------------------------- figures
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _mkstemp(path: Path, suffix: str = ".partial") -> tuple[int, str]:
-    """A temporary file beside ``path`` with the permissions a plain open() would give."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())
-    return fd, tmp
-
-
 def _save_png(fig, path: Path) -> None:
-    fd, tmp = _mkstemp(path, ".png")
-    os.close(fd)
-    try:
+    with durable.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def roc_figure(path: Path, y, curves: list[tuple[str, np.ndarray]], operating_point: tuple[float, float] | None,
@@ -165,20 +147,13 @@ def importance_figure(path: Path, items: list[tuple[str, float]], title: str) ->
 # --------------------------------------------------------------------------- writing
 
 def write_json(path: Path, obj) -> Path:
-    fd, tmp = _mkstemp(path)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False, default=_plain)
-        fh.write("\n")
-    os.replace(tmp, path)
-    return path
+    """``obj`` as indented JSON (numpy values as plain ones), written durably."""
+    return durable.write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_plain) + "\n")
 
 
 def write_text(path: Path, text: str) -> Path:
-    fd, tmp = _mkstemp(path)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return path
+    """``text`` as UTF-8, written durably (:func:`common.durable.write_text`)."""
+    return durable.write_text(path, text)
 
 
 def _plain(value):

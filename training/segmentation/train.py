@@ -30,6 +30,7 @@ from analysis.segmentation.cnn import ProximityNet, SegmentationModel, Selection
 from analysis.segmentation.models import NOT_FOR_CLINICAL_USE
 
 from ..datasets import DatasetImage, scan_dataset
+from ..model_files import save_segmentation_model
 from .evaluate import SUPPORT_THRESHOLDS, collect_matches, froc, sensitivity_at
 from .patches import Patches, image_patches
 
@@ -202,7 +203,7 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
         "python": platform.python_version(),
     }
     model = SegmentationModel(net=net, params=params, info=info)
-    digest = model.save(out)
+    digest = save_segmentation_model(model, out)
     print(f"train-seg: wrote {out} (sha256 {digest[:16]}..., best epoch {best_epoch}, "
           f"validation loss {best_loss:.4f}). {NOT_FOR_CLINICAL_USE}", file=sys.stderr)
     return model

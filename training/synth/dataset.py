@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common.durable import atomic_path, remove_partials, write_text
+
 from . import anatomy as anatomy_mod
 from .anatomy import SUBCUTANEOUS_FAT_MM
-from .atomic import atomic_path, remove_partials, write_text
 from .calcifications import CALC_GAIN, paste, render_particle
 from .clusters import FEATURES, Cluster, bayes_auc, make_cluster
 from .config import SynthConfig

@@ -18,7 +18,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, PYDICOM_ROOT_UID, generate_uid
 
-from .atomic import atomic_path
+from common.durable import atomic_path
+
 from .roi_outline import RoiShape
 
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
@@ -181,7 +182,7 @@ def mg_dataset(pixels: np.ndarray, info: ImageInfo) -> Dataset:
 
 
 def save(ds: Dataset, path) -> None:
-    """Write ``ds`` atomically as a Part 10 file."""
+    """Write ``ds`` as a Part 10 file, atomically and durably (:func:`common.durable.atomic_path`)."""
     with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
 

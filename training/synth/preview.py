@@ -100,7 +100,7 @@ def render_preview(png: str | Path, seed: int = 2, rows: int = 3328, columns: in
         ax.set_yticks([])
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
-    from .atomic import atomic_path
+    from common.durable import atomic_path
 
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png")
