@@ -1,4 +1,4 @@
-"""ROI vectors from per-calcification features (SPEC 2.2, Marathe et al. 2022).
+"""ROI vectors from per-calcification features (docs/method.md §5, Marathe et al. 2022).
 
 k-means histogram aggregation (the method)
     For each of the three local sets -- ``foreground`` (102 pyradiomics features),
@@ -21,7 +21,7 @@ Deterministic handling of awkward data (fixed at fit time, stored in the model):
 - an object whose kept features are *all* missing (a one-pixel object in the pyradiomics
   sets) is left out of that set's histogram: fractions are over the measured objects;
 - an ROI with no measured object in a set gets K zeros for that set (sum 0, not 1) and
-  its global features are NaN (0 objects) -- LightGBM treats NaN as missing.  SPEC 2.2
+  its global features are NaN (0 objects) -- LightGBM treats NaN as missing.  docs/method.md §4.1
   reports ROIs with < 2 calcifications as not assessable before any scoring.
 - cluster assignment is the nearest centroid in float64 (ties -> lowest cluster index),
   so ``transform`` needs only the stored arrays and is reproducible bit for bit.

@@ -1,4 +1,4 @@
-"""The classifier model bundle: ROI features -> score in [0, 1], decision, contributions (SPEC 2.3, 2.4).
+"""The classifier model bundle: ROI features -> score in [0, 1], decision, contributions (docs/method.md §6, §7).
 
 A bundle is one versioned folder (``calcnode train`` writes it)::
 

@@ -16,7 +16,7 @@
    ``-src<k>``, k = the object's rank among the ROI files given;
 4. per ROI, :func:`analyze_roi` — a pure function of (pixels, spacing, bit depth, ROI mask,
    label image) and the bundle, so it can be mapped over ROIs by any engine: its calcifications
-   are the segmented objects whose centroid lies inside it (SPEC 2.2); with 0 or 1 the ROI is
+   are the segmented objects whose centroid lies inside it (docs/method.md §4.1); with 0 or 1 the ROI is
    ``not_assessable`` with the reason, else its features are extracted and scored by the
    bundle (:mod:`analysis.classify`).
 
@@ -73,7 +73,7 @@ def not_assessable_reason(n: int) -> str | None:
 
 
 def roi_calcifications(labels: np.ndarray, roi_mask: np.ndarray | None) -> tuple[int, ...]:
-    """Labels of the objects whose centroid (nearest pixel) lies inside the ROI (SPEC 2.2)."""
+    """Labels of the objects whose centroid (nearest pixel) lies inside the ROI (docs/method.md §4.1)."""
     return tuple(int(o.label) for o in select_roi_objects(np.asarray(labels), roi_mask))
 
 

@@ -36,7 +36,7 @@ def unavailable_identity(reason: str) -> ModelIdentity:
 
 
 class CalcnodeEngine:
-    """calcnode's analysis: ``analysis.study.analyze_study`` (SPEC §2) with the configured models.
+    """calcnode's analysis: ``analysis.study.analyze_study`` (docs/method.md §2.3) with the configured models.
 
     ``analysis.model_bundle`` "" = the shipped demonstration bundle (analysis/models/);
     ``analysis.segmentation_model`` "" = the CNN inside the bundle (the one its features were

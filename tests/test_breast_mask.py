@@ -1,4 +1,4 @@
-"""Breast mask (SPEC §2.1.1): threshold, largest bright region, 3.15 mm erosion, at ~0.5 mm."""
+"""Breast mask (docs/method.md §3.2): threshold, largest bright region, 3.15 mm erosion, at ~0.5 mm."""
 from __future__ import annotations
 
 import numpy as np

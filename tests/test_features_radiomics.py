@@ -77,7 +77,7 @@ def test_native_2d_equals_one_slice_force2d_and_force2d_on_2d_differs():
     sm.CopyInformation(si)
     forced = run(si, sm, force2D=True, force2Ddimension=0)
     changed = ~np.isclose(ours[0], forced, rtol=1e-9, equal_nan=True)
-    assert changed.sum() == 71  # SPEC 2.2: force2D on a native 2D image changes 71 features
+    assert changed.sum() == 71  # docs/method.md §4.2: force2D on a native 2D image changes 71 features
 
 
 def test_crop_equals_full_image_call():

@@ -1,4 +1,4 @@
-"""HDoG candidate detection (SPEC §2.1.2): scale, physical units, lines, bad input, exact cropping."""
+"""HDoG candidate detection (docs/method.md §3.3): scale, physical units, lines, bad input, exact cropping."""
 from __future__ import annotations
 
 import math

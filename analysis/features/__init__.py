@@ -1,4 +1,4 @@
-"""Per-calcification and per-ROI features (SPEC 2.2; Marathe et al. 2022).
+"""Per-calcification and per-ROI features (docs/method.md §4; Marathe et al. 2022).
 
 Entry point: :func:`extract_roi_features` -> :class:`RoiFeatures` with
 ``foreground`` (102 pyradiomics features per object), ``regionprops`` (13 per object),

@@ -3,11 +3,12 @@
 Conventions (used by every feature family):
 
 - ``calc_labels``: int label image of the *whole* image (0 = background); each
-  non-zero value is one calcification.  A boolean mask is labelled with
-  4-connectivity (the connectivity of the segmentation, SPEC 2.1); a list of
-  boolean object masks is turned into labels 1..n in list order.
+  non-zero value is one calcification (the segmentation passes its own labels:
+  8-connected objects, docs/method.md §3.5).  A boolean mask passed instead is
+  labelled with 4-connectivity (docs/method.md §4.1); a list of boolean object
+  masks is turned into labels 1..n in list order.
 - An object belongs to the ROI when its centroid (rounded to the nearest pixel)
-  lies inside ``roi_mask``; the whole object is kept (SPEC 2.2).
+  lies inside ``roi_mask``; the whole object is kept (docs/method.md §4.1).
   ``roi_mask=None`` keeps every object.
 - Coordinates in mm are pixel-centre indices times the spacing:
   y = row * row_spacing (increasing downwards), x = column * column_spacing.

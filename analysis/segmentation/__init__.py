@@ -1,4 +1,4 @@
-"""Segmentation of microcalcifications (SPEC §2.1): breast mask and HDoG candidates.
+"""Segmentation of microcalcifications (docs/method.md §3): breast mask and HDoG candidates.
 
 Pure functions on arrays (float32 pixels in [0, 1], calcifications bright) with every length
 parameter in mm, converted with the image's pixel spacing. The CNN selection step lives in

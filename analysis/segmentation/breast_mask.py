@@ -1,9 +1,9 @@
-"""Breast mask (HDoGReg step 1, SPEC §2.1.1), computed at about 0.5 mm and brought back to full size.
+"""Breast mask (HDoGReg step 1, docs/method.md §3.2), computed at about 0.5 mm and brought back to full size.
 
 HDoGReg (``hdogreg/image.py: delineate_breast``) thresholds the image at 0.2 x Otsu, removes
 small holes then small objects, labels the result, keeps the brighter (by median intensity) of
 the two largest regions (the below-threshold background counts as one region), fills its holes;
-the hybrid step then erodes it (a 45 x 45 px square there; 3.15 mm here, as SPEC §2.1.1 says).
+the hybrid step then erodes it (a 45 x 45 px square there; 3.15 mm here, docs/method.md §3.2).
 
 What this module does, all lengths in mm:
 

@@ -1,4 +1,4 @@
-"""Candidate selection by a regression CNN (HDoGReg step 3, SPEC §2.1.3).
+"""Candidate selection by a regression CNN (HDoGReg step 3, docs/method.md §3.4).
 
 The network predicts a *proximity map*: around every calcification pixel the
 target is K(d) = (exp(a (1 - d/x)) - 1) / (exp(a) - 1) for d <= x, else 0, with
@@ -373,7 +373,7 @@ class Selection:
 
 def select_candidates(pixels: np.ndarray, spacing_mm: float, candidate_labels: np.ndarray,
                       model: SegmentationModel, predictions: dict | None = None) -> Selection:
-    """Keep what the network supports (SPEC §2.1.3, with calcnode's outlines).
+    """Keep what the network supports (docs/method.md §3.4, with calcnode's outlines).
 
     Each candidate is cut to its pixels with prediction >= ``outline_level`` (8-connected pieces
     are the objects; with ``outline_level = None`` the objects are the whole candidates), and an

@@ -1,4 +1,4 @@
-"""HDoG candidate detection (HDoGReg step 2, SPEC §2.1.2) on crops, with parameters in mm.
+"""HDoG candidate detection (HDoGReg step 2, docs/method.md §3.3) on crops, with parameters in mm.
 
 The method, as HDoGReg's ``blob_detector_hdog`` + ``hessian_criterion`` (``hdogreg/image.py``)
 computes it, with its published parameters (``pipeline_infer.sh``: min_sigma 1.18, max_sigma 3.1,
@@ -529,7 +529,7 @@ def _empty(shape, params, spacing, boxes=()) -> Candidates:
 
 def hdog_candidates(pixels, spacing_mm, region=None, params: HDoGParams = HDoGParams(), *,
                     threads: int | None = None) -> Candidates:
-    """HDoG candidates (SPEC §2.1.2) whose component holds a peak inside ``region``.
+    """HDoG candidates (docs/method.md §3.3) whose component holds a peak inside ``region``.
 
     Parameters
     ----------

@@ -115,7 +115,7 @@ def grow_region(region: np.ndarray, spacing_mm: tuple[float, float], grow_mm: fl
 def segment(pixels: np.ndarray, spacing_mm: tuple[float, float], region: np.ndarray | None,
             model: SegmentationModel, hdog_params: HDoGParams = HDoGParams(), *,
             predictions: dict | None = None) -> Segmentation:
-    """Segment the calcifications of one image (SPEC §2.1).
+    """Segment the calcifications of one image (docs/method.md §3).
 
     Parameters
     ----------
@@ -124,7 +124,7 @@ def segment(pixels: np.ndarray, spacing_mm: tuple[float, float], region: np.ndar
     region : bool (rows, cols) where calcifications are wanted (the ROIs), or None for the
         whole breast. A candidate counts when an HDoG peak of it lies in the region grown by
         ``REGION_GROWTH_MM`` (1 mm): an ROI's calcifications are those whose *centroid* is in it
-        (SPEC §2.2), and a calcification at the edge can have its centroid inside and its peak
+        (docs/method.md §4.1), and a calcification at the edge can have its centroid inside and its peak
         just outside. It is kept whole.
     model : the trained selection network.
     hdog_params : the HDoG stage's parameters (mm). They, the network and the constants of

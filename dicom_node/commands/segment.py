@@ -50,7 +50,7 @@ def run(args) -> int:
     region = np.logical_or.reduce(masks) if masks else None
     model = SegmentationModel.load(args.model or DEFAULT_SEGMENTATION_MODEL)
     result = segment(image.pixels, image.pixel_spacing_mm, region, model)
-    # An ROI's calcifications: those whose centroid lies inside it (SPEC §2.2).
+    # An ROI's calcifications: those whose centroid lies inside it (docs/method.md §4.1).
     centres = np.round(np.stack([result.particles["row"], result.particles["col"]], axis=1)).astype(int) \
         if len(result) else np.zeros((0, 2), int)
     per_roi = []

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                        help="segmentation CNN (default: the shipped demonstration CNN); copied into the bundle")
     train.add_argument("--seg-threshold", type=float, metavar="T",
                        help="prediction threshold of the CNN's candidate selection for this model (default: the "
-                            "CNN's own; SPEC 2.1 / HDoGReg use 10^-3.5 = 0.000316); stored in the bundle's copy")
+                            "CNN's own; HDoGReg uses 10^-3.5 = 0.000316); stored in the bundle's copy")
     train.add_argument("--report", metavar="DIR", help="report folder (default: MODEL-report)")
     train.add_argument("--cache", metavar="DIR",
                        help="per-ROI feature cache (default: DATA/.calcnode-cache/features)")

@@ -1,4 +1,4 @@
-"""Training and evaluating the calcification-cluster classifier (SPEC 2.3, 2.4).
+"""Training and evaluating the calcification-cluster classifier (docs/method.md §6, §7).
 
 ``calcnode train`` / ``calcnode evaluate`` (:mod:`.cli`). The pieces:
 

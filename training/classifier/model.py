@@ -1,4 +1,4 @@
-"""The classifier's training procedure (SPEC 2.3).
+"""The classifier's training procedure (docs/method.md §6).
 
 Everything that is learned from data is learned on training folds only, in this order, per fold:
 
