@@ -20,12 +20,15 @@ from datetime import datetime
 from importlib import metadata
 from typing import Iterable, Mapping, Sequence
 
+import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
 from analysis.dicom_input.image import header_pixel_spacing
 
 from analysis.results import ImageResult, RoiResult, StudyResult
+
+from . import codes
 
 MANUFACTURER = "calcnode"
 MANUFACTURER_MODEL_NAME = "calcnode"
@@ -83,10 +86,6 @@ def series_description(result: StudyResult, kind: str) -> str:
 
 def contributing_equipment(result: StudyResult):
     """Contributing Equipment item: this node, the model, when it finished."""
-    import highdicom as hd
-
-    from . import codes
-
     return hd.ContributingEquipment(
         manufacturer=MANUFACTURER, purpose_of_reference=codes.PROCESSING_EQUIPMENT,
         manufacturer_model_name="calcnode", software_versions=software_versions(result),
