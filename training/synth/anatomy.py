@@ -263,13 +263,24 @@ def _upsample2(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.repeat(np.repeat(a, 2, axis=0), 2, axis=1)[: shape[0], : shape[1]]
 
 
+TISSUE_MODELS = ("processed", "smooth")
+
+
 def make_anatomy(shape: tuple[int, int], spacing_mm: float, view: str,
-                 rng: np.random.Generator, with_distractors: bool = True) -> Anatomy:
+                 rng: np.random.Generator, with_distractors: bool = True,
+                 tissue: str = "smooth") -> Anatomy:
     """A full synthetic breast in canonical orientation, ``shape`` pixels at ``spacing_mm``.
 
     Quantum noise and distractors included; calcifications are added afterwards by
-    :mod:`training.synth.calcifications`.
+    :mod:`training.synth.calcifications`. ``tissue="processed"`` adds Cooper's ligaments and
+    thin vessels (:mod:`training.synth.structures`) and the vendor-like processing
+    (:mod:`training.synth.processing`); they draw from a child stream spawned from ``rng``, so
+    ``rng``'s own draws, and with them the outline, texture and distractors, are those of
+    ``tissue="smooth"`` (today's images, unchanged).
     """
+    if tissue not in TISSUE_MODELS:
+        raise ValueError(f"tissue must be one of {TISSUE_MODELS}, not {tissue!r}")
+    extra_rng = rng.spawn(1)[0] if tissue == "processed" else None
     rows, cols = shape
     hshape = ((rows + 1) // 2, (cols + 1) // 2)  # smooth anatomy on a half-resolution grid
     hsp = spacing_mm * 2.0
@@ -313,9 +324,19 @@ def make_anatomy(shape: tuple[int, int], spacing_mm: float, view: str,
     distractors: list[dict] = [
         {"kind": "vessel_crossing", "row": r * 2 + 0.5, "col": c * 2 + 0.5, "diameter_mm": None}
         for r, c in crossings_h]
+    if extra_rng is not None:
+        from .structures import sharp_structures
+
+        sharp, crossings = sharp_structures(shape, spacing_mm, breast & ~pectoral, depth, nipple, extra_rng)
+        image += sharp
+        distractors += [{"kind": "vessel_crossing", "row": r, "col": c, "diameter_mm": None} for r, c in crossings]
     if with_distractors:
         distractors += add_point_distractors(image, breast & ~pectoral, depth, spacing_mm, view, rng)
     sigma = add_quantum_noise(image, spacing_mm, rng)
+    if extra_rng is not None:
+        from .processing import process_for_presentation
+
+        process_for_presentation(image, breast, depth, spacing_mm, extra_rng)
     np.clip(image, 0, 4095, out=image)
     return Anatomy(image=image, breast=breast, pectoral=pectoral, density=density,
                    depth_mm=depth, nipple_rc=nipple, noise_sigma=sigma, distractors=distractors)

@@ -50,6 +50,18 @@ def _otsu(values: np.ndarray) -> float:
     return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
 
 
+def find_breast(image: np.ndarray) -> np.ndarray:
+    """The breast (bool) of a grey-scale mammogram, dense tissue bright: pixels above
+    0.5 x Otsu, the largest component, holes filled. Use a downsampled copy (every 4th
+    pixel is plenty); burned-in markers outside the breast are dropped as small components."""
+    mask = image > 0.5 * _otsu(image)
+    lab, n = ndi.label(mask)
+    if n:
+        sizes = ndi.sum(mask, lab, range(1, n + 1))
+        mask = lab == (1 + int(np.argmax(sizes)))
+    return ndi.binary_fill_holes(mask)
+
+
 def _view(ds) -> str:
     texts = [str(ds.get("ViewPosition", "")), " ".join(map(str, ds.get("PatientOrientation", []) or [])),
              str(ds.get("PatientName", "")), str(ds.get("SeriesDescription", ""))]
@@ -88,14 +100,8 @@ def load_background(path: str | Path, default_spacing_mm: float,
     lo, hi = np.percentile(img[::4, ::4], [0.5, 99.95])
     img = (img - lo) * np.float32(3900.0 / max(hi - lo, 1e-6)) + np.float32(40.0)
     np.clip(img, 0, 4095, out=img)
-    # breast mask on a 4x downsampled copy: 0.5 x Otsu, largest component, filled
     small = img[::4, ::4]
-    mask = small > 0.5 * _otsu(small)
-    lab, n = ndi.label(mask)
-    if n:
-        sizes = ndi.sum(mask, lab, range(1, n + 1))
-        mask = lab == (1 + int(np.argmax(sizes)))
-    mask = ndi.binary_fill_holes(mask)
+    mask = find_breast(small)
     cols = mask.shape[1]
     flipped = bool(mask[:, cols // 2:].sum() > mask[:, : cols // 2].sum())
     if flipped:
