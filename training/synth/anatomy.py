@@ -22,6 +22,8 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage as ndi
 
+from .config import TISSUE_MODELS
+
 AIR_LEVEL = 60.0  # display value of the unexposed-to-breast background
 FAT_LEVEL = (1050.0, 1350.0)  # display value of pure fat, drawn per breast
 GLAND_GAIN = (800.0, 1200.0)  # added by fully glandular tissue
@@ -263,7 +265,6 @@ def _upsample2(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.repeat(np.repeat(a, 2, axis=0), 2, axis=1)[: shape[0], : shape[1]]
 
 
-TISSUE_MODELS = ("processed", "smooth")
 
 
 def make_anatomy(shape: tuple[int, int], spacing_mm: float, view: str,
