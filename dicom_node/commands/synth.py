@@ -117,7 +117,7 @@ def run(args) -> int:
         from training.synth.preview import render_preview
 
         path = render_preview(args.preview, seed=args.seed, rows=config.rows, columns=config.columns,
-                              type_weights=config.type_weights)
+                              type_weights=config.type_weights, tissue=config.tissue)
         print(f"wrote {path}")
         if args.out is None:
             return 0
