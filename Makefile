@@ -38,9 +38,9 @@ INTEROP_MG := ../shared/interop/mg
 SYNTH_TYPES := amorphous:3,punctate,fine_pleomorphic,fine_linear_branching
 demo-seg-model: $(STAMP)
 	rm -rf data/seg-train data/seg-train-bg data/seg-train-2
-	$(BIN)/calcnode synth --out data/seg-train --cases 30 --seed 101 --types $(SYNTH_TYPES) --quiet
-	$(BIN)/calcnode synth --out data/seg-train-2 --cases 20 --seed 103 --types $(SYNTH_TYPES) --quiet
-	$(BIN)/calcnode synth --out data/seg-train-bg --cases 30 --seed 102 --types $(SYNTH_TYPES) \
+	$(BIN)/calcnode synth --out data/seg-train --cases 30 --seed 101 --types $(SYNTH_TYPES) --tissue smooth --quiet
+	$(BIN)/calcnode synth --out data/seg-train-2 --cases 20 --seed 103 --types $(SYNTH_TYPES) --tissue smooth --quiet
+	$(BIN)/calcnode synth --out data/seg-train-bg --cases 30 --seed 102 --types $(SYNTH_TYPES) --tissue smooth \
 	    --max-clusters 3 --quiet --background $(INTEROP_MG)/MG1_J2KI.dcm \
 	    $(INTEROP_MG)/cbis_ddsm/benign_1-130.dcm $(INTEROP_MG)/cbis_ddsm/malignant_1-280.dcm
 	$(BIN)/calcnode train-seg --data data/seg-train --data data/seg-train-bg --data data/seg-train-2 --seed 0 \
@@ -50,8 +50,8 @@ demo-seg-model: $(STAMP)
 # evaluation: evaluate-seg (the model) and seg-ceiling (what the data allow at all). ~5 minutes.
 seg-test-data: $(STAMP)
 	rm -rf data/seg-test data/seg-test-bg
-	$(BIN)/calcnode synth --out data/seg-test --cases 8 --seed 201 --types $(SYNTH_TYPES) --quiet
-	$(BIN)/calcnode synth --out data/seg-test-bg --cases 3 --seed 202 --types $(SYNTH_TYPES) \
+	$(BIN)/calcnode synth --out data/seg-test --cases 8 --seed 201 --types $(SYNTH_TYPES) --tissue smooth --quiet
+	$(BIN)/calcnode synth --out data/seg-test-bg --cases 3 --seed 202 --types $(SYNTH_TYPES) --tissue smooth \
 	    --max-clusters 3 --quiet --background $(INTEROP_MG)/MG1_J2KI.dcm \
 	    $(INTEROP_MG)/cbis_ddsm/benign_1-130.dcm $(INTEROP_MG)/cbis_ddsm/malignant_1-280.dcm
 
@@ -66,7 +66,7 @@ evaluate-demo-seg: seg-test-data
 # selection threshold 10^-3.5. About 10 minutes on 2 cores (2026-12-03). See docs/classifier.md.
 demo-classifier: $(STAMP)
 	rm -rf data/cls-train
-	$(BIN)/calcnode synth --out data/cls-train --cases 170 --seed 201 --lateralities L --quiet
+	$(BIN)/calcnode synth --out data/cls-train --cases 170 --seed 201 --lateralities L --tissue smooth --quiet
 	$(BIN)/calcnode train --data data/cls-train --seed 0 --seg-threshold 0.000316 \
 	    --name calcnode-demo --version 1.1.0 \
 	    --out analysis/models/calcnode-demo-1.1.0 --report analysis/models/calcnode-demo-1.1.0-report

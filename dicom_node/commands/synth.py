@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from training.synth.config import (CALCIFICATION_TYPES, DEFAULT_BACKGROUND_SPACING_MM, DEFAULT_DIFFICULTY,
-                     DEFAULT_SIZE, DEFAULT_SPACING_MM, ROI_FORMATS, ROI_SHAPES, SynthConfig,
+                     DEFAULT_SIZE, DEFAULT_SPACING_MM, ROI_FORMATS, ROI_SHAPES, TISSUE_MODELS, SynthConfig,
                      parse_type_weights)
 
 EPILOG = """\
@@ -64,11 +64,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--roi-format", choices=ROI_FORMATS, default="gsps", help="ROIs as GSPS (default) or SEG")
     p.add_argument("--roi-shape", choices=ROI_SHAPES, default="polyline",
                    help="GSPS graphic: polyline (default), circle, ellipse or mixed")
-    p.add_argument("--background", nargs="+", default=[], metavar="DICOM",
-                   help="insert clusters into these real mammograms (one image per case, cycled)")
+    p.add_argument("--background", nargs="+", default=[], metavar="DICOM|PNG",
+                   help="insert clusters into these real mammograms (one image per case, cycled): DICOM, "
+                        "or 16-bit PNG (view and laterality from names like *_L-CC.png; a "
+                        "STEM_benign_lesion_mask.png beside it is kept free of clusters)")
     p.add_argument("--background-spacing", type=float, default=DEFAULT_BACKGROUND_SPACING_MM, metavar="MM",
                    help="pixel spacing to assume for a background whose header states none "
                         f"(default {DEFAULT_BACKGROUND_SPACING_MM}, digitised DDSM / NEMA WG04 film)")
+    p.add_argument("--tissue", choices=TISSUE_MODELS, default="processed",
+                   help="processed (default): vendor-like For Presentation tissue (fine grain, edge "
+                        "enhancement, Cooper's ligaments, thin vessels, bright skin line), noise power "
+                        "spectrum matched to real views; smooth: the earlier smooth tissue, byte for byte")
     p.add_argument("--no-distractors", action="store_true", help="leave out skin marks, noise peaks, deodorant")
     p.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -90,7 +96,8 @@ def config_from_args(args) -> SynthConfig:
         max_clusters=args.max_clusters, p_negative_case=args.negative_fraction,
         roi_format=args.roi_format, roi_shape=args.roi_shape,
         backgrounds=tuple(str(Path(b).resolve()) for b in args.background),
-        background_spacing_mm=args.background_spacing, distractors=not args.no_distractors)
+        background_spacing_mm=args.background_spacing, distractors=not args.no_distractors,
+        tissue=args.tissue)
 
 
 def run(args) -> int:
@@ -110,7 +117,7 @@ def run(args) -> int:
         from training.synth.preview import render_preview
 
         path = render_preview(args.preview, seed=args.seed, rows=config.rows, columns=config.columns,
-                              type_weights=config.type_weights)
+                              type_weights=config.type_weights, tissue=config.tissue)
         print(f"wrote {path}")
         if args.out is None:
             return 0

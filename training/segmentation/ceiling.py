@@ -51,6 +51,7 @@ from ..datasets import image_rois, load_truth, roi_region, scan_dataset
 from .evaluate import MATCH_DISTANCE_MM, particle_kinds
 from ..synth.config import SynthConfig
 from ..synth.dataset import calcification_free_image
+from ..synth.tissue_stats import noise_power_spectrum
 
 WINDOW_MM = 2.24          # NPS / filter window (32 px at 0.07 mm): holds the largest particle's template
 HIGHPASS_MM = 1.0         # the slow density trend is removed with a Gaussian of this sigma
@@ -72,14 +73,6 @@ def noise_windows(background: np.ndarray, window: int) -> np.ndarray:
         raise ValueError(f"background {background.shape} is smaller than one {window} px window")
     tiles = np.stack(tiles).astype(np.float64)
     return tiles - tiles.mean(axis=(1, 2), keepdims=True)
-
-
-def noise_power_spectrum(windows: np.ndarray) -> np.ndarray:
-    """The NPS (|DFT|², per window) from Hann-tapered windows, corrected for the taper's power."""
-    n = windows.shape[-1]
-    hann = np.outer(np.hanning(n), np.hanning(n))
-    power = np.mean(np.abs(np.fft.fft2(windows * hann)) ** 2, axis=0) / np.mean(hann ** 2)
-    return np.maximum(power, power.max() * 1e-9)
 
 
 def prewhitened_filter(template: np.ndarray, nps: np.ndarray) -> np.ndarray:

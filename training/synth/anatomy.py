@@ -22,6 +22,11 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage as ndi
 
+from .config import TISSUE_MODELS
+from .structures import crossings as _crossings
+from .structures import draw_curves as _draw_curves
+from .structures import sharp_structures
+
 AIR_LEVEL = 60.0  # display value of the unexposed-to-breast background
 FAT_LEVEL = (1050.0, 1350.0)  # display value of pure fat, drawn per breast
 GLAND_GAIN = (800.0, 1200.0)  # added by fully glandular tissue
@@ -153,51 +158,6 @@ def breast_outline(shape: tuple[int, int], spacing_mm: float, view: str, rng: np
     return breast, pectoral, nipple, alpha
 
 
-def _draw_curves(shape: tuple[int, int], spacing_mm: float, rng: np.random.Generator,
-                 starts: np.ndarray, headings: np.ndarray, lengths_mm: np.ndarray,
-                 curl: float, branch_p: float, mask: np.ndarray) -> tuple[np.ndarray, list]:
-    """Rasterise random smooth curves (random walks of the heading).
-
-    ``starts`` (n, 2) in pixels (row, col); ``headings`` radians; step 0.5 pixel.
-    Curves stop at the mask edge. Returns (float32 image with 1 where a curve
-    passes, list of (root index, (k, 2) points), one per curve or branch).
-    """
-    out = np.zeros(shape, dtype=np.float32)
-    paths: list[np.ndarray] = []
-    step_px = 0.5
-    queue = [(s, h, l, k) for k, (s, h, l) in enumerate(zip(starts, headings, lengths_mm))]
-    guard = 0
-    while queue and guard < 400:
-        guard += 1
-        (r0, c0), heading, length_mm, root = queue.pop()
-        n = int(length_mm / spacing_mm / step_px)
-        if n < 2:
-            continue
-        dh = np.cumsum(rng.normal(0.0, curl, n)) * 0.3
-        dh = ndi.gaussian_filter1d(dh, 8.0, mode="nearest")
-        angles = heading + dh
-        rr = r0 + np.cumsum(np.sin(angles)) * step_px
-        cc = c0 + np.cumsum(np.cos(angles)) * step_px
-        ri = np.round(rr).astype(np.int64)
-        ci = np.round(cc).astype(np.int64)
-        ok = (ri >= 0) & (ri < shape[0]) & (ci >= 0) & (ci < shape[1])
-        stop = np.argmin(ok) if not ok.all() else n
-        ri, ci = ri[:stop], ci[:stop]
-        if ri.size == 0:
-            continue
-        inside = mask[ri, ci]
-        stop = np.argmin(inside) if not inside.all() else ri.size
-        ri, ci = ri[:stop], ci[:stop]
-        out[ri, ci] = 1.0
-        paths.append((root, np.stack([rr[:stop], cc[:stop]], axis=1)))
-        if branch_p > 0 and ri.size > 20 and rng.random() < branch_p:
-            k = int(rng.integers(ri.size // 4, ri.size * 3 // 4))
-            side = rng.choice([-1.0, 1.0])
-            queue.append(((float(ri[k]), float(ci[k])), float(angles[k] + side * rng.uniform(0.3, 0.8)),
-                          0.6 * (ri.size - k) * step_px * spacing_mm, root))
-    return out, paths
-
-
 def linear_structures(shape: tuple[int, int], spacing_mm: float, breast: np.ndarray,
                       nipple_rc: tuple[float, float], rng: np.random.Generator) -> tuple[np.ndarray, list]:
     """Ducts (faint, ~0.6 mm, converging on the nipple) and vessels (1-2 mm, long,
@@ -234,25 +194,6 @@ def linear_structures(shape: tuple[int, int], spacing_mm: float, breast: np.ndar
     return out, crossings
 
 
-def _crossings(paths: list[tuple[int, np.ndarray]], radius_px: float) -> list[tuple[float, float]]:
-    """Centres of places where curves of two different vessels come within ``radius_px``
-    (a branch meeting its own parent is not a crossing)."""
-    from scipy.spatial import cKDTree
-
-    found: list[tuple[float, float]] = []
-    for j, (root, pts) in enumerate(paths):
-        others = [p for r, p in paths[:j] if r != root and len(p)]
-        if not others or not len(pts):
-            continue
-        tree = cKDTree(np.concatenate(others))
-        near = np.array([len(x) > 0 for x in tree.query_ball_point(pts, radius_px)])
-        if near.any():
-            lab, n = ndi.label(near)
-            for k in range(1, n + 1):
-                found.append(tuple(float(v) for v in pts[lab == k].mean(axis=0)))
-    return found
-
-
 def _smoothstep(t: np.ndarray) -> np.ndarray:
     t = np.clip(t, 0.0, 1.0)
     return t * t * (3 - 2 * t)
@@ -263,13 +204,23 @@ def _upsample2(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.repeat(np.repeat(a, 2, axis=0), 2, axis=1)[: shape[0], : shape[1]]
 
 
+
+
 def make_anatomy(shape: tuple[int, int], spacing_mm: float, view: str,
-                 rng: np.random.Generator, with_distractors: bool = True) -> Anatomy:
+                 rng: np.random.Generator, with_distractors: bool = True,
+                 tissue: str = "smooth") -> Anatomy:
     """A full synthetic breast in canonical orientation, ``shape`` pixels at ``spacing_mm``.
 
     Quantum noise and distractors included; calcifications are added afterwards by
-    :mod:`training.synth.calcifications`.
+    :mod:`training.synth.calcifications`. ``tissue="processed"`` adds Cooper's ligaments and
+    thin vessels (:mod:`training.synth.structures`) and the vendor-like processing
+    (:mod:`training.synth.processing`); they draw from a child stream spawned from ``rng``, so
+    ``rng``'s own draws, and with them the outline, texture and distractors, are those of
+    ``tissue="smooth"`` (today's images, unchanged).
     """
+    if tissue not in TISSUE_MODELS:
+        raise ValueError(f"tissue must be one of {TISSUE_MODELS}, not {tissue!r}")
+    extra_rng = rng.spawn(1)[0] if tissue == "processed" else None
     rows, cols = shape
     hshape = ((rows + 1) // 2, (cols + 1) // 2)  # smooth anatomy on a half-resolution grid
     hsp = spacing_mm * 2.0
@@ -313,9 +264,17 @@ def make_anatomy(shape: tuple[int, int], spacing_mm: float, view: str,
     distractors: list[dict] = [
         {"kind": "vessel_crossing", "row": r * 2 + 0.5, "col": c * 2 + 0.5, "diameter_mm": None}
         for r, c in crossings_h]
+    if extra_rng is not None:
+        sharp, crossings = sharp_structures(shape, spacing_mm, breast & ~pectoral, depth, nipple, extra_rng)
+        image += sharp
+        distractors += [{"kind": "vessel_crossing", "row": r, "col": c, "diameter_mm": None} for r, c in crossings]
     if with_distractors:
         distractors += add_point_distractors(image, breast & ~pectoral, depth, spacing_mm, view, rng)
     sigma = add_quantum_noise(image, spacing_mm, rng)
+    if extra_rng is not None:
+        from .processing import process_for_presentation
+
+        process_for_presentation(image, breast, depth, spacing_mm, extra_rng)
     np.clip(image, 0, 4095, out=image)
     return Anatomy(image=image, breast=breast, pectoral=pectoral, density=density,
                    depth_mm=depth, nipple_rc=nipple, noise_sigma=sigma, distractors=distractors)

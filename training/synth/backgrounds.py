@@ -16,6 +16,7 @@ synthetic anatomy; ``flipped`` says whether it must be mirrored back.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from scipy import ndimage as ndi
 from .anatomy import Anatomy
 
 REFERENCE_RANGE = 1000.0  # p95 - p5 of breast pixels in a typical synthetic image
+LESION_MARGIN_MM = 3.0  # a marked lesion is kept this far from any inserted particle
 
 
 @dataclass
@@ -50,6 +52,18 @@ def _otsu(values: np.ndarray) -> float:
     return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
 
 
+def find_breast(image: np.ndarray) -> np.ndarray:
+    """The breast (bool) of a grey-scale mammogram, dense tissue bright: pixels above
+    0.5 x Otsu, the largest component, holes filled. Use a downsampled copy (every 4th
+    pixel is plenty); burned-in markers outside the breast are dropped as small components."""
+    mask = image > 0.5 * _otsu(image)
+    lab, n = ndi.label(mask)
+    if n:
+        sizes = ndi.sum(mask, lab, range(1, n + 1))
+        mask = lab == (1 + int(np.argmax(sizes)))
+    return ndi.binary_fill_holes(mask)
+
+
 def _view(ds) -> str:
     texts = [str(ds.get("ViewPosition", "")), " ".join(map(str, ds.get("PatientOrientation", []) or [])),
              str(ds.get("PatientName", "")), str(ds.get("SeriesDescription", ""))]
@@ -65,10 +79,15 @@ def _view(ds) -> str:
     return "CC"
 
 
-def load_background(path: str | Path, default_spacing_mm: float,
-                    rng: np.random.Generator | None = None) -> Background:
-    """Read ``path`` and prepare it as a canonical 12-bit background (``rng`` is unused:
-    preparing a background is deterministic)."""
+PNG_NAME = re.compile(r"(?:^|[^A-Z])([LR])[-_ ]?(CC|MLO)(?:[^A-Z]|$)", re.IGNORECASE)
+LESION_SUFFIX = "_benign_lesion_mask.png"
+# GMIC's model-input frame (nyukat/GMIC, src/data_loading/augmentations.py): the NYU sample's
+# lesion masks are stored in it, not in the cropped view's pixels.
+GMIC_FRAME = (2944, 1920)
+GMIC_NOISE = 100  # max_crop_noise = max_crop_size_noise = 100 px in GMIC's run_model parameters
+
+
+def _read_dicom(path: Path, default_spacing_mm: float) -> tuple:
     ds = pydicom.dcmread(path)
     stored = ds.pixel_array
     if stored.ndim != 2:
@@ -84,26 +103,87 @@ def load_background(path: str | Path, default_spacing_mm: float,
             break
     if spacing is None:
         spacing = float(default_spacing_mm)
+    lat = str(ds.get("ImageLaterality", ds.get("Laterality", "")) or "")
+    return img, spacing, source, lat, _view(ds), str(ds.get("SOPInstanceUID", ""))
+
+
+def _read_png(path: Path, default_spacing_mm: float) -> tuple:
+    """A grey-scale PNG (16-bit, MONOCHROME2: dense tissue bright). A PNG states no spacing:
+    ``default_spacing_mm`` is used and recorded as assumed. Laterality and view come from a
+    name like ``*_L-CC.png`` / ``*_R_MLO.png`` (else inferred / CC)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        img = np.asarray(im).astype(np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"{path}: background must be a single-channel grey-scale PNG")
+    m = PNG_NAME.search(path.stem)
+    lat, view = (m.group(1).upper(), m.group(2).upper()) if m else ("", "CC")
+    return img, float(default_spacing_mm), "assumed", lat, view, ""
+
+
+def lesion_mask(path: str | Path, shape: tuple[int, int], view: str, flipped: bool) -> np.ndarray | None:
+    """The ``STEM_benign_lesion_mask.png`` beside a PNG background as a bool array of ``shape`` in
+    canonical orientation (chest wall at column 0), or None if there is none.
+
+    A mask of the view's own size is taken as stored (mirrored with the image when ``flipped``). A mask in GMIC's 2944 x 1920 model-input
+    frame (the NYU sample's) is mapped back: that frame faces right (right breasts mirrored),
+    a view shorter than the frame sits at the top (MLO) or centred with GMIC's padding (CC:
+    ``(2944 - rows + 400) // 2 - 200`` rows down), at column 0. A larger view was cropped
+    around an unknown centre: refused.
+    """
+    path = Path(path)
+    mask_path = path.with_name(path.stem + LESION_SUFFIX)
+    if not mask_path.is_file():
+        return None
+    from PIL import Image
+
+    with Image.open(mask_path) as im:
+        mask = np.asarray(im) > 0
+    if mask.ndim == 3:
+        mask = mask.any(axis=2)
+    if mask.shape == shape:
+        return mask[:, ::-1] if flipped else mask
+    rows, cols = shape
+    frame_rows, frame_cols = GMIC_FRAME
+    if mask.shape != GMIC_FRAME or cols >= frame_cols + 2 * GMIC_NOISE:
+        raise ValueError(f"{mask_path}: mask {mask.shape} matches neither the image {shape} nor GMIC's frame")
+    if view == "CC" and rows < frame_rows + 4 * GMIC_NOISE:
+        top = (frame_rows - rows + 4 * GMIC_NOISE) // 2 - 2 * GMIC_NOISE
+    elif view == "MLO" and rows < frame_rows + 2 * GMIC_NOISE:
+        top = 0
+    else:
+        raise ValueError(f"{mask_path}: the view is larger than GMIC's frame; the mask cannot be aligned")
+    out = np.zeros(shape, dtype=bool)
+    part = mask[top:top + rows, :cols]
+    out[:part.shape[0], :part.shape[1]] = part
+    return out
+
+
+def load_background(path: str | Path, default_spacing_mm: float,
+                    rng: np.random.Generator | None = None) -> Background:
+    """Read ``path`` (DICOM, or a grey-scale PNG) and prepare it as a canonical 12-bit background
+    (``rng`` is unused: preparing a background is deterministic).
+
+    A PNG's ``STEM_benign_lesion_mask.png`` (:func:`lesion_mask`), dilated by
+    ``LESION_MARGIN_MM``, is kept free of clusters: it joins the ``pectoral`` mask, the region
+    cluster placement keeps every cluster out of.
+    """
+    path = Path(path)
+    is_png = path.suffix.lower() == ".png"
+    img, spacing, source, lat, view, sop_uid = (_read_png if is_png else _read_dicom)(path, default_spacing_mm)
     # rescale to 12 bits on robust percentiles of the whole image
     lo, hi = np.percentile(img[::4, ::4], [0.5, 99.95])
     img = (img - lo) * np.float32(3900.0 / max(hi - lo, 1e-6)) + np.float32(40.0)
     np.clip(img, 0, 4095, out=img)
-    # breast mask on a 4x downsampled copy: 0.5 x Otsu, largest component, filled
     small = img[::4, ::4]
-    mask = small > 0.5 * _otsu(small)
-    lab, n = ndi.label(mask)
-    if n:
-        sizes = ndi.sum(mask, lab, range(1, n + 1))
-        mask = lab == (1 + int(np.argmax(sizes)))
-    mask = ndi.binary_fill_holes(mask)
+    mask = find_breast(small)
     cols = mask.shape[1]
     flipped = bool(mask[:, cols // 2:].sum() > mask[:, : cols // 2].sum())
     if flipped:
         img, mask = img[:, ::-1].copy(), mask[:, ::-1].copy()
-    lat = str(ds.get("ImageLaterality", ds.get("Laterality", "")) or "")
     if lat not in ("L", "R"):
         lat = "R" if flipped else "L"  # stored with the chest wall on the right -> right breast
-    view = _view(ds)
     rows_full, cols_full = img.shape
     up = lambda a, order: ndi.zoom(a, (rows_full / a.shape[0], cols_full / a.shape[1]), order=order,  # noqa: E731
                                    grid_mode=True, mode="nearest")[:rows_full, :cols_full]
@@ -120,6 +200,9 @@ def load_background(path: str | Path, default_spacing_mm: float,
         yy = np.arange(rows_full)[:, None] / (0.45 * rows_full)
         xx = np.arange(cols_full)[None, :] / (0.35 * cols_full)
         pectoral = (yy + xx) < 1.0
+    lesion = lesion_mask(path, (rows_full, cols_full), view, flipped) if is_png else None
+    if lesion is not None:
+        pectoral = pectoral | ndi.binary_dilation(lesion, iterations=max(1, int(LESION_MARGIN_MM / spacing)))
     vals = img[::4, ::4][mask]  # img and mask are both in canonical orientation here
     p5, p95 = np.percentile(vals, [5, 95]) if vals.size else (0.0, REFERENCE_RANGE)
     contrast_scale = float(np.clip((p95 - p5) / REFERENCE_RANGE, 0.5, 2.0))
@@ -129,8 +212,7 @@ def load_background(path: str | Path, default_spacing_mm: float,
     anatomy = Anatomy(image=np.ascontiguousarray(img, dtype=np.float32), breast=breast,
                       pectoral=pectoral, density=density, depth_mm=depth,
                       nipple_rc=_nipple(breast), noise_sigma=noise, distractors=[])
-    return Background(anatomy, spacing, source, lat, view, flipped, contrast_scale,
-                      Path(path).name, str(ds.get("SOPInstanceUID", "")))
+    return Background(anatomy, spacing, source, lat, view, flipped, contrast_scale, path.name, sop_uid)
 
 
 def _nipple(breast: np.ndarray) -> tuple[float, float]:

@@ -29,6 +29,7 @@ DEFAULT_SIZE = (3328, 2560)  # rows x columns, Hologic 18 x 24 cm paddle at 0.07
 DEFAULT_SPACING_MM = 0.07
 DEFAULT_DIFFICULTY = 0.4  # Bayes-optimal AUC = 1 - difficulty / 2 = 0.80
 DEFAULT_BACKGROUND_SPACING_MM = 0.05  # digitised DDSM film (Lumisys 50 um), NEMA WG04 MG1
+TISSUE_MODELS = ("processed", "smooth")  # anatomy.TISSUE_MODELS; "smooth" = the images before the option existed
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class SynthConfig:
     background_spacing_mm: float = DEFAULT_BACKGROUND_SPACING_MM
     manufacturer: str = "CALCNODE SYNTH (HOLOGIC-LIKE)"
     distractors: bool = True
+    # "processed": vendor-like For Presentation look (docs/simulator.md, Tissue realism);
+    # "smooth": the earlier images, byte for byte (kept out of to_json, so their UIDs stay too)
+    tissue: str = "processed"
 
     def __post_init__(self) -> None:
         if self.cases < 1:
@@ -79,6 +83,8 @@ class SynthConfig:
             raise ValueError(f"views must be a subset of {VIEWS}")
         if not self.lateralities or any(v not in LATERALITIES for v in self.lateralities):
             raise ValueError(f"lateralities must be a subset of {LATERALITIES}")
+        if self.tissue not in TISSUE_MODELS:
+            raise ValueError(f"tissue must be one of {TISSUE_MODELS}")
         if self.max_clusters < 1:
             raise ValueError("max_clusters must be >= 1")
 
@@ -89,6 +95,8 @@ class SynthConfig:
     def to_json(self) -> dict:
         data = asdict(self)
         data["type_weights"] = dict(self.type_weights)
+        if self.tissue == "smooth":  # as written before the field existed: same fingerprint, same UIDs
+            del data["tissue"]
         return data
 
     @classmethod
@@ -96,6 +104,7 @@ class SynthConfig:
         """The configuration that :meth:`to_json` wrote (``dataset.json``'s ``config``)."""
         data = dict(data)
         data["type_weights"] = tuple(data["type_weights"].items())
+        data.setdefault("tissue", "smooth")  # a dataset.json without it was made with smooth tissue
         for key in ("views", "lateralities", "backgrounds"):
             data[key] = tuple(data[key])
         return cls(**data)

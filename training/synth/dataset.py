@@ -173,7 +173,8 @@ def calcification_free_image(config: SynthConfig, case_index: int, laterality: s
     plan = _image_plan(config, case_index)
     index = plan.index((laterality, view, None))
     anat = anatomy_mod.make_anatomy((config.rows, config.columns), config.pixel_spacing_mm, view,
-                                    image_rng(config, case_index, index), with_distractors=config.distractors)
+                                    image_rng(config, case_index, index), with_distractors=config.distractors,
+                                    tissue=config.tissue)
     image = np.clip(anat.image, 0, 4095)
     return np.rint(image[:, ::-1] if laterality == "R" else image).astype(np.float64)
 
@@ -248,7 +249,7 @@ def _generate_image(config, case_index, image_index, lat, view, bg_path, cluster
     else:
         spacing = config.pixel_spacing_mm
         anat = anatomy_mod.make_anatomy((config.rows, config.columns), spacing, view, rng,
-                                        with_distractors=config.distractors)
+                                        with_distractors=config.distractors, tissue=config.tissue)
         mirror = lat == "R"
         spacing_source = "ImagerPixelSpacing"
         derivation = None

@@ -40,8 +40,10 @@ def _read_roi_polygon(path: Path, sop_uid: str, roi_id: int) -> np.ndarray:
 
 
 def render_preview(png: str | Path, seed: int = 2, rows: int = 3328, columns: int = 2560,
-                   type_weights=(("amorphous", 1.0),)) -> Path:
-    """Generate one case and draw its first ROI. Returns the PNG path."""
+                   type_weights=(("amorphous", 1.0),), tissue: str = "smooth") -> Path:
+    """Generate one case and draw its first ROI. Returns the PNG path. ``tissue`` defaults to
+    ``smooth``: docs/img/synth_example.png was drawn with it (a processed image's grain makes the
+    PNG several times larger)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +52,7 @@ def render_preview(png: str | Path, seed: int = 2, rows: int = 3328, columns: in
 
     png = Path(png)
     config = SynthConfig(cases=1, seed=seed, rows=rows, columns=columns, type_weights=tuple(type_weights),
-                         lateralities=("L",), views=("CC",), max_clusters=1)
+                         lateralities=("L",), views=("CC",), max_clusters=1, tissue=tissue)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         res = generate_case(config, 0, out)
