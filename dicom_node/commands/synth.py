@@ -71,10 +71,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--background-spacing", type=float, default=DEFAULT_BACKGROUND_SPACING_MM, metavar="MM",
                    help="pixel spacing to assume for a background whose header states none "
                         f"(default {DEFAULT_BACKGROUND_SPACING_MM}, digitised DDSM / NEMA WG04 film)")
-    p.add_argument("--tissue", choices=TISSUE_MODELS, default="processed",
-                   help="processed (default): vendor-like For Presentation tissue (fine grain, edge "
-                        "enhancement, Cooper's ligaments, thin vessels, bright skin line), noise power "
-                        "spectrum matched to real views; smooth: the earlier smooth tissue, byte for byte")
+    p.add_argument("--tissue", choices=TISSUE_MODELS, default="smooth",
+                   help="smooth (default): the tissue the shipped models were trained on; processed: "
+                        "vendor-like For Presentation tissue (fine grain, edge enhancement, Cooper's "
+                        "ligaments, thin vessels, bright skin line), noise power spectrum matched to real "
+                        "views (see docs/simulator.md: not yet the default)")
     p.add_argument("--no-distractors", action="store_true", help="leave out skin marks, noise peaks, deodorant")
     p.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
     p.add_argument("--quiet", action="store_true", help="no progress line")

@@ -57,7 +57,7 @@ class SynthConfig:
     distractors: bool = True
     # "processed": vendor-like For Presentation look (docs/simulator.md, Tissue realism);
     # "smooth": the earlier images, byte for byte (kept out of to_json, so their UIDs stay too)
-    tissue: str = "processed"
+    tissue: str = "smooth"  # "processed" matches real tissue; default once the segmentation is retrained on it
 
     def __post_init__(self) -> None:
         if self.cases < 1:
