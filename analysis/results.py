@@ -38,9 +38,13 @@ STATUSES = ("ok", "not_assessable", "failed")
 DECISIONS = ("actionable", "benign")
 # How a radiologist's region was drawn (a GSPS graphic type, or a SEG segment) ...
 DRAWN_ROI_KINDS = ("ellipse", "circle", "polygon", "polyline", "point", "seg")
-# ... and every kind of region a result can be about: a drawn one, or the breast outline when an
-# image without ROI is analysed as a whole.
-ROI_KINDS = DRAWN_ROI_KINDS + ("whole_breast",)
+# ... and every kind of region a result can be about: a drawn one, a calcification cluster the
+# node detected on an image without ROI (``no_roi = "detect"``), or the breast outline when an
+# image without ROI is analysed as a whole (``no_roi = "whole_breast"``, research only).
+ROI_KINDS = DRAWN_ROI_KINDS + ("detected_cluster", "whole_breast")
+# How an image without drawn ROI was handled (ImageResult.cluster_detection; None: drawn ROIs,
+# the whole breast, or no policy applied).
+CLUSTER_DETECTION = ("clusters_detected", "no_cluster_detected", "detection_failed")
 # BI-RADS descriptors the writers can code (sr_templates.codes maps them to SNOMED CT).
 CALCIFICATION_TYPES = ("amorphous", "coarse_heterogeneous", "fine_pleomorphic",
                        "fine_linear_branching", "punctate", "round")
@@ -156,6 +160,10 @@ class RoiResult:
     given (with :func:`dataclasses.replace`, pass None to have them derived again).
     ``calcification_type`` / ``distribution``: BI-RADS descriptors when known
     (see :data:`CALCIFICATION_TYPES`, :data:`CALCIFICATION_DISTRIBUTIONS`).
+    ``detection_confidence``: for ``kind = "detected_cluster"`` (a cluster the node found on an
+    image without ROI, not one a radiologist drew) the detector's confidence in [0, 1] that the
+    cluster is real; required for that kind and None for every other kind. It is not the score:
+    the score says how likely an analysed cluster is actionable, the confidence that it exists.
     """
 
     roi_id: str
@@ -173,6 +181,7 @@ class RoiResult:
     reason: str | None = None
     calcification_type: str | None = None
     distribution: str | None = None
+    detection_confidence: float | None = None
 
     def __post_init__(self) -> None:
         _text(self.roi_id, "roi_id", max_len=64)
@@ -246,6 +255,20 @@ class RoiResult:
         if self.distribution is not None and self.distribution not in CALCIFICATION_DISTRIBUTIONS:
             raise ValueError(f"{where}: unknown distribution {self.distribution!r}; "
                              f"expected one of {CALCIFICATION_DISTRIBUTIONS}")
+        if self.kind == "detected_cluster":
+            if self.detection_confidence is None:
+                raise ValueError(f"{where}: a detected cluster needs its detection_confidence in [0, 1]")
+            object.__setattr__(self, "detection_confidence",
+                               _unit_interval(self.detection_confidence, f"{where}: detection_confidence"))
+        elif self.detection_confidence is not None:
+            raise ValueError(f"{where}: detection_confidence is for kind 'detected_cluster' only, "
+                             f"this ROI is {self.kind!r}")
+
+    @property
+    def detected(self) -> bool:
+        """True when the node found this region (a detected cluster), False when a radiologist drew it
+        (or, for ``whole_breast``, when it is the breast outline)."""
+        return self.kind == "detected_cluster"
 
     @property
     def display_name(self) -> str:
@@ -274,6 +297,14 @@ class ImageResult:
     (rows, columns), 0 = background, k > 0 = calcification k; None when the
     segmentation did not run (then every ROI must be ``failed``).
     ``calcifications``: optional per-label details (see :class:`Calcification`).
+    ``cluster_detection``: how an image without drawn ROI was handled under ``no_roi = "detect"``
+    (:data:`CLUSTER_DETECTION`); None for an image with drawn ROIs (no detection runs on it) or
+    analysed as a whole breast. ``"clusters_detected"``: every ROI is a ``detected_cluster``
+    (at least one); ``"no_cluster_detected"``: the whole breast was segmented (``label_image`` set)
+    and no cluster found, so the image has no ROI, no score and no decision;
+    ``"detection_failed"``: the detection could not run or failed, the image has no ROI and
+    ``detection_failure`` says why (required then, None otherwise). Detected clusters appear only
+    with ``"clusters_detected"``.
     """
 
     sop_instance_uid: str
@@ -282,6 +313,8 @@ class ImageResult:
     rois: tuple[RoiResult, ...]
     calcifications: tuple[Calcification, ...] = ()
     warnings: tuple[str, ...] = ()
+    cluster_detection: str | None = None
+    detection_failure: str | None = None
     # derived: (row slice, column slice) of the non-zero labels, None when there are none
     label_extent: tuple[slice, slice] | None = field(init=False, default=None, repr=False)
 
@@ -345,6 +378,8 @@ class ImageResult:
                     raise ValueError(f"ROI {roi.roi_id!r}: calcification labels {missing} do not occur in "
                                      f"the label_image of {where}")
 
+        self._check_cluster_detection(where)
+
         calcs = tuple(self.calcifications)
         object.__setattr__(self, "calcifications", calcs)
         for calc in calcs:
@@ -356,6 +391,41 @@ class ImageResult:
                 raise ValueError(f"{where}: calcification {calc.label} bbox {calc.bbox} leaves the image")
         object.__setattr__(self, "warnings", tuple(str(w) for w in self.warnings))
 
+    def _check_cluster_detection(self, where: str) -> None:
+        state = self.cluster_detection
+        detected = [roi.roi_id for roi in self.rois if roi.kind == "detected_cluster"]
+        if state is not None and state not in CLUSTER_DETECTION:
+            raise ValueError(f"{where}: unknown cluster_detection {state!r}; expected None or one of "
+                             f"{CLUSTER_DETECTION}")
+        if state == "clusters_detected":
+            if not self.rois:
+                raise ValueError(f"{where}: cluster_detection 'clusters_detected' needs at least one "
+                                 "detected cluster ROI")
+            if len(detected) != len(self.rois):
+                raise ValueError(f"{where}: cluster_detection 'clusters_detected' but ROIs "
+                                 f"{[r.roi_id for r in self.rois if r.kind != 'detected_cluster']} were "
+                                 "not detected (an image with drawn ROIs gets no detection)")
+        elif detected:
+            raise ValueError(f"{where}: ROIs {detected} are detected clusters, so cluster_detection must be "
+                             f"'clusters_detected', got {state!r}")
+        if state in ("no_cluster_detected", "detection_failed") and self.rois:
+            raise ValueError(f"{where}: cluster_detection {state!r} means the image has no ROI, "
+                             f"but it has {len(self.rois)}")
+        if state == "no_cluster_detected" and self.label_image is None:
+            raise ValueError(f"{where}: cluster_detection 'no_cluster_detected' needs the label_image of the "
+                             "whole-breast segmentation (no segmentation: 'detection_failed')")
+        if state == "detection_failed":
+            if not self.detection_failure:
+                raise ValueError(f"{where}: cluster_detection 'detection_failed' needs a detection_failure reason")
+            _text(self.detection_failure, f"{where}: detection_failure", max_len=1024)
+        elif self.detection_failure is not None:
+            raise ValueError(f"{where}: detection_failure is for cluster_detection 'detection_failed' only")
+
+    @property
+    def no_cluster_detected(self) -> bool:
+        """True when the detection ran on this image without ROI and found no cluster."""
+        return self.cluster_detection == "no_cluster_detected"
+
     def roi_mask(self, roi: RoiResult) -> np.ndarray:
         """bool (rows, columns): the pixels of the calcifications of ``roi``."""
         if self.label_image is None or not roi.calcification_labels:
@@ -365,7 +435,8 @@ class ImageResult:
     @classmethod
     def from_label_image(cls, *, sop_instance_uid: str, label_image: np.ndarray,
                          rois, pixel_spacing_mm: tuple[float, float] | None = None,
-                         warnings=()) -> "ImageResult":
+                         warnings=(), cluster_detection: str | None = None,
+                         detection_failure: str | None = None) -> "ImageResult":
         """Build an image result and its :class:`Calcification` list from a label image.
 
         ``pixel_spacing_mm`` = (row spacing, column spacing) in mm, for the areas.
@@ -384,7 +455,8 @@ class ImageResult:
                     centroid_rc=(float(region.centroid[0]) + r0, float(region.centroid[1]) + c0),
                     area_mm2=None if pixel_area is None else float(region.area) * pixel_area))
         return cls(sop_instance_uid=sop_instance_uid, shape=labels.shape, label_image=labels,
-                   rois=tuple(rois), calcifications=tuple(calcs), warnings=tuple(warnings))
+                   rois=tuple(rois), calcifications=tuple(calcs), warnings=tuple(warnings),
+                   cluster_detection=cluster_detection, detection_failure=detection_failure)
 
 
 def _freeze_parameters(parameters: Mapping[str, Any] | None) -> Mapping[str, Any]:

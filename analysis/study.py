@@ -9,11 +9,19 @@
    that parses but cannot be used on its image (it encloses no pixel, a POINT on an image
    without spacing, ...) becomes a ``failed`` ROI with the reason;
 3. per image, the calcifications are segmented once inside the union of its ROIs
-   (:func:`analysis.segmentation.pipeline.segment`); an image without ROI is analysed over the
-   whole breast (``no_roi="whole_breast"``, the default, one ROI ``whole-breast`` whose outline
-   is the breast mask's) or left out (``no_roi="skip"``, with a warning). ROI ids are the
-   reader's (``ann1-obj2``, ``seg3``); when several ROI objects annotate one image, each id gets
-   ``-src<k>``, k = the object's rank among the ROI files given;
+   (:func:`analysis.segmentation.pipeline.segment`). ROI ids are the reader's (``ann1-obj2``,
+   ``seg3``); when several ROI objects annotate one image, each id gets ``-src<k>``, k = the
+   object's rank among the ROI files given. An image without ROI (:data:`NO_ROI_POLICIES`):
+
+   * ``no_roi="detect"`` (the default): the whole breast is segmented once and its calcification
+     clusters are detected (:func:`analysis.clusters.detect_clusters`, docs/method.md §3.7); each
+     cluster is then an ROI like a drawn one (``cluster-<k>``, kind ``detected_cluster``, its
+     outline's pixels as the ROI mask, its detection confidence kept). No cluster: the image has no
+     ROI, no score and no decision (``cluster_detection = "no_cluster_detected"``);
+   * ``no_roi="skip"``: left out, with a warning (its pixels are not even decoded);
+   * ``no_roi="whole_breast"`` (research only): one ROI ``whole-breast`` whose outline is the
+     breast mask's, holding every calcification of the breast. A normal breast then often comes
+     back "actionable" on scattered specks; calcification CAD marks clusters instead;
 4. per ROI, :func:`analyze_roi` — a pure function of (pixels, spacing, bit depth, ROI mask,
    label image) and the bundle, so it can be mapped over ROIs by any engine: its calcifications
    are the segmented objects whose centroid lies inside it (docs/method.md §4.1); with 0 or 1 the ROI is
@@ -38,16 +46,21 @@ import pydicom
 from skimage import measure
 
 from analysis.classify import ClassifierBundle, Score, load_bundle, segmentation_identity
+from analysis.clusters import ClusterModel, ClusterParams, default_cluster_model, detect_clusters
 from analysis.dicom_input import ImageGeometry, InputError, RoiError, load_image, parse_rois, read_geometry
 from analysis.dicom_input.image import read_dataset
+from analysis.dicom_input.roi_geometry import polygon_mask
 from analysis.dicom_input.rois import DEFAULT_POINT_RADIUS_MM, Roi
 from analysis.features import extract_roi_features, select_roi_objects
 from analysis.results import ImageResult, RoiResult, StudyResult
 from analysis.segmentation.breast_mask import breast_mask
 
 MIN_CALCIFICATIONS = 2
-NO_ROI_POLICIES = ("whole_breast", "skip")
+NO_ROI_POLICIES = ("detect", "skip", "whole_breast")
 WHOLE_BREAST_ROI_ID = "whole-breast"
+NO_SPACING = "the image states no pixel spacing, so nothing can be measured in mm"
+#: ``cluster_model`` value of :func:`study_analysis` for "the shipped model, or the rule without one".
+SHIPPED = "shipped"
 
 
 @dataclass(frozen=True)
@@ -156,6 +169,157 @@ def mask_outline(mask: np.ndarray, tolerance_px: float = 2.0) -> np.ndarray | No
     return xy
 
 
+# --------------------------------------------------------------------------- per image
+
+@dataclass(frozen=True, eq=False)
+class _Entry:
+    """One region to analyse on an image: drawn, detected or the whole breast."""
+
+    roi_id: str
+    kind: str
+    label: str
+    outline: np.ndarray  # (N, 2) (column, row), PIXEL convention
+    mask: np.ndarray | None  # bool (rows, columns); None when the region cannot be used
+    failure: str | None = None  # why not (mask None)
+    confidence: float | None = None  # detected clusters: the detector's confidence
+
+
+def _drawn_entries(rois: list[Roi], geometry) -> list[_Entry]:
+    entries = []
+    spacing = geometry.pixel_spacing_mm
+    sources = list(dict.fromkeys(r.source_sop_instance_uid for r in rois))
+    for roi in rois:
+        # ROI ids are unique within one GSPS/SEG; with several objects on one image, say which
+        roi_id = roi.roi_id
+        if len(sources) > 1:
+            roi_id += f"-src{sources.index(roi.source_sop_instance_uid) + 1}"
+        label = _one_line(roi.label, 64)
+        outline = roi_outline(roi, geometry)
+        try:
+            if spacing is None:
+                raise RoiError(NO_SPACING, reason="no_spacing")
+            entries.append(_Entry(roi_id, roi.kind, label, outline, roi.rasterise(geometry)))
+        except RoiError as exc:
+            entries.append(_Entry(roi_id, roi.kind, label, outline, None, _one_line(str(exc), 1000)))
+    return entries
+
+
+def _whole_breast_entry(image) -> _Entry:
+    """``no_roi="whole_breast"`` (research only): the breast outline as one ROI."""
+    geometry = image.geometry
+    full = _box(0, 0, geometry.rows, geometry.columns)
+    if geometry.pixel_spacing_mm is None:
+        return _Entry(WHOLE_BREAST_ROI_ID, "whole_breast", "whole breast", full, None, NO_SPACING)
+    mask = breast_mask(image.pixels, geometry.pixel_spacing_mm)
+    outline = mask_outline(mask)
+    if outline is None:
+        return _Entry(WHOLE_BREAST_ROI_ID, "whole_breast", "whole breast", full, None, "no breast found in the image")
+    return _Entry(WHOLE_BREAST_ROI_ID, "whole_breast", "whole breast", outline, mask)
+
+
+@dataclass(frozen=True, eq=False)
+class _Detection:
+    """What the cluster detection made of one image without ROI."""
+
+    state: str  # analysis.results.CLUSTER_DETECTION
+    entries: list  # one _Entry per detected cluster
+    labels: np.ndarray | None  # the whole-breast segmentation's label image
+    failure: str | None = None
+
+
+def cluster_roi_id(cluster_id: int) -> str:
+    return f"cluster-{int(cluster_id)}"
+
+
+def _detect(image, model, hdog_params, cluster_model: ClusterModel | None,
+            cluster_params: ClusterParams) -> _Detection:
+    """Segment the whole breast once and detect its calcification clusters (docs/method.md §3.7);
+    each cluster becomes an :class:`_Entry` whose mask is its outline's pixels (a pixel is in when
+    its centre is in the polygon, as for a drawn polygon ROI)."""
+    from analysis.segmentation.pipeline import segment
+
+    spacing = image.geometry.pixel_spacing_mm
+    if spacing is None:
+        return _Detection("detection_failed", [], None, NO_SPACING)
+    try:
+        mask = breast_mask(image.pixels, spacing)
+        if not mask.any():
+            return _Detection("detection_failed", [], None, "no breast found in the image")
+        # region=None: the segmentation searches the breast mask (the same mask, computed again
+        # inside: ~0.1 s of the ~8 s a full-field whole-breast segmentation costs)
+        segmentation = segment(image.pixels, spacing, None, model, hdog_params)
+    except Exception as exc:  # one image's failure must not lose the study
+        return _Detection("detection_failed", [], None,
+                          _one_line(f"segmentation failed: {type(exc).__name__}: {exc}", 1000))
+    try:
+        clusters = detect_clusters(segmentation, image.pixels, spacing, mask, cluster_params, cluster_model)
+    except Exception as exc:
+        return _Detection("detection_failed", [], segmentation.labels,
+                          _one_line(f"cluster detection failed: {type(exc).__name__}: {exc}", 1000))
+    if not clusters:
+        return _Detection("no_cluster_detected", [], segmentation.labels)
+    rows, cols = image.shape
+    entries = []
+    for cluster in clusters:
+        # the outline is grown by a margin in mm around the members: keep it on the image
+        outline = np.asarray(cluster.outline_xy, float).copy()
+        outline[:, 0] = np.clip(outline[:, 0], 0.0, cols)
+        outline[:, 1] = np.clip(outline[:, 1], 0.0, rows)
+        roi_mask = polygon_mask(outline, image.shape)
+        ident = cluster_roi_id(cluster.cluster_id)
+        label = f"detected cluster {cluster.cluster_id}"
+        if roi_mask.any():
+            entries.append(_Entry(ident, "detected_cluster", label, outline, roi_mask,
+                                  confidence=float(cluster.confidence)))
+        else:
+            entries.append(_Entry(ident, "detected_cluster", label, outline, None,
+                                  "the detected cluster's outline encloses no pixel centre",
+                                  confidence=float(cluster.confidence)))
+    return _Detection("clusters_detected", entries, segmentation.labels)
+
+
+def _roi_result(entry: _Entry, image, labels, seg_failure: str | None, bundle: ClassifierBundle,
+                threshold: float, scores: dict, *, executor=None) -> RoiResult:
+    """One region analysed as a drawn ROI is (:func:`analyze_roi`), whatever its origin."""
+    uid = image.sop_instance_uid
+    common = dict(roi_id=entry.roi_id, referenced_sop_instance_uid=uid, outline_px=entry.outline,
+                  kind=entry.kind, label=entry.label, detection_confidence=entry.confidence)
+    failure = entry.failure or (seg_failure if entry.mask is not None else None)
+    if failure is None and labels is None:
+        failure = "segmentation did not run"
+    if failure is not None:
+        return RoiResult(status="failed", reason=failure, **common)
+    spacing = image.geometry.pixel_spacing_mm
+    try:
+        found = analyze_roi(image.pixels, spacing, image.bits_stored, entry.mask, labels, bundle, executor=executor)
+    except Exception as exc:
+        return RoiResult(status="failed", threshold=threshold, **common,
+                         reason=_one_line(f"analysis failed: {type(exc).__name__}: {exc}", 1000))
+    if found.status == "ok":
+        scores[(uid, entry.roi_id)] = found.score
+        return RoiResult(status="ok", calcification_labels=found.calcification_labels, score=found.score.score,
+                         decision=found.score.decision, threshold=threshold, **common)
+    return RoiResult(status="not_assessable", reason=found.reason, threshold=threshold,
+                     calcification_labels=found.calcification_labels, **common)
+
+
+def cluster_parameters(cluster_model: ClusterModel | None, params: ClusterParams) -> dict:
+    """The result parameters that say how clusters were detected: the model's identity (name,
+    version, SHA-256) or "rule" (:func:`analysis.clusters.rule_confidence`), its confidence
+    threshold and the grouping rule's lengths (mm) and count."""
+    from analysis.clusters import RULE_THRESHOLD
+
+    if cluster_model is None:
+        out = {"cluster_model": "rule", "cluster_threshold": float(RULE_THRESHOLD)}
+    else:
+        out = {"cluster_model": f"{cluster_model.name} {cluster_model.version}",
+               "cluster_model_sha256": cluster_model.sha256,
+               "cluster_threshold": float(cluster_model.threshold)}
+    out.update({"cluster_link_mm": float(params.link_mm), "cluster_min_count": int(params.min_count),
+                "cluster_window_mm2": float(params.window_mm2), "cluster_margin_mm": float(params.margin_mm)})
+    return out
+
+
 # --------------------------------------------------------------------------- the study
 
 @dataclass(frozen=True, eq=False)
@@ -169,30 +333,43 @@ class StudyAnalysis:
     image_files: dict = field(default_factory=dict)  # image SOP UID -> path (or Dataset) it was read from
 
     def records(self) -> list[dict]:
-        """One JSON-ready dict per ROI (what ``calcnode analyze --json`` prints)."""
+        """One JSON-ready dict per ROI (what ``calcnode analyze --json`` prints), in study order,
+        plus one per image whose cluster detection found no cluster or failed: ``roi_id`` None,
+        ``status`` None, ``cluster_detection`` says which (and ``reason`` why it failed)."""
         model = self.result.model
         model_json = {"name": model.name, "version": model.version, "sha256": model.sha256,
                       "not_for_clinical_use": model.not_for_clinical_use}
         out = []
-        for image, roi in self.result.rois:
-            score = self.scores.get((image.sop_instance_uid, roi.roi_id))
+        for image in self.result.images:
             source = self.image_files.get(image.sop_instance_uid)
-            out.append({
-                "image": str(source) if isinstance(source, (str, Path)) else "",
-                "sop_instance_uid": image.sop_instance_uid,
-                "roi_id": roi.roi_id,
-                "roi_label": roi.label,
-                "roi_kind": roi.kind,
-                "calcifications": roi.n_calcifications,
-                "score": None if roi.score is None else round(roi.score, 6),
-                "threshold": roi.threshold,
-                "decision": roi.decision,
-                "assessable": roi.assessable,
-                "status": roi.status,
-                "reason": roi.reason,
-                "top_features": [c.to_json() for c in score.top_features] if score else [],
-                "model": model_json,
-            })
+            where = {"image": str(source) if isinstance(source, (str, Path)) else "",
+                     "sop_instance_uid": image.sop_instance_uid}
+            if not image.rois and image.cluster_detection in ("no_cluster_detected", "detection_failed"):
+                out.append({**where, "roi_id": None, "roi_label": None, "roi_kind": None, "calcifications": None,
+                            "score": None, "threshold": None, "decision": None, "assessable": None,
+                            "status": None, "reason": image.detection_failure,
+                            "cluster_detection": image.cluster_detection, "detection_confidence": None,
+                            "top_features": [], "model": model_json})
+            for roi in image.rois:
+                score = self.scores.get((image.sop_instance_uid, roi.roi_id))
+                out.append({
+                    **where,
+                    "roi_id": roi.roi_id,
+                    "roi_label": roi.label,
+                    "roi_kind": roi.kind,
+                    "calcifications": roi.n_calcifications,
+                    "score": None if roi.score is None else round(roi.score, 6),
+                    "threshold": roi.threshold,
+                    "decision": roi.decision,
+                    "assessable": roi.assessable,
+                    "status": roi.status,
+                    "reason": roi.reason,
+                    "cluster_detection": image.cluster_detection,
+                    "detection_confidence": None if roi.detection_confidence is None
+                    else round(roi.detection_confidence, 6),
+                    "top_features": [c.to_json() for c in score.top_features] if score else [],
+                    "model": model_json,
+                })
         return out
 
 
@@ -242,12 +419,19 @@ def _images_without_roi(images: Sequence, roi_files: Sequence, *, point_radius_m
 
 def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
                    bundle: ClassifierBundle | str | Path | None = None, *, executor=None,
-                   no_roi: str = "whole_breast", point_radius_mm: float = DEFAULT_POINT_RADIUS_MM,
-                   default_pixel_spacing_mm: float | None = None) -> StudyAnalysis:
+                   no_roi: str = "detect", point_radius_mm: float = DEFAULT_POINT_RADIUS_MM,
+                   default_pixel_spacing_mm: float | None = None,
+                   cluster_model: ClusterModel | str | Path | None = SHIPPED,
+                   cluster_params: ClusterParams = ClusterParams()) -> StudyAnalysis:
     """See the module docstring. ``images``: paths (or datasets) of one study's mammograms;
     ``roi_files``: GSPS/SEG paths; ``seg_model``: SegmentationModel, a path, or None (the
     bundle's); ``bundle``: ClassifierBundle, a path, or None (the shipped demonstration bundle);
-    ``executor``: optional pool for the per-object radiomics (:func:`analysis.features.feature_pool`).
+    ``executor``: optional pool for the per-object radiomics (:func:`analysis.features.feature_pool`);
+    ``no_roi``: what an image without ROI gets (:data:`NO_ROI_POLICIES`, module docstring);
+    ``cluster_model`` (``no_roi="detect"``): a :class:`analysis.clusters.ClusterModel`, its file,
+    :data:`SHIPPED` (the shipped model, or the documented rule when there is none) or None (the
+    rule); ``cluster_params``: the grouping rule's parameters (mm). The cluster model's identity
+    and the rule's parameters are recorded in the result's parameters.
 
     Raises :class:`InputError` when no image can be used at all (nothing to report on) and
     ``ValueError`` when the images belong to several studies.
@@ -273,6 +457,12 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
     if seg_identity != bundle.segmentation_sha256:
         warnings.append(f"segmentation {seg_identity[:12]} (CNN and settings) is not the one the classifier "
                         f"was trained with ({bundle.segmentation_sha256[:12]}): scores may be off")
+
+    if no_roi == "detect":
+        if isinstance(cluster_model, str) and cluster_model == SHIPPED:
+            cluster_model = default_cluster_model()
+        elif cluster_model is not None and not isinstance(cluster_model, ClusterModel):
+            cluster_model = ClusterModel.load(cluster_model)
 
     header_pass = None if no_roi != "skip" else _images_without_roi(
         images, roi_files, point_radius_mm=point_radius_mm, default_pixel_spacing_mm=default_pixel_spacing_mm)
@@ -340,80 +530,37 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
             warnings.append(f"image {uid} has no ROI: not analysed (no_roi = skip)")
             continue
 
-        entries = []  # (roi_id, kind, label, outline, mask or None, failure reason or None)
-        sources = list(dict.fromkeys(r.source_sop_instance_uid for r in rois))
-        for roi in rois:
-            # ROI ids are unique within one GSPS/SEG; with several objects on one image, say which
-            roi_id = roi.roi_id
-            if len(sources) > 1:
-                roi_id += f"-src{sources.index(roi.source_sop_instance_uid) + 1}"
-            label = _one_line(roi.label, 64)
-            outline = roi_outline(roi, geometry)
-            try:
-                if spacing is None:
-                    raise RoiError("the image states no pixel spacing, so nothing can be measured in mm",
-                                   reason="no_spacing")
-                entries.append((roi_id, roi.kind, label, outline, roi.rasterise(geometry), None))
-            except RoiError as exc:
-                entries.append((roi_id, roi.kind, label, outline, None, _one_line(str(exc), 1000)))
-        whole = not rois
-        if whole:
-            full = _box(0, 0, geometry.rows, geometry.columns)
-            if spacing is None:
-                entries.append((WHOLE_BREAST_ROI_ID, "whole_breast", "whole breast", full, None,
-                                "the image states no pixel spacing, so nothing can be measured in mm"))
-            else:
-                mask = breast_mask(image.pixels, spacing)
-                outline = mask_outline(mask)
-                if outline is None:
-                    entries.append((WHOLE_BREAST_ROI_ID, "whole_breast", "whole breast", full, None,
-                                    "no breast found in the image"))
-                else:
-                    entries.append((WHOLE_BREAST_ROI_ID, "whole_breast", "whole breast", outline, mask, None))
+        detection = None
+        if not rois and no_roi == "detect":
+            detection = _detect(image, model, hdog_params, cluster_model, cluster_params)
+            if detection.failure is not None:
+                warnings.append(f"image {uid}: no cluster detection: {detection.failure}")
+            entries, labels, seg_failure = detection.entries, detection.labels, None
+        else:
+            entries = _drawn_entries(rois, geometry) if rois else [_whole_breast_entry(image)]
+            labels = None
+            seg_failure = None
+            usable = [e for e in entries if e.mask is not None]
+            if usable:
+                region = None if not rois else np.logical_or.reduce([e.mask for e in usable])
+                try:
+                    labels = segment(image.pixels, spacing, region, model, hdog_params).labels
+                except Exception as exc:  # one image's failure must not lose the study
+                    seg_failure = _one_line(f"segmentation failed: {type(exc).__name__}: {exc}", 1000)
 
-        labels = None
-        seg_failure = None
-        usable = [e for e in entries if e[4] is not None]
-        if usable:
-            region = None if whole else np.logical_or.reduce([e[4] for e in usable])
-            try:
-                labels = segment(image.pixels, spacing, region, model, hdog_params).labels
-            except Exception as exc:  # one image's failure must not lose the study
-                seg_failure = _one_line(f"segmentation failed: {type(exc).__name__}: {exc}", 1000)
-
-        roi_results = []
-        for roi_id, kind, label, outline, mask, failure in entries:
-            common = dict(roi_id=roi_id, referenced_sop_instance_uid=uid, outline_px=outline, kind=kind,
-                          label=label)
-            failure = failure or (seg_failure if mask is not None else None)
-            if failure is None and labels is None:
-                failure = "segmentation did not run"
-            if failure is not None:
-                roi_results.append(RoiResult(status="failed", reason=failure, **common))
-                continue
-            try:
-                found = analyze_roi(image.pixels, spacing, image.bits_stored, mask, labels, bundle,
-                                    executor=executor)
-            except Exception as exc:
-                roi_results.append(RoiResult(status="failed", threshold=threshold, **common,
-                                             reason=_one_line(f"analysis failed: {type(exc).__name__}: {exc}",
-                                                              1000)))
-                continue
-            if found.status == "ok":
-                scores[(uid, roi_id)] = found.score
-                roi_results.append(RoiResult(status="ok", calcification_labels=found.calcification_labels,
-                                             score=found.score.score, decision=found.score.decision,
-                                             threshold=threshold, **common))
-            else:
-                roi_results.append(RoiResult(status="not_assessable", reason=found.reason, threshold=threshold,
-                                             calcification_labels=found.calcification_labels, **common))
+        roi_results = [_roi_result(entry, image, labels, seg_failure, bundle, threshold, scores,
+                                   executor=executor) for entry in entries]
+        cluster_state = None if detection is None else detection.state
+        detection_failure = None if detection is None else detection.failure
         if labels is None:
             image_results.append(ImageResult(sop_instance_uid=uid, shape=image.shape, label_image=None,
-                                             rois=tuple(roi_results), warnings=image.warnings))
+                                             rois=tuple(roi_results), warnings=image.warnings,
+                                             cluster_detection=cluster_state,
+                                             detection_failure=detection_failure))
         else:
             image_results.append(ImageResult.from_label_image(
                 sop_instance_uid=uid, label_image=labels, rois=roi_results, pixel_spacing_mm=spacing,
-                warnings=image.warnings))
+                warnings=image.warnings, cluster_detection=cluster_state, detection_failure=detection_failure))
 
     parameters = {
         "threshold": float(threshold),
@@ -421,6 +568,8 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
         "min_calcifications": MIN_CALCIFICATIONS,
         "no_roi": no_roi,
     }
+    if no_roi == "detect":
+        parameters.update(cluster_parameters(cluster_model, cluster_params))
     k = getattr(bundle.aggregator, "k", None)
     if k is not None:
         parameters["kmeans_k"] = int(k)
@@ -435,14 +584,16 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
 
 def analyze_study(images: Sequence, roi_files: Sequence = (), seg_model=None,
                   bundle: ClassifierBundle | str | Path | None = None, *, executor=None,
-                  no_roi: str = "whole_breast", point_radius_mm: float = DEFAULT_POINT_RADIUS_MM,
-                  default_pixel_spacing_mm: float | None = None):
+                  no_roi: str = "detect", point_radius_mm: float = DEFAULT_POINT_RADIUS_MM,
+                  default_pixel_spacing_mm: float | None = None,
+                  cluster_model: ClusterModel | str | Path | None = SHIPPED,
+                  cluster_params: ClusterParams = ClusterParams()):
     """The :class:`analysis.results.StudyResult` of one study (see :func:`study_analysis`)."""
     return study_analysis(images, roi_files, seg_model, bundle, executor=executor, no_roi=no_roi,
-                          point_radius_mm=point_radius_mm,
-                          default_pixel_spacing_mm=default_pixel_spacing_mm).result
+                          point_radius_mm=point_radius_mm, default_pixel_spacing_mm=default_pixel_spacing_mm,
+                          cluster_model=cluster_model, cluster_params=cluster_params).result
 
 
 __all__ = ["analyze_study", "study_analysis", "analyze_roi", "RoiAnalysis", "StudyAnalysis",
            "roi_calcifications", "not_assessable_reason", "roi_outline", "mask_outline",
-           "MIN_CALCIFICATIONS", "NO_ROI_POLICIES", "WHOLE_BREAST_ROI_ID"]
+           "cluster_parameters", "MIN_CALCIFICATIONS", "NO_ROI_POLICIES", "WHOLE_BREAST_ROI_ID", "SHIPPED"]

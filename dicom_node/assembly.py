@@ -7,7 +7,9 @@ answer. The rules:
 * **not stable** -- an instance of the study arrived less than ``stable_seconds`` ago: look
   again later, record nothing (the study is still arriving);
 * **wait** -- no MG image (yet): nothing to analyse;
-* **skip** -- no ROI object and ``assembly.no_roi_policy = "skip"``;
+* **skip** -- no ROI object and ``assembly.no_roi_policy = "skip"`` (the only policy that leaves a
+  study out: under ``"detect"``, the default, its views get cluster detection, and under
+  ``"whole_breast"`` (research) whole-breast regions);
 * **unchanged** -- the input set (the sorted SOP Instance UIDs of the study's MG, GSPS and SEG
   instances) equals the set of the study's last job: not analysed again (an instance sent again
   changes nothing);
@@ -119,8 +121,9 @@ def decide(study: StudySummary, *, now: float, stable_seconds: float, no_roi_pol
     stable_seconds : float
         Quiet time (s) after the last instance before a study counts as complete.
     no_roi_policy : str
-        ``assembly.no_roi_policy``: "skip" leaves out a study with no ROI object; any other
-        value ("whole_breast") analyses its images as whole breasts.
+        ``assembly.no_roi_policy``: "skip" is the only policy that leaves out a study with no ROI
+        object; "detect" (default) analyses it for calcification clusters, "whole_breast"
+        (research) analyses its images as whole breasts.
 
     Returns
     -------

@@ -19,7 +19,11 @@ class ConfigError(ValueError):
     """The configuration cannot be used; the message names the file and key."""
 
 
-NO_ROI_POLICIES = ("whole_breast", "skip")
+# What an MG image without ROI gets (analysis.study.NO_ROI_POLICIES, checked equal by the tests; the
+# node's config layer does not import the analysis): "detect" (default) finds calcification
+# clusters and analyses each, "skip" leaves the image (and a study without any ROI object) out,
+# "whole_breast" analyses the whole breast as one region (research only).
+NO_ROI_POLICIES = ("detect", "skip", "whole_breast")
 WORKER_BACKENDS = ("local", "dask")
 
 

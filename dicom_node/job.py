@@ -92,11 +92,16 @@ class AnalysisOutcome:
 
 
 def roi_rows(result) -> list[dict]:
-    """One plain dict per ROI of a ``StudyResult`` (the batch results table, the job summary)."""
+    """One plain dict per ROI of a ``StudyResult`` (the batch results table, the job summary).
+
+    ``roi_kind`` ``detected_cluster``: a cluster the node detected on a view without ROI, with its
+    ``detection_confidence`` in [0, 1] (None for drawn ROIs); ``cluster_detection``: the view's
+    :attr:`analysis.results.ImageResult.cluster_detection` (None for a view with drawn ROIs)."""
     return [{"study_instance_uid": result.study_instance_uid, "image_sop_instance_uid": image.sop_instance_uid,
              "roi_id": roi.roi_id, "roi_label": roi.label, "roi_kind": roi.kind, "status": roi.status,
              "n_calcifications": roi.n_calcifications, "score": roi.score, "threshold": roi.threshold,
-             "decision": roi.decision, "reason": roi.reason}
+             "decision": roi.decision, "reason": roi.reason, "detection_confidence": roi.detection_confidence,
+             "cluster_detection": image.cluster_detection}
             for image, roi in result.rois]
 
 

@@ -19,7 +19,10 @@ those). Every code comes from :mod:`sr_templates.codes`::
     │           ├ HAS CONCEPT MOD CODE Rendering Intent
     │           │   └ HAS PROPERTIES NUM (111071, "CAD Operating Point") = 1 (Optional only)
     │           ├ HAS PROPERTIES TEXT Algorithm Name / Version / Parameters       TID 4019
-    │           ├ HAS PROPERTIES NUM (111012, "Certainty of Finding") = score, %
+    │           ├ HAS PROPERTIES NUM (111012, "Certainty of Finding") = score, % (drawn ROI)
+    │           │   or the detection confidence, % (detected cluster)
+    │           ├ HAS PROPERTIES NUM (CN001, 99CALCNODE, "Actionable calcification cluster
+    │           │   score") [0, 1] (detected cluster, when scored)
     │           ├ HAS PROPERTIES SCOORD (111010, "Center") POINT                  TID 4021
     │           │   └ R-SELECTED FROM -> the image in the Image Library
     │           ├ HAS PROPERTIES SCOORD (111041, "Outline") POLYLINE (the ROI)
@@ -29,6 +32,8 @@ those). Every code comes from :mod:`sr_templates.codes`::
     │   └ INFERRED FROM CONTAINER Successful / Failed Detections                  TID 4015
     │       └ CONTAINS CODE (111022, "Detection Performed") = Calcification Cluster  TID 4017
     │           ├ HAS PROPERTIES TEXT Algorithm Name / Version / Parameters
+    │           ├ HAS PROPERTIES TEXT (121106, "Comment") "No calcification cluster
+    │           │   detected on image k", per view without ROI where none was found
     │           ├ HAS PROPERTIES NUM Maximum / Recommended CAD Operating Point     TID 4023
     │           └ R-HAS PROPERTIES -> the images processed
     └ CONTAINS CODE (111065, "Summary of Analyses") (CID 6042)
@@ -40,13 +45,24 @@ those). Every code comes from :mod:`sr_templates.codes`::
 
 Semantics:
 
-* One Single Image Finding per ROI scored ``ok``. Rendering Intent "Presentation
-  Required" when the score is at or above the operating point (decision
-  actionable), else "Presentation Optional" with CAD Operating Point 1: a
-  workstation at its default operating point 0 shows only the actionable
-  clusters; at 1 it shows all scored clusters (PS3.17 E.4). Maximum CAD
-  Operating Point is 1 and the recommended one 0.
-* Certainty of Finding carries the score in percent (score x 100).
+* One Single Image Finding per drawn ROI scored ``ok``, and one per detected cluster
+  (a view without ROI under ``no_roi = "detect"``; scored or not: the detection is
+  the CAD mark). Rendering Intent "Presentation Required" when the decision is
+  actionable (and for a detected cluster that could not be scored), else
+  "Presentation Optional" with CAD Operating Point 1: a workstation at its default
+  operating point 0 shows only the actionable clusters; at 1 it shows all clusters
+  (PS3.17 E.4). Maximum CAD Operating Point is 1 and the recommended one 0.
+* Certainty of Finding carries, in percent, the score of a drawn ROI (score x 100)
+  and the detection confidence of a detected cluster (the certainty that the
+  cluster is there); a detected cluster's score is a NUM of the private scheme
+  99CALCNODE (declared in the Coding Scheme Identification Sequence), as in the
+  TID 1500 SR.
+* A view without ROI where the detection found no cluster: its detection succeeded
+  (Successful Detections references it), it has no finding, and a Comment under
+  Detection Performed says "No calcification cluster detected on image k"; a
+  study where no view has a finding says "All algorithms succeeded; without
+  findings". A view whose detection failed is under Failed Detections with the
+  reason as a Comment.
 * Detection (segmentation and grouping of the calcifications of each ROI) succeeded
   on an image when it has a label image; Analysis (the actionable/benign
   classification) succeeded on an image when one of its ROIs was scored, and
@@ -262,9 +278,11 @@ def _status(n_success: int, n_failed: int) -> Code:
 
 
 def _performed(result: StudyResult, name: Code, value: Code, image_paths: Iterable[list[int]],
-               operating_points: bool) -> Dataset:
-    """TID 4017 / TID 4018: Detection / Analysis Performed."""
+               operating_points: bool, comments: Sequence[str] = ()) -> Dataset:
+    """TID 4017 / TID 4018: Detection / Analysis Performed; ``comments``: TEXT (121106, DCM,
+    "Comment") items after the algorithm identification."""
     children = _algorithm(result)
+    children += [text_item("HAS PROPERTIES", codes.COMMENT, text[:1024]) for text in comments]
     if operating_points:  # TID 4023 CAD Operating Points
         children.append(num_item("HAS PROPERTIES", codes.MAXIMUM_CAD_OPERATING_POINT,
                                  MAXIMUM_OPERATING_POINT, codes.ARBITRARY_UNIT))
@@ -276,20 +294,23 @@ def _performed(result: StudyResult, name: Code, value: Code, image_paths: Iterab
 
 def _summary(result: StudyResult, name: Code, success_name: Code, failed_name: Code, performed_name: Code,
              performed_value: Code, succeeded: list[list[int]], failed: list[list[int]],
-             operating_points: bool) -> Dataset:
+             operating_points: bool, success_comments: Sequence[str] = (),
+             failure_comments: Sequence[str] = ()) -> Dataset:
     children = []
     if succeeded:
         children.append(container("INFERRED FROM", success_name, [
-            _performed(result, performed_name, performed_value, succeeded, operating_points)]))
+            _performed(result, performed_name, performed_value, succeeded, operating_points, success_comments)]))
     if failed:
         children.append(container("INFERRED FROM", failed_name, [
-            _performed(result, performed_name, performed_value, failed, operating_points)]))
+            _performed(result, performed_name, performed_value, failed, operating_points, failure_comments)]))
     return code_item("CONTAINS", name, _status(len(succeeded), len(failed)), children)
 
 
 def _finding(result: StudyResult, roi, image, path: list[int]) -> Dataset:
     """TID 4003 Individual Impression/Recommendation holding one TID 4006 Single Image Finding."""
-    required = roi.decision == "actionable"
+    detected = roi.detection_confidence is not None
+    # a detected cluster is a CAD mark whatever its score; only a benign one is optional
+    required = roi.decision == "actionable" or (detected and roi.decision is None)
     intent = codes.PRESENTATION_REQUIRED if required else codes.PRESENTATION_OPTIONAL
 
     def rendering_intent() -> Dataset:
@@ -300,16 +321,21 @@ def _finding(result: StudyResult, roi, image, path: list[int]) -> Dataset:
     centre = np.array([outline_centre(roi)], dtype=float)
     finding_children = [rendering_intent()]
     finding_children += _algorithm(result)
+    certainty = roi.detection_confidence if detected else roi.score
     finding_children.append(num_item("HAS PROPERTIES", codes.CERTAINTY_OF_FINDING,
-                                     round(roi.score * 100.0, 3), codes.PERCENT))
+                                     round(certainty * 100.0, 3), codes.PERCENT))
+    if detected and roi.score is not None:
+        finding_children.append(num_item("HAS PROPERTIES", codes.ACTIONABLE_SCORE, round(roi.score, 6),
+                                         codes.NO_UNITS))
     finding_children.append(scoord_item("HAS PROPERTIES", codes.CENTER, "POINT",
                                         clip_outline(centre, image.shape),
                                         [by_reference("SELECTED FROM", path)]))
     finding_children.append(scoord_item("HAS PROPERTIES", codes.OUTLINE, "POLYLINE",
                                         clip_outline(closed_outline(roi), image.shape),
                                         [by_reference("SELECTED FROM", path)]))
-    finding_children.append(num_item("HAS PROPERTIES", codes.NUMBER_OF_CALCIFICATIONS,
-                                     roi.n_calcifications, codes.NO_UNITS))
+    if roi.status != "failed":
+        finding_children.append(num_item("HAS PROPERTIES", codes.NUMBER_OF_CALCIFICATIONS,
+                                         roi.n_calcifications, codes.NO_UNITS))
     finding = code_item("CONTAINS", codes.SINGLE_IMAGE_FINDING, codes.CALCIFICATION_CLUSTER, finding_children)
     return container("INFERRED FROM", codes.INDIVIDUAL_IMPRESSION_RECOMMENDATION, [
         code_item("HAS CONCEPT MOD", codes.RENDERING_INTENT, intent), finding])
@@ -363,11 +389,20 @@ def build_mammography_cad_sr(result: StudyResult, sources: Iterable[Dataset] | M
 
     findings = []
     for image, roi in result.rois:
-        if roi.status == "ok":
+        if roi.status == "ok" or roi.detection_confidence is not None:
             findings.append(_finding(result, roi, image, path_of[image.sop_instance_uid]))
 
-    detected_ok = [path_of[im.sop_instance_uid] for im in result.images if im.label_image is not None]
-    detected_failed = [path_of[im.sop_instance_uid] for im in result.images if im.label_image is None]
+    def detection_failed(image) -> bool:
+        return image.label_image is None or image.cluster_detection == "detection_failed"
+
+    detected_ok = [path_of[im.sop_instance_uid] for im in result.images if not detection_failed(im)]
+    detected_failed = [path_of[im.sop_instance_uid] for im in result.images if detection_failed(im)]
+    numbers = {im.sop_instance_uid: k for k, im in enumerate(result.images, start=1)}
+    no_cluster = [f"{codes.NO_CLUSTER_DETECTED_TEXT} on image {numbers[im.sop_instance_uid]}"
+                  for im in result.images if im.cluster_detection == "no_cluster_detected"]
+    detection_failures = [f"Calcification cluster detection failed on image {numbers[im.sop_instance_uid]}: "
+                          f"{im.detection_failure}" for im in result.images
+                          if im.cluster_detection == "detection_failed"]
     if result.failure is not None and not result.images:
         detected_failed = [path_of[uid] for uid in library_uids]
     analysed_ok = [path_of[im.sop_instance_uid] for im in result.images
@@ -383,7 +418,7 @@ def build_mammography_cad_sr(result: StudyResult, sources: Iterable[Dataset] | M
         code_item("CONTAINS", codes.CAD_PROCESSING_AND_FINDINGS_SUMMARY, summary_value, findings),
         _summary(result, codes.SUMMARY_OF_DETECTIONS, codes.SUCCESSFUL_DETECTIONS, codes.FAILED_DETECTIONS,
                  codes.DETECTION_PERFORMED, codes.CALCIFICATION_CLUSTER, detected_ok, detected_failed,
-                 operating_points=True),
+                 operating_points=True, success_comments=no_cluster, failure_comments=detection_failures),
         _summary(result, codes.SUMMARY_OF_ANALYSES, codes.SUCCESSFUL_ANALYSES, codes.FAILED_ANALYSES,
                  codes.ANALYSIS_PERFORMED, codes.INDIVIDUAL_IMPRESSION_ANALYSIS, analysed_ok, analysed_failed,
                  operating_points=False),
@@ -425,6 +460,13 @@ def build_mammography_cad_sr(result: StudyResult, sources: Iterable[Dataset] | M
     set_content_datetime(ds, result)
     ds.PerformedProcedureCodeSequence = DicomSequence()
     ds.CurrentRequestedProcedureEvidenceSequence = _evidence(library, result.study_instance_uid)
+    if any(r.detection_confidence is not None and r.score is not None for _, r in result.rois):
+        # the private score concept (99CALCNODE) is declared, as in the TID 1500 SR
+        scheme = Dataset()
+        scheme.CodingSchemeDesignator = codes.PRIVATE_SCHEME
+        scheme.CodingSchemeName = codes.PRIVATE_SCHEME_NAME
+        scheme.CodingSchemeResponsibleOrganization = codes.PRIVATE_SCHEME_ORGANIZATION
+        ds.CodingSchemeIdentificationSequence = DicomSequence([scheme])
     # Contributing Equipment (SOP Common): this node and the model
     equipment = Dataset()
     equipment.Manufacturer = MANUFACTURER

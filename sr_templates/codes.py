@@ -31,6 +31,16 @@ ANALYSIS_STATUS = Code("CN005", PRIVATE_SCHEME, "Analysis status")
 STATUS_OK = Code("CN006", PRIVATE_SCHEME, "Analysed")
 STATUS_NOT_ASSESSABLE = Code("CN007", PRIVATE_SCHEME, "Not assessable")
 STATUS_FAILED = Code("CN008", PRIVATE_SCHEME, "Analysis failed")
+# Where an ROI came from: no standard concept says "drawn by a reader" vs "found by a device" for
+# a TID 1410 region (Observer Type is per document, and the document's observer is calcnode).
+ROI_SOURCE = Code("CN009", PRIVATE_SCHEME, "ROI source")
+ROI_DRAWN = Code("CN010", PRIVATE_SCHEME, "Drawn by radiologist")
+ROI_DETECTED = Code("CN011", PRIVATE_SCHEME, "Detected by calcnode")
+ROI_WHOLE_BREAST = Code("CN012", PRIVATE_SCHEME, "Whole breast outline by calcnode")
+# The outcome of the cluster detection on a view without ROI (TID 1501 image-level group).
+CLUSTER_DETECTION = Code("CN013", PRIVATE_SCHEME, "Calcification cluster detection")
+NO_CLUSTER_DETECTED = Code("CN014", PRIVATE_SCHEME, "No calcification cluster detected")
+CLUSTER_DETECTION_FAILED = Code("CN015", PRIVATE_SCHEME, "Calcification cluster detection failed")
 
 PRIVATE_CODES = {
     "ACTIONABLE_SCORE": ACTIONABLE_SCORE,
@@ -41,9 +51,28 @@ PRIVATE_CODES = {
     "STATUS_OK": STATUS_OK,
     "STATUS_NOT_ASSESSABLE": STATUS_NOT_ASSESSABLE,
     "STATUS_FAILED": STATUS_FAILED,
+    "ROI_SOURCE": ROI_SOURCE,
+    "ROI_DRAWN": ROI_DRAWN,
+    "ROI_DETECTED": ROI_DETECTED,
+    "ROI_WHOLE_BREAST": ROI_WHOLE_BREAST,
+    "CLUSTER_DETECTION": CLUSTER_DETECTION,
+    "NO_CLUSTER_DETECTED": NO_CLUSTER_DETECTED,
+    "CLUSTER_DETECTION_FAILED": CLUSTER_DETECTION_FAILED,
 }
 DECISION_CODES = {"actionable": DECISION_ACTIONABLE, "benign": DECISION_BENIGN}
 STATUS_CODES = {"ok": STATUS_OK, "not_assessable": STATUS_NOT_ASSESSABLE, "failed": STATUS_FAILED}
+DETECTION_OUTCOME_CODES = {"no_cluster_detected": NO_CLUSTER_DETECTED, "detection_failed": CLUSTER_DETECTION_FAILED}
+#: The words every object uses for a view whose cluster detection found nothing.
+NO_CLUSTER_DETECTED_TEXT = NO_CLUSTER_DETECTED.meaning
+
+
+def roi_source(kind: str) -> Code:
+    """The ROI source value of an ROI kind (:data:`analysis.results.ROI_KINDS`)."""
+    if kind == "detected_cluster":
+        return ROI_DETECTED
+    if kind == "whole_breast":
+        return ROI_WHOLE_BREAST
+    return ROI_DRAWN
 
 # ------------------------------------------------------------------ findings (SEG, SR)
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically abnormal structure")

@@ -10,7 +10,14 @@ for the demonstration model), one graphic annotation per ROI with
   runs half-way between inside and outside pixel centres; points on a straight run
   dropped, :func:`drop_collinear`),
 * a text anchored at the ROI's top-left corner: ROI name, score, threshold and
-  decision, or why there is none, and "NOT FOR CLINICAL USE".
+  decision, or why there is none, and "NOT FOR CLINICAL USE". A detected cluster
+  (a view without ROI, ``no_roi = "detect"``) is drawn the same way, its text
+  saying "detected by calcnode" and the detection confidence.
+
+A view without ROI whose cluster detection found no cluster (or failed) gets a GSPS
+with one text and no graphic: "No calcification cluster detected" (or why the
+detection failed), so a viewer that shows only GSPS tells "nothing found" from
+"not analysed".
 
 All coordinates are in PIXEL units of the referenced source image (GSPS
 convention: (column, row), (0, 0) = top-left corner of the top-left pixel). The
@@ -29,7 +36,8 @@ from .common import (
     NOT_FOR_CLINICAL_USE, clip_outline, closed_outline, contributing_equipment, per_image_object,
     series_description, tracking_identifier, tracking_uid,
 )
-from .measurement_report import status_sentence
+from . import codes
+from .measurement_report import detection_sentence, status_sentence
 from analysis.results import ImageResult, RoiResult, StudyResult
 
 LAYER_NAME = "CALCNODE"
@@ -83,7 +91,20 @@ def calcification_outlines(image: ImageResult, roi: RoiResult, boxes=None) -> li
 
 
 def roi_text(result: StudyResult, roi: RoiResult) -> str:
-    text = f"{roi.display_name}: {status_sentence(roi)}"
+    detected = detection_sentence(roi)
+    name = f"{roi.display_name} ({detected})" if detected else roi.display_name
+    text = f"{name}: {status_sentence(roi)}"
+    if result.model.not_for_clinical_use:
+        text += f" - {NOT_FOR_CLINICAL_USE}"
+    return text[:MAX_TEXT]
+
+
+def no_detection_text(result: StudyResult, image: ImageResult) -> str:
+    """The text of a view without ROI and without detected cluster."""
+    if image.cluster_detection == "detection_failed":
+        text = f"calcnode: calcification cluster detection failed: {image.detection_failure}"
+    else:
+        text = f"calcnode: {codes.NO_CLUSTER_DETECTED_TEXT}"
     if result.model.not_for_clinical_use:
         text += f" - {NOT_FOR_CLINICAL_USE}"
     return text[:MAX_TEXT]
@@ -102,14 +123,14 @@ def _voi(source: Dataset) -> list[hd.pr.SoftcopyVOILUTTransformation] | None:
 
 def build_presentation_state(result: StudyResult, image: ImageResult, source: Dataset, *,
                              laterality: str | None = None) -> hd.pr.GrayscaleSoftcopyPresentationState | None:
-    """The GSPS of one image, or None when the image has no ROI.
+    """The GSPS of one image, or None when the image has no ROI and no cluster detection outcome.
 
     ``laterality``: the series Laterality (see :func:`study_laterality`); default:
     the image's own side.
     """
     if str(source.SOPInstanceUID) != image.sop_instance_uid:
         raise ValueError(f"source {source.SOPInstanceUID} is not image {image.sop_instance_uid}")
-    if not image.rois:
+    if not image.rois and image.cluster_detection not in codes.DETECTION_OUTCOME_CODES:
         return None
     description = f"calcnode results - {NOT_FOR_CLINICAL_USE}" if result.model.not_for_clinical_use \
         else "calcnode results"
@@ -131,6 +152,12 @@ def build_presentation_state(result: StudyResult, image: ImageResult, source: Da
                                 anchor_point=(x0, y0), anchor_point_visible=False)
         annotations.append(hd.pr.GraphicAnnotation(referenced_images=[source], graphic_layer=layer,
                                                    graphic_objects=objects, text_objects=[text]))
+    if not image.rois:  # cluster detection found nothing (or failed): say so, near the top-left corner
+        text = no_detection_text(result, image)
+        annotations.append(hd.pr.GraphicAnnotation(referenced_images=[source], graphic_layer=layer, text_objects=[
+            hd.pr.TextObject(text_value=text, units=hd.pr.AnnotationUnitsValues.PIXEL,
+                             anchor_point=(min(10.0, image.shape[1] / 2), min(10.0, image.shape[0] / 2)),
+                             anchor_point_visible=False)]))
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[source],
         **per_image_object(result, "GSPS", image),

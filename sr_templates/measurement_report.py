@@ -8,6 +8,7 @@ Content tree (what OHIF and other TID 1500 readers show)::
         patient orientation and pixel spacing when the image states them)
       CONTAINS CONTAINER (126010, DCM, "Imaging Measurements")
         CONTAINS CONTAINER (125007, DCM, "Measurement Group")       TID 1410, one per ROI
+                                                                    (drawn, or a detected cluster)
           Tracking Identifier (ROI label + image number) and Tracking Unique Identifier
             (the same as the SEG segment's and the GSPS annotation's)
           Finding category (49755003, SCT) / Finding (129769006, SCT, "Calcification cluster")
@@ -17,13 +18,24 @@ Content tree (what OHIF and other TID 1500 readers show)::
           IMAGE (121214, DCM, "Referenced Segmentation Frame") -> the ROI's SEG frame
             (+ Source image for segmentation), when the ROI was segmented
           NUM (111038, DCM, "Number of calcifications") {no units}
+          NUM (111012, DCM, "Certainty of Finding") %: the detection confidence (detected clusters)
           NUM (CN001, 99CALCNODE, "Actionable calcification cluster score") [0, 1]   (ok only)
           NUM (122411, DCM, "Threshold Value") - the operating point
           CODE (CN002, 99CALCNODE, "Decision at operating point") = Actionable | Benign
           CODE (CN005, 99CALCNODE, "Analysis status") = Analysed | Not assessable | Analysis failed
+          CODE (CN009, 99CALCNODE, "ROI source") = Drawn by radiologist | Detected by calcnode
+            | Whole breast outline by calcnode
           CODE Calcification Type / Calcification Distribution, when known
           TEXT (121106, DCM, "Comment"): the reason (not assessable / failed), the
             clinical-use warning
+        CONTAINS CONTAINER (125007, DCM, "Measurement Group")       TID 1501, one per view without
+                                                                    ROI whose cluster detection found
+                                                                    none (or failed)
+          Tracking Identifier ("No calcification cluster detected (image k)"), Source (the image)
+          CODE (CN013, 99CALCNODE, "Calcification cluster detection")
+            = (CN014, "No calcification cluster detected") | (CN015, "... detection failed")
+          TEXT Comment "No calcification cluster detected" (or why the detection failed)
+          - no score, no decision
 
 Choices and fixes:
 
@@ -35,9 +47,13 @@ Choices and fixes:
   the Referenced SOP Sequence of the segmentation-frame item; the Image SOP
   Instance Reference macro allows only one of them and dciodvfy reports an error,
   so the segment number is removed (frame number = segment number in our SEGs).
-* A whole-study failure (``StudyResult.failure``), or a study without ROI, gives
-  one image-level group (TID 1501) with the analysis status and a Comment that
-  says why; study warnings and the model identity are document-level Comments.
+* A whole-study failure (``StudyResult.failure``), or a study without ROI (and
+  without a view whose cluster detection ran), gives one image-level group (TID 1501)
+  with the analysis status and a Comment that says why; study warnings and the model
+  identity are document-level Comments.
+* A detected cluster is a TID 1410 group like a drawn ROI; "ROI source" says which it
+  is (no standard concept does), and Certainty of Finding (the CAD SR's concept for
+  a detection's certainty) carries the detection confidence, apart from the score.
 * The Image Library is built here: highdicom's TID 1603 descriptors fail on an MG
   image without Patient Orientation or Imager Pixel Spacing.
 * The private concepts (scheme 99CALCNODE) are declared in the Coding Scheme
@@ -87,6 +103,13 @@ def _comment(text: str) -> hd.sr.TextContentItem:
                                  relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
 
 
+def detection_sentence(roi: RoiResult) -> str:
+    """"detected by calcnode, confidence 73 %" for a detected cluster, else ""."""
+    if roi.detection_confidence is None:
+        return ""
+    return f"detected by calcnode, confidence {roi.detection_confidence * 100:.0f} %"
+
+
 def status_sentence(roi: RoiResult) -> str:
     """One line a radiologist reads: the score and decision, or why there is none."""
     if roi.status == "ok":
@@ -115,6 +138,9 @@ def _group(result: StudyResult, image: ImageResult, roi: RoiResult, source: Data
         measurements.append(hd.sr.Measurement(name=codes.ACTIONABLE_SCORE, value=roi.score, unit=UNITLESS))
     if roi.threshold is not None:
         measurements.append(hd.sr.Measurement(name=codes.THRESHOLD_VALUE, value=roi.threshold, unit=UNITLESS))
+    if roi.detection_confidence is not None:
+        measurements.append(hd.sr.Measurement(name=codes.CERTAINTY_OF_FINDING,
+                                              value=round(roi.detection_confidence * 100.0, 3), unit=codes.PERCENT))
 
     evaluations = []
     if roi.decision is not None:
@@ -122,6 +148,7 @@ def _group(result: StudyResult, image: ImageResult, roi: RoiResult, source: Data
                                                         value=codes.DECISION_CODES[roi.decision]))
     evaluations.append(hd.sr.QualitativeEvaluation(name=codes.ANALYSIS_STATUS,
                                                     value=codes.STATUS_CODES[roi.status]))
+    evaluations.append(hd.sr.QualitativeEvaluation(name=codes.ROI_SOURCE, value=codes.roi_source(roi.kind)))
     if roi.calcification_type is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(
             name=codes.CALCIFICATION_TYPE, value=codes.CALCIFICATION_TYPE_CODES[roi.calcification_type]))
@@ -151,7 +178,9 @@ def _group(result: StudyResult, image: ImageResult, roi: RoiResult, source: Data
                 if "ReferencedSegmentNumber" in ref and "ReferencedFrameNumber" in ref:
                     del ref.ReferencedSegmentNumber  # dciodvfy: only one of the two is allowed
             container.ContentSequence.append(item)
-    container.ContentSequence.append(_comment(f"{roi.display_name}: {status_sentence(roi)}"))
+    detected = detection_sentence(roi)
+    name = f"{roi.display_name} ({detected})" if detected else roi.display_name
+    container.ContentSequence.append(_comment(f"{name}: {status_sentence(roi)}"))
     if result.model.not_for_clinical_use:
         container.ContentSequence.append(_comment(f"{NOT_FOR_CLINICAL_USE}: {model_text(result, flag=False)}"))
     return group
@@ -192,6 +221,32 @@ def image_library(images: list[Dataset]) -> hd.sr.ContainerContentItem:
     return library
 
 
+def no_cluster_sentence(result: StudyResult, image: ImageResult) -> str:
+    """What a view without ROI and without detected cluster says (or why its detection failed)."""
+    number = result.images.index(image) + 1
+    if image.cluster_detection == "detection_failed":
+        return f"Calcification cluster detection failed on image {number}: {image.detection_failure}"
+    return f"{codes.NO_CLUSTER_DETECTED_TEXT} on image {number}"
+
+
+def _detection_group(result: StudyResult, image: ImageResult, source: Dataset
+                     ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 image-level group of a view whose cluster detection found no cluster (or failed):
+    it references the image and says so; there is no score and no decision."""
+    number = result.images.index(image) + 1
+    outcome = codes.DETECTION_OUTCOME_CODES[image.cluster_detection]
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(result, "tracking", image.sop_instance_uid, "cluster-detection"),
+            identifier=f"{outcome.meaning} (image {number})"[:64]),
+        algorithm_id=hd.sr.AlgorithmIdentification(name=result.model.name, version=result.model.version,
+                                                   parameters=algorithm_parameters(result)),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.CLUSTER_DETECTION, value=outcome)],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)])
+    group[0].ContentSequence.append(_comment(no_cluster_sentence(result, image)))
+    return group
+
+
 def _study_group(result: StudyResult) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     status = "failed" if result.failure is not None else "ok"
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -217,9 +272,12 @@ def build_measurement_report(result: StudyResult, sources: Iterable[Dataset] | M
     sources = index_sources(result, sources)
     segmentations = dict(segmentations or {})
     groups = []
-    for image, roi in result.rois:
-        groups.append(_group(result, image, roi, sources[image.sop_instance_uid],
-                             segmentations.get(image.sop_instance_uid)))
+    for image in result.images:
+        source = sources[image.sop_instance_uid]
+        for roi in image.rois:
+            groups.append(_group(result, image, roi, source, segmentations.get(image.sop_instance_uid)))
+        if not image.rois and image.cluster_detection in codes.DETECTION_OUTCOME_CODES:
+            groups.append(_detection_group(result, image, source))
 
     referenced = [sources[uid] for uid in ordered([im.sop_instance_uid for im in result.images])]
     if not referenced:  # whole-study failure before any image was analysed

@@ -2,7 +2,10 @@
 
 * BINARY, one segment per ROI that was segmented (status ``ok`` or
   ``not_assessable``; ``failed`` ROIs have none): the calcifications whose labels
-  the ROI lists. Category (49755003, SCT, "Morphologically abnormal structure"),
+  the ROI lists. A detected cluster (a view without ROI, ``no_roi = "detect"``) is
+  an ROI like a drawn one, so each cluster is its own segment, labelled "detected
+  cluster k": viewers list and colour segments separately, so a radiologist can
+  show or hide each cluster (one segment for all would be one on/off switch). Category (49755003, SCT, "Morphologically abnormal structure"),
   type (129770007, SCT, "Individual calcification"), algorithm type AUTOMATIC with
   the model as Segmentation Algorithm Identification. The segment carries the
   ROI's Tracking ID/UID, the same as the TID 1500 measurement group and the GSPS.

@@ -31,8 +31,9 @@ def build_study_results(result: StudyResult, source_datasets: Iterable | Mapping
                         gsps: bool = True, created: datetime | None = None) -> list[tuple[str, Dataset]]:
     """Every result object, in memory: [(kind, dataset)], kind in SEG, SR, CADSR, GSPS.
 
-    Order: the SEGs (one per image with a segmented ROI), the TID 1500 SR, the
-    Mammography CAD SR, then the GSPSs (one per image with an ROI) when ``gsps``.
+    Order: the SEGs (one per image with a segmented ROI: drawn or detected cluster), the TID 1500
+    SR, the Mammography CAD SR, then the GSPSs (one per image with an ROI, or whose cluster
+    detection found none) when ``gsps``.
     """
     if isinstance(source_datasets, Mapping):
         source_datasets = list(source_datasets.values())
@@ -47,7 +48,8 @@ def build_study_results(result: StudyResult, source_datasets: Iterable | Mapping
     objects.append(("SR", build_measurement_report(result, sources, segs)))
     objects.append(("CADSR", build_mammography_cad_sr(result, sources, created=created)))
     if gsps:
-        with_rois = {im.sop_instance_uid: sources[im.sop_instance_uid] for im in result.images if im.rois}
+        with_rois = {im.sop_instance_uid: sources[im.sop_instance_uid] for im in result.images
+                     if im.rois or im.cluster_detection is not None}
         laterality = study_laterality(result, with_rois)
         for image in result.images:
             pr = build_presentation_state(result, image, sources[image.sop_instance_uid], laterality=laterality)

@@ -52,12 +52,25 @@ def test_analyze_json_gives_one_object_per_roi(world, study, analyzed):
     result, _ = analyzed
     records = [json.loads(line) for line in result.stdout.splitlines()]
     bundle = ClassifierBundle.load(world.bundle)
-    assert len(records) == len(study["rows"]) + 1  # every labelled ROI + the whole breast of the other image
+    # every labelled ROI, and for the image without ROI its detected clusters (the default no-ROI
+    # policy), or one record saying no cluster was detected: never a whole-breast region
+    drawn = [r for r in records if Path(r["image"]) != study["no_roi"]]
     expected = {(r["image_sop_instance_uid"], f"ann1-obj{r['roi_id']}") for r in study["rows"]}
-    assert {(r["sop_instance_uid"], r["roi_id"]) for r in records if r["roi_kind"] != "whole_breast"} == expected
-    whole = [r for r in records if r["roi_kind"] == "whole_breast"]
-    assert len(whole) == 1 and whole[0]["roi_id"] == "whole-breast" and Path(whole[0]["image"]) == study["no_roi"]
+    assert len(drawn) == len(study["rows"]) and {(r["sop_instance_uid"], r["roi_id"]) for r in drawn} == expected
+    assert all(r["roi_kind"] != "detected_cluster" and r["detection_confidence"] is None
+               and r["cluster_detection"] is None for r in drawn)
+    other = [r for r in records if Path(r["image"]) == study["no_roi"]]
+    assert other and not any(r["roi_kind"] == "whole_breast" for r in records)
+    if other[0]["roi_id"] is None:
+        assert len(other) == 1 and other[0]["cluster_detection"] == "no_cluster_detected"
+        assert other[0]["score"] is None and other[0]["decision"] is None
+    else:
+        assert [r["roi_id"] for r in other] == [f"cluster-{k}" for k in range(1, len(other) + 1)]
+        assert all(r["roi_kind"] == "detected_cluster" and 0 <= r["detection_confidence"] <= 1
+                   and r["cluster_detection"] == "clusters_detected" for r in other)
     for r in records:
+        if r["roi_id"] is None:
+            continue
         assert set(r) >= {"image", "roi_id", "calcifications", "score", "decision", "assessable", "reason", "model"}
         assert r["model"] == {"name": "test-classifier", "version": "0.0.1", "sha256": bundle.sha256,
                               "not_for_clinical_use": True}
@@ -77,7 +90,9 @@ def test_analyze_out_writes_dicom_results_that_pass_dciodvfy(study, analyzed):
     files = sorted(out.glob("*.dcm"))
     kinds = [f.name.split("-")[0] for f in files]
     n_images = len(study["images"]) + 1
-    assert kinds.count("SEG") == n_images and kinds.count("SR") == 1 and kinds.count("CADSR") == 1
+    # the image without ROI has a SEG when a cluster was detected on it, and a GSPS either way
+    # (its clusters, or "No calcification cluster detected")
+    assert kinds.count("SEG") in (n_images - 1, n_images) and kinds.count("SR") == 1 and kinds.count("CADSR") == 1
     assert kinds.count("GSPS") == n_images
     for f in files:
         check = subprocess.run([DCIODVFY, str(f)], capture_output=True, text=True)

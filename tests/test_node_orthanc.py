@@ -228,3 +228,53 @@ def test_shipped_orthanc_lua_routes_mammograms_and_rois_but_not_results(node_env
         assert job["images"] == 4 and job["roi_objects"] == len(sources) - 4
     finally:
         pacs.stop()
+
+
+@pytest.fixture(scope="module")
+def case_without_roi(tmp_path_factory) -> Path:
+    """The two views of a breast with clusters (1600 x 1200), without the radiologist's ROIs."""
+    out = tmp_path_factory.mktemp("synth-no-roi")
+    subprocess.run(CALCNODE + ["synth", "--out", str(out), "--cases", "1", "--size", "1600x1200", "--seed", "3",
+                               "--lateralities", "L", "--quiet", "--workers", "1"], cwd=ROOT, check=True,
+                   capture_output=True)
+    folder = out / "dicom" / "SYNTH0001"
+    for roi in folder.glob("PR_*.dcm"):
+        roi.unlink()
+    return folder
+
+
+def test_orthanc_study_without_roi_comes_back_with_detected_cluster_marks(node_env, start_node, start_orthanc,
+                                                                         tmp_path, case_without_roi):
+    """The default no-ROI policy ("detect"): the node's real analysis finds the clusters; the CAD SR
+    marks them (outline and centre) and the GSPS draws their outlines; every object is valid."""
+    missing = _real_models_missing()
+    if missing:
+        pytest.skip(missing)
+    files = _route_study_and_collect_results(start_node, start_orthanc, tmp_path, case_without_roi, engine="",
+                                             timeout=600)
+    _check_valid(files)
+
+    def items(ds):
+        for item in ds.get("ContentSequence", []):
+            yield item
+            yield from items(item)
+
+    def name(item):
+        return str(item.ConceptNameCodeSequence[0].CodeMeaning) if "ConceptNameCodeSequence" in item else ""
+
+    [cad] = [pydicom.dcmread(p) for p in files["CADSR"]]
+    findings = [i for i in items(cad) if name(i) == "Single Image Finding"]
+    assert findings
+    for finding in findings:
+        kinds = {name(c): c for c in finding.ContentSequence}
+        assert kinds["Outline"].GraphicType == "POLYLINE" and kinds["Center"].GraphicType == "POINT"
+        assert "Certainty of Finding" in kinds
+    [sr] = [pydicom.dcmread(p) for p in files["SR"]]
+    sources = [str(i.ConceptCodeSequence[0].CodeMeaning) for i in items(sr) if name(i) == "ROI source"]
+    assert sources and set(sources) == {"Detected by calcnode"}
+    texts = [a.TextObjectSequence[0].UnformattedTextValue
+             for p in files["GSPS"] for a in pydicom.dcmread(p).GraphicAnnotationSequence]
+    assert sum("detected by calcnode" in t for t in texts) == len(findings)
+    outlines = [a for p in files["GSPS"] for a in pydicom.dcmread(p).GraphicAnnotationSequence
+                if "GraphicObjectSequence" in a]
+    assert len(outlines) == len(findings)

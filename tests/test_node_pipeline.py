@@ -105,7 +105,8 @@ def test_study_analysed_results_sent_and_input_changes_handled(node_env, start_n
     node = start(start_node, tmp_path, destinations=[dest.destination("pacs")], workers={"warm_up": True})
     images, rois = synth_study["images"], synth_study["rois"]
 
-    # 1. the images alone: analysed as whole breasts (default no-ROI policy)
+    # 1. the images alone: analysed under the default no-ROI policy (the stand-in engine outlines each
+    #    whole image; the real analysis detects clusters, tests/test_node_orthanc.py)
     assert node.storescu(*images).returncode == 0
     [job1] = wait_jobs_finished(node, 1)
     assert job1.state == "done" and len(job1.images) == 4 and not job1.roi_objects

@@ -31,7 +31,8 @@ MARKER_FORMAT = 1
 STUDIES = "studies"
 PARTIAL = ".partial-"
 RESULT_COLUMNS = ("study_instance_uid", "image_sop_instance_uid", "roi_id", "roi_label", "roi_kind", "status",
-                  "n_calcifications", "score", "threshold", "decision", "reason", "model")
+                  "n_calcifications", "score", "threshold", "decision", "reason", "detection_confidence",
+                  "cluster_detection", "model")
 FAILURE_COLUMNS = ("study_instance_uid", "stage", "reason", "n_images", "n_roi_objects", "path")
 
 
@@ -39,6 +40,7 @@ def settings_fingerprint(config) -> dict:
     """The settings that change a study's results, with the model files' content hashes (a model
     retrained in place changes the key; a model moved to another path does not)."""
     from analysis.classify import DEFAULT_BUNDLE, MANIFEST
+    from analysis.clusters import DEFAULT_CLUSTER_MODEL
 
     analysis = config.analysis
     bundle = Path(analysis.model_bundle) if analysis.model_bundle else DEFAULT_BUNDLE
@@ -47,7 +49,11 @@ def settings_fingerprint(config) -> dict:
             "model_bundle": _file_sha256(manifest),
             "segmentation_model": _file_sha256(Path(analysis.segmentation_model)) if analysis.segmentation_model
             else "",
-            "no_roi": config.assembly.no_roi_policy, "write_gsps": analysis.write_gsps,
+            "no_roi": config.assembly.no_roi_policy,
+            # the shipped cluster model (no_roi = "detect"): retrained in place, the clusters change
+            "cluster_model": _file_sha256(DEFAULT_CLUSTER_MODEL) if config.assembly.no_roi_policy == "detect"
+            and DEFAULT_CLUSTER_MODEL.is_file() else "",
+            "write_gsps": analysis.write_gsps,
             "point_roi_radius_mm": analysis.point_roi_radius_mm,
             "default_pixel_spacing_mm": analysis.default_pixel_spacing_mm}
 

@@ -1,9 +1,10 @@
 """``calcnode analyze``: the whole analysis of mammograms offline (segment, features, score).
 
 Images are grouped by study (Study Instance UID) and each study is analysed with
-:func:`analysis.study.study_analysis`. Output: one line per ROI, or with ``--json`` one JSON
-object per ROI per line (image, roi id, calcification count, score, decision, assessable,
-reason, model). With ``--out DIR`` the DICOM results (SEG, TID 1500 SR, Mammography CAD SR,
+:func:`analysis.study.study_analysis`. Output: one line per ROI (drawn or detected cluster), or
+with ``--json`` one JSON object per ROI per line (image, roi id, calcification count, score,
+decision, assessable, reason, detection confidence, model); a view without ROI where no cluster
+was detected gets one line "no calcification cluster detected" (``cluster_detection`` in JSON). With ``--out DIR`` the DICOM results (SEG, TID 1500 SR, Mammography CAD SR,
 GSPS) are written there by :func:`sr_templates.write_study_results`.
 
 Input problems (an unusable image, an ROI object that cannot be read) are printed to stderr,
@@ -24,17 +25,18 @@ from ..config import load_config
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "analyze", help="analyse mammograms offline: calcifications, score and decision per ROI",
-        description="Segment the calcifications inside the ROIs of the given GSPS/SEG files (the whole breast "
-                    "for an image without ROI), extract their features and score each ROI with the model "
-                    "bundle. " + NOT_FOR_CLINICAL_USE)
+        description="Segment the calcifications inside the ROIs of the given GSPS/SEG files (on an image "
+                    "without ROI: detect its calcification clusters, each then analysed as an ROI), extract "
+                    "their features and score each ROI with the model bundle. " + NOT_FOR_CLINICAL_USE)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="MG images (one or several studies)")
     parser.add_argument("--roi", action="extend", nargs="+", default=[], metavar="FILE",
                         help="GSPS or SEG objects (one or more; repeatable)")
     parser.add_argument("--model", metavar="MODEL",
                         help=f"classifier bundle folder (default: the shipped {DEFAULT_BUNDLE.name})")
     parser.add_argument("--seg-model", metavar="PT", help="segmentation CNN (default: the bundle's)")
-    parser.add_argument("--no-roi", choices=("whole-breast", "skip"), default="whole-breast",
-                        help="an image without ROI: analyse the whole breast (default) or skip it")
+    parser.add_argument("--no-roi", choices=("detect", "whole-breast", "skip"), default="detect",
+                        help="an image without ROI: detect its calcification clusters and analyse each "
+                             "(default), analyse the whole breast as one region (research only) or skip it")
     parser.add_argument("--json", action="store_true", help="one JSON object per ROI per line")
     parser.add_argument("--out", metavar="DIR", help="also write the DICOM results (SEG, SR, CAD SR, GSPS) here")
     parser.add_argument("--no-gsps", action="store_true", help="with --out: do not write the GSPS")
@@ -128,9 +130,15 @@ def run(args) -> int:
 
 def _line(r: dict) -> str:
     name = Path(r["image"]).name if r["image"] else r["sop_instance_uid"]
+    if r["roi_id"] is None:  # a view without ROI and without a detected cluster
+        if r.get("cluster_detection") == "no_cluster_detected":
+            return f"{name}: no calcification cluster detected"
+        return f"{name}: cluster detection failed: {r['reason']}"
     what = f"{name} {r['roi_id']}"
     if r.get("roi_label"):
         what += f" \"{r['roi_label']}\""
+    if r.get("detection_confidence") is not None:
+        what += f" (detection confidence {r['detection_confidence']:.2f})"
     if r["status"] == "ok":
         return (f"{what}: {r['calcifications']} calcifications, score {r['score']:.3f} at threshold "
                 f"{r['threshold']:.2f}: {r['decision']}")

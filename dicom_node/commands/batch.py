@@ -42,8 +42,10 @@ def register(subparsers) -> None:
                         help="node configuration whose [analysis] settings to use (default: embedded defaults)")
     parser.add_argument("--model", metavar="MODEL", help="classifier bundle folder (default: the configured one)")
     parser.add_argument("--seg-model", metavar="PT", help="segmentation CNN (default: the bundle's)")
-    parser.add_argument("--no-roi", choices=("whole-breast", "skip"),
-                        help="an image without ROI: analyse the whole breast (default) or skip it")
+    parser.add_argument("--no-roi", choices=("detect", "whole-breast", "skip"),
+                        help="an image without ROI: detect its calcification clusters and analyse each "
+                             "(the configured assembly.no_roi_policy, default detect), analyse the whole "
+                             "breast as one region (research only) or skip it")
     parser.add_argument("--no-gsps", action="store_true", help="do not write the GSPS")
     parser.add_argument("--retry-failed", action="store_true",
                         help="analyse again the studies whose earlier analysis failed")
