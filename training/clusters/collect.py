@@ -11,12 +11,15 @@ cluster is a false mark, unless its centre lies in the view's ignore region (a r
 lesion, :mod:`training.clusters.views`). A truth cluster is found at a threshold when a candidate
 with confidence >= the threshold hits it.
 
-**Detectable.** A truth cluster is detectable when at least ``min_count`` (3) of its calcifications
-overlap a segmented calcification (a pixel in common): the segmentation's misses are not the
-cluster stage's, and sensitivities are reported for all clusters and for detectable ones.
+**Detectable.** A truth cluster is detectable when at least ``min_count`` (3) *and* at least half of
+its calcifications overlap a segmented calcification (a pixel in common): with fewer, the grouping
+rule or the hit rule cannot be met from what the segmentation found (except by chance inclusion).
+The segmentation's misses are not the cluster stage's, so sensitivities are reported for all
+clusters and for detectable ones.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -84,7 +87,7 @@ def collect_view(view: View, seg_model, params: ClusterParams = ClusterParams())
             found = np.unique(view.truth_labels[(seg.labels > 0) & (view.truth_labels > 0)])
             segmented = int(np.isin(cluster.particle_labels, found).sum())
         truth.append({"cluster_id": cluster.cluster_id, "kind": cluster.kind, "n": len(cluster.points_xy),
-                      "n_segmented": segmented, "detectable": segmented >= params.min_count})
+                      "n_segmented": segmented, "detectable": segmented >= max(params.min_count, math.ceil(HIT_FRACTION * len(cluster.points_xy)))})
     points = [c.points_xy for c in view.clusters]
     out = []
     for c in candidates:

@@ -5,6 +5,11 @@ when it hits a truth cluster, negative when it hits none; candidates in an ignor
 view's benign lesion) are left out. Candidates of real normal views are weighted ``real_weight``
 times (default 5): they are few, and they are the false marks the simulator does not make.
 
+Not used: ``contrast_mean`` (the members' contrast in [0, 1] image units). It depends on how an
+image's grey levels were scaled (the simulator's 12-bit display units against a PNG's), and with it
+the model learnt "bright = not a cluster" from the real negatives, i.e. the source of the image,
+not the calcifications; the contrast-to-noise ratios (``cnr_*``) are scale-free and stay.
+
 Model: an L2-regularised logistic regression (scikit-learn, ``C`` default 0.3) on the features of
 :data:`MODEL_FEATURES` after their transform (``log1p`` for counts, areas, distances and ratios),
 standardised. It is small, deterministic and readable: its coefficients say which evidence counts.
@@ -40,7 +45,6 @@ MODEL_FEATURES = {
     "cnn_mean": "identity",
     "cnn_min": "identity",
     "cnn_max": "identity",
-    "contrast_mean": "identity",
     "cnr_mean": "log1p",
     "cnr_max": "log1p",
     "object_area_mean_mm2": "log1p",
