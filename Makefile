@@ -86,13 +86,13 @@ demo-cluster-model: $(STAMP)
 	    --negatives $(REAL_TISSUE)/nyu_gmic_0_R-CC.png $(REAL_TISSUE)/nyu_gmic_0_R-MLO.png \
 	    --out $(CLUSTER_MODEL)
 
-# Its held-out evaluation: other seeds, and the two left-breast real views. About 3 minutes.
+# Its held-out evaluation: another seed (160 views), and the two left-breast real views. About 6 minutes.
 evaluate-demo-clusters: $(STAMP)
 	rm -rf data/cluster-test
-	$(BIN)/calcnode synth --out data/cluster-test --cases 16 --seed 302 $(CLUSTER_SYNTH)
+	$(BIN)/calcnode synth --out data/cluster-test --cases 40 --seed 302 $(CLUSTER_SYNTH)
 	$(BIN)/calcnode evaluate-clusters --data data/cluster-test --model $(CLUSTER_MODEL) --quiet \
 	    --negatives $(REAL_TISSUE)/nyu_gmic_0_L-CC.png $(REAL_TISSUE)/nyu_gmic_0_L-MLO.png \
-	    --out data/cluster-evaluation
+	    --save-candidates data/cluster-evaluation-candidates.json --out data/cluster-evaluation
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

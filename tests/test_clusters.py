@@ -96,9 +96,9 @@ def test_a_line_of_objects_has_high_linearity():
 
 
 def test_rule_confidence_penalises_lines_and_few_members():
-    base = {"n_calcifications": 8, "linearity": 0.2, "cnn_mean": 0.8}
-    assert rule_confidence(base) >= RULE_THRESHOLD
-    assert rule_confidence({**base, "linearity": 0.99}) < RULE_THRESHOLD
+    base = {"n_calcifications": 8, "linearity": 0.9, "line_residual_mm": 0.8, "cnn_mean": 0.8}
+    assert rule_confidence(base) >= RULE_THRESHOLD          # elongated, but not a line
+    assert rule_confidence({**base, "line_residual_mm": 0.1}) < RULE_THRESHOLD
     assert rule_confidence({**base, "n_calcifications": 3}) < RULE_THRESHOLD
     assert rule_confidence({**base, "cnn_mean": 0.1}) < RULE_THRESHOLD
 
