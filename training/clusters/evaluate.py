@@ -175,7 +175,7 @@ def plot(report: dict, path: Path) -> None:
                  f"real normal views: {rate if rate is None else round(rate, 2)} false marks/view\n"
                  f"{report['model']} - simulated data, not for clinical use", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")  # path may be a temporary name without the suffix
     plt.close(fig)
 
 

@@ -72,6 +72,5 @@ def evaluate_folders(sim: list[ViewCandidates], real: list[ViewCandidates], mode
     out_dir = Path(out_dir)
     write_text(out_dir / "cluster_metrics.json", report_json(report))
     with atomic_path(out_dir / "cluster_froc.png") as tmp:
-        plot(report, Path(str(tmp) + ".png"))
-        Path(str(tmp) + ".png").rename(tmp)
+        plot(report, tmp)
     return report
