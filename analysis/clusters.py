@@ -396,15 +396,18 @@ def rule_confidence(features: Mapping[str, float]) -> float:
     """Confidence without a trained model: a hand-set rule, not a measured operating point.
 
     ``count * shape * support``: ``count = 1 - exp(-(n - 2) / 3)`` (3 members 0.28, 5 -> 0.63,
-    10 -> 0.93); ``shape = 1 - 0.8 * linearity^4`` when n >= 4 (a line of objects along a vessel
-    or duct is the commonest false cluster; 3 points are too few to call a line), else 1;
-    ``support = min(1, cnn_mean / 0.5)`` (the selection CNN's mean support, saturating at 0.5).
-    A cluster is kept when the confidence is >= :data:`RULE_THRESHOLD` (0.5): in practice at least
-    5 well-supported members not on a line.
+    10 -> 0.93); ``shape = min(1, 0.2 + 0.8 * line_residual_mm / 0.5 mm)`` when n >= 4, else 1: a
+    line of objects along a vessel or duct (the commonest false cluster) has its centroids within
+    ~0.3 mm of one axis, while a cluster, even an elongated one, spreads across its axis (linearity
+    alone would also reject the elongated clusters that point along a duct; 3 points are too few to
+    call a line); ``support = min(1, cnn_mean / 0.5)`` (the selection CNN's mean support,
+    saturating at 0.5). A cluster is kept when the confidence is >= :data:`RULE_THRESHOLD` (0.5): in
+    practice at least 5 well-supported members not on one line. docs/clusters.md gives its measured
+    figures, well below a trained model's.
     """
     n = float(features["n_calcifications"])
     count = 1.0 - math.exp(-max(n - 2.0, 0.0) / 3.0)
-    shape = 1.0 - 0.8 * float(features["linearity"]) ** 4 if n >= 4 else 1.0
+    shape = min(1.0, 0.2 + 0.8 * float(features["line_residual_mm"]) / 0.5) if n >= 4 else 1.0
     support = min(1.0, max(float(features["cnn_mean"]), 0.0) / 0.5)
     return float(min(max(count * shape * support, 0.0), 1.0))
 

@@ -1,0 +1,133 @@
+"""``calcnode train-clusters`` and ``calcnode evaluate-clusters``: the calcification cluster model
+of views without ROI (:mod:`analysis.clusters`, :mod:`training.clusters`, docs/clusters.md)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+DEFAULT_REAL_SPACING_MM = 0.07   # training.clusters.views.REAL_SPACING_MM (kept light: no import here)
+
+
+def _common(p) -> None:
+    p.add_argument("--data", action="append", default=[], metavar="DIR",
+                   help="a calcnode synth folder (MG images + truth/*_labels.npz, *_particles.csv); repeatable")
+    p.add_argument("--negatives", nargs="+", default=[], metavar="DIR_OR_PNG",
+                   help="real normal views: 16-bit PNGs or folders of them (a *_benign_lesion_mask.png "
+                        "beside a view marks a region to ignore)")
+    p.add_argument("--real-spacing", type=float, default=DEFAULT_REAL_SPACING_MM, metavar="MM",
+                   help=f"pixel spacing assumed for the PNGs (default {DEFAULT_REAL_SPACING_MM})")
+    p.add_argument("--seg-model", metavar="PT", help="selection CNN (default: the shipped demo-seg-cnn.pt)")
+    p.add_argument("--candidates", metavar="JSON",
+                   help="read the labelled candidates from this file (written by --save-candidates) "
+                        "instead of segmenting --data/--negatives")
+    p.add_argument("--save-candidates", metavar="JSON", help="also write the labelled candidates here")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train-clusters", help="train the calcification cluster model (views without ROI)",
+        description="Segment simulated views (with truth) and real normal views over the whole breast, "
+                    "collect the candidate clusters, label them (hit rule: the outline contains >= half "
+                    "of a truth cluster's calcifications) and fit the cluster model (docs/clusters.md).")
+    _common(train)
+    train.add_argument("--out", required=True, metavar="MODEL", help="model file to write (JSON)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--name", default="calcnode-clusters-demo")
+    train.add_argument("--version", default="1")
+    train.add_argument("--target-fp", type=float, default=0.1, metavar="RATE",
+                       help="false marks per training image at the operating threshold (default 0.1)")
+    train.set_defaults(func=run_train)
+
+    evaluate = subparsers.add_parser(
+        "evaluate-clusters", help="cluster-level FROC and false marks per image of the cluster model",
+        description="Cluster sensitivity against false cluster marks per image on simulated views "
+                    "(all, detectable, per calcification type), false marks on views without clusters "
+                    "and on real normal views; writes cluster_metrics.json and cluster_froc.png.")
+    _common(evaluate)
+    evaluate.add_argument("--model", metavar="PATH",
+                          help="cluster model (default: the shipped demonstration model; 'rule' for the "
+                               "rule-based confidence without a model)")
+    evaluate.add_argument("--out", required=True, metavar="DIR")
+    evaluate.set_defaults(func=run_evaluate)
+
+
+def _gather(args, prog: str):
+    from training.clusters.pipeline import gather, load_candidates, save_candidates
+
+    if args.candidates:
+        sim, real = load_candidates(args.candidates)
+    else:
+        if not args.data and not args.negatives:
+            print(f"calcnode {prog}: error: give --data DIR and/or --negatives, or --candidates JSON",
+                  file=sys.stderr)
+            return None
+        for d in args.data:
+            if not Path(d).is_dir():
+                print(f"calcnode {prog}: error: {d}: no such data folder", file=sys.stderr)
+                return None
+        for n in args.negatives:
+            if not Path(n).exists():
+                print(f"calcnode {prog}: error: {n}: not found", file=sys.stderr)
+                return None
+        sim, real = gather(args.data, args.negatives, args.seg_model, args.real_spacing, not args.quiet)
+    if args.save_candidates:
+        save_candidates(args.save_candidates, sim, real)
+    return sim, real
+
+
+def run_train(args) -> int:
+    gathered = _gather(args, "train-clusters")
+    if gathered is None:
+        return 2
+    sim, real = gathered
+    from training.clusters.pipeline import train
+
+    data = "; ".join([*(str(d) for d in args.data), *(f"real {n}" for n in args.negatives)]) or str(args.candidates)
+    try:
+        model = train(sim, real, args.out, seed=args.seed, name=args.name, version=args.version,
+                      training_data=f"{len(sim)} simulated + {len(real)} real normal views ({data})",
+                      target_fp_per_image=args.target_fp)
+    except ValueError as exc:
+        print(f"calcnode train-clusters: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: {model.info['samples']} candidate clusters ({model.info['positives']} true), "
+          f"threshold {model.threshold:.3f}; NOT FOR CLINICAL USE")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from analysis.clusters import DEFAULT_CLUSTER_MODEL
+
+    model = None if args.model == "rule" else (args.model or str(DEFAULT_CLUSTER_MODEL))
+    if model is not None and not Path(model).is_file():
+        print(f"calcnode evaluate-clusters: error: {model}: no such model file (use --model rule for the "
+              "rule-based confidence)", file=sys.stderr)
+        return 2
+    gathered = _gather(args, "evaluate-clusters")
+    if gathered is None:
+        return 2
+    sim, real = gathered
+    from training.clusters.pipeline import evaluate_folders
+
+    report = evaluate_folders(sim, real, model, args.out)
+    s = report["simulated"]
+    op = s["operating_point"]
+    at = s["at_fp_rate"]["all"]
+    print(f"simulated: {s['images']} views, {s['truth_clusters']} clusters ({s['detectable_clusters']} detectable); "
+          f"sensitivity {op['sensitivity']['all']['sensitivity']} at {op['fp_per_image']:.3f} false marks/image "
+          f"(threshold {op['threshold']:.3f}); {at['sensitivity']:.3f} at <= 0.2 false marks/image")
+    if report["real"]["images"]:
+        print(f"real: {report['real']['images']} views, "
+              f"{report['real']['fp_per_image_at_operating_point']:.3f} false marks/view")
+    print(f"wrote {Path(args.out) / 'cluster_metrics.json'} and {Path(args.out) / 'cluster_froc.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="calcnode")
+    register(parser.add_subparsers(dest="command"))
+    parsed = parser.parse_args()
+    sys.exit(parsed.func(parsed) if getattr(parsed, "func", None) else 2)

@@ -1,0 +1,338 @@
+"""Calcification clusters on views without ROI: grouping rule, outline, features, model, hit rule,
+and ``calcnode evaluate-clusters`` / ``train-clusters`` on a tiny simulated set."""
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from analysis.clusters import (FEATURE_NAMES, RULE_THRESHOLD, ClusterModel, ClusterParams, DetectedCluster,
+                               cluster_outline, detect_clusters, group_points, layout_features, max_in_disk,
+                               points_in_polygon, polygon_area, rule_confidence)
+from analysis.segmentation.pipeline import particle_table
+
+SPACING = (0.1, 0.1)
+
+
+def fake_segmentation(shape, positions, size=3, score=0.8, value=0.7):
+    """A Segmentation-like object with square calcifications of ``size`` px at ``positions`` (r, c)."""
+    rng = np.random.default_rng(0)
+    pixels = (0.3 + rng.normal(0, 0.01, shape)).astype(np.float32)
+    labels = np.zeros(shape, np.int32)
+    for i, (r, c) in enumerate(positions):
+        labels[r:r + size, c:c + size] = i + 1
+        pixels[r:r + size, c:c + size] = value
+    selection = SimpleNamespace(objects=labels.copy(), scores=np.full(len(positions), score), kept=labels > 0)
+    seg = SimpleNamespace(labels=labels, particles=particle_table(labels, pixels, SPACING), selection=selection)
+    return seg, pixels
+
+
+# ---- the grouping rule ---------------------------------------------------------------------
+
+def test_three_within_one_cm2_is_a_cluster_two_are_not():
+    three = np.array([[0.0, 0.0], [3.0, 0.0], [1.0, 3.0]])
+    assert [g.tolist() for g in group_points(three)] == [[0, 1, 2]]
+    assert group_points(three[:2]) == []
+    # a fourth point 20 mm away is not linked and does not join
+    four = np.vstack([three, [[20.0, 20.0]]])
+    assert [g.tolist() for g in group_points(four)] == [[0, 1, 2]]
+
+
+def test_linked_but_not_within_one_cm2_is_no_cluster():
+    # linked at 6 mm, but 12 mm end to end: no disk of 1 cm² (diameter 11.28 mm) holds all three
+    params = ClusterParams(link_mm=6.0)
+    assert group_points(np.array([[0.0, 0.0], [6.0, 0.0], [12.0, 0.0]]), params) == []
+    assert len(group_points(np.array([[0.0, 0.0], [5.5, 0.0], [11.0, 0.0]]), params)) == 1
+
+
+def test_density_test_is_exact_not_member_centred():
+    radius = ClusterParams().window_radius_mm   # 5.64 mm
+    params = ClusterParams(link_mm=12.0)
+    for circumradius, expected in ((radius * 0.97, 1), (radius * 1.03, 0)):
+        angles = np.deg2rad([90, 210, 330])
+        tri = circumradius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+        # no disk centred on a member holds all three (side = 1.68 x radius) ...
+        assert max(np.sum(np.hypot(*(tri - p).T) <= radius) for p in tri) < 3
+        # ... but the circumscribed disk does when it is small enough
+        assert max_in_disk(tri, radius) == (3 if expected else 2)
+        assert len(group_points(tri, params)) == expected
+
+
+def test_single_linkage_chains_groups():
+    chain = np.array([[0.0, 0.0], [4.0, 0.0], [8.0, 0.0], [12.0, 0.0], [16.0, 0.0]])
+    assert [g.tolist() for g in group_points(chain)] == [[0, 1, 2, 3, 4]]
+    assert group_points(chain, ClusterParams(link_mm=3.9)) == []
+
+
+def test_min_count_parameter():
+    five = np.array([[0, 0], [2, 0], [0, 2], [2, 2], [1, 1]], float)
+    assert len(group_points(five, ClusterParams(min_count=5))) == 1
+    assert group_points(five[:4], ClusterParams(min_count=5)) == []
+
+
+def test_params_validate():
+    with pytest.raises(ValueError):
+        ClusterParams(link_mm=-1)
+    with pytest.raises(ValueError):
+        ClusterParams(min_count=0)
+    assert ClusterParams(window_mm2=100).window_radius_mm == pytest.approx(math.sqrt(100 / math.pi))
+
+
+# ---- layout features -----------------------------------------------------------------------
+
+def test_a_line_of_objects_has_high_linearity():
+    line = np.stack([np.linspace(0, 20, 8), 0.02 * np.arange(8)], axis=1)
+    blob = np.random.default_rng(1).normal(0, 2.0, (8, 2))
+    f_line, f_blob = layout_features(line, ClusterParams()), layout_features(blob, ClusterParams())
+    assert f_line["linearity"] > 0.99
+    assert f_line["line_residual_mm"] < 0.05
+    assert f_blob["linearity"] < 0.9
+    assert f_blob["line_residual_mm"] > 0.5
+    assert f_line["n_calcifications"] == 8
+    assert f_line["nn_distance_mm"] == pytest.approx(20 / 7, rel=1e-3)
+
+
+def test_rule_confidence_penalises_lines_and_few_members():
+    base = {"n_calcifications": 8, "linearity": 0.9, "line_residual_mm": 0.8, "cnn_mean": 0.8}
+    assert rule_confidence(base) >= RULE_THRESHOLD          # elongated, but not a line
+    assert rule_confidence({**base, "line_residual_mm": 0.1}) < RULE_THRESHOLD
+    assert rule_confidence({**base, "n_calcifications": 3}) < RULE_THRESHOLD
+    assert rule_confidence({**base, "cnn_mean": 0.1}) < RULE_THRESHOLD
+
+
+# ---- outline -------------------------------------------------------------------------------
+
+def test_outline_of_one_pixel_is_its_square_in_pixel_convention():
+    outline = cluster_outline(np.array([10]), np.array([20]), SPACING, margin_mm=0.0)
+    assert sorted(map(tuple, outline.tolist())) == [(20.0, 10.0), (20.0, 11.0), (21.0, 10.0), (21.0, 11.0)]
+    assert polygon_area(outline) == pytest.approx(1.0)
+
+
+def test_outline_contains_members_and_margin():
+    rows = np.array([10, 10, 30, 50])
+    cols = np.array([10, 40, 25, 12])
+    outline = cluster_outline(rows, cols, SPACING, margin_mm=1.0)
+    corners = np.array([[c + dx, r + dy] for r, c in zip(rows, cols) for dx in (0, 1) for dy in (0, 1)], float)
+    assert points_in_polygon(outline, corners).all()
+    # 1 mm = 10 px beyond the outermost pixel edges, every direction
+    assert points_in_polygon(outline, np.array([[10 - 9.9, 10.5], [41 + 9.9, 10.5], [12.5, 51 + 9.9]])).all()
+    assert not points_in_polygon(outline, np.array([[10 - 11, 10.5], [12.5, 51 + 11]])).any()
+    assert outline.shape[1] == 2 and len(outline) >= 3
+    assert not np.array_equal(outline[0], outline[-1])   # the closing vertex is not repeated
+
+
+def test_outline_margin_in_mm_for_unequal_spacing():
+    outline = cluster_outline(np.array([50]), np.array([50]), (0.1, 0.2), margin_mm=1.0)
+    xs, ys = outline[:, 0], outline[:, 1]
+    assert xs.max() - 51 == pytest.approx(5.0, rel=0.05)    # 1 mm / 0.2 mm columns
+    assert ys.max() - 51 == pytest.approx(10.0, rel=0.05)   # 1 mm / 0.1 mm rows
+
+
+# ---- detect_clusters -----------------------------------------------------------------------
+
+def test_detect_clusters_groups_segmented_calcifications():
+    positions = [(100, 100), (110, 120), (120, 105), (300, 300), (300, 380)]
+    seg, pixels = fake_segmentation((400, 400), positions)
+    found = detect_clusters(seg, pixels, SPACING, np.ones((400, 400), bool), keep_all=True)
+    assert len(found) == 1
+    c = found[0]
+    assert isinstance(c, DetectedCluster)
+    assert c.cluster_id == 1 and c.member_labels == (1, 2, 3) and c.n_calcifications == 3
+    assert c.centroid_rc == pytest.approx((110.0 + 1, 108.33 + 1), abs=0.01)
+    assert set(c.features) == set(FEATURE_NAMES)
+    assert c.features["cnn_mean"] == pytest.approx(0.8)
+    assert c.features["contrast_mean"] == pytest.approx(0.4, abs=0.02)
+    assert c.area_mm2 == pytest.approx(polygon_area(c.outline_xy) * 0.01)
+    members = np.argwhere(np.isin(seg.labels, c.member_labels))
+    assert points_in_polygon(c.outline_xy, members[:, ::-1] + 0.5).all()   # (col, row) + 0.5
+    assert 0 <= c.confidence <= 1
+    assert c.confidence == pytest.approx(rule_confidence(c.features))
+    with pytest.raises((TypeError, AttributeError)):
+        c.features["n_calcifications"] = 1.0   # read-only
+
+
+def test_detect_clusters_respects_breast_mask_threshold_and_order():
+    positions = [(50, 50), (55, 70), (70, 55), (62, 62), (58, 45), (60, 75),   # 6 calcifications
+                 (300, 300), (310, 310), (305, 320)]                            # 3 calcifications
+    seg, pixels = fake_segmentation((400, 400), positions)
+    found = detect_clusters(seg, pixels, SPACING, np.ones((400, 400), bool), keep_all=True)
+    assert [c.n_calcifications for c in found] == [6, 3]
+    assert [c.cluster_id for c in found] == [1, 2]
+    assert found[0].confidence >= found[1].confidence
+    kept = detect_clusters(seg, pixels, SPACING, np.ones((400, 400), bool))
+    assert [c.n_calcifications for c in kept] == [6]          # 3 members: rule confidence 0.28 < 0.5
+    mask = np.ones((400, 400), bool)
+    mask[200:, 200:] = False
+    assert [c.n_calcifications for c in detect_clusters(seg, pixels, SPACING, mask, keep_all=True)] == [6]
+    empty, px = fake_segmentation((100, 100), [])
+    assert detect_clusters(empty, px, SPACING, None) == []
+
+
+def test_detected_cluster_validates():
+    outline = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(ValueError):
+        DetectedCluster(1, (1, 2, 3), (0.0, 0.0), outline[:2], 1.0, 3, 0.5)
+    with pytest.raises(ValueError):
+        DetectedCluster(1, (1, 2, 3), (0.0, 0.0), outline, 1.0, 2, 0.5)
+    with pytest.raises(ValueError):
+        DetectedCluster(1, (1, 2, 3), (0.0, 0.0), outline, 1.0, 3, 1.5)
+
+
+# ---- the model -----------------------------------------------------------------------------
+
+def _model(threshold=0.5):
+    return ClusterModel(feature_names=("n_calcifications", "linearity"), transforms=("log1p", "identity"),
+                        mean=(1.5, 0.5), scale=(0.5, 0.3), coef=(2.0, -3.0), intercept=0.0,
+                        threshold=threshold, info={"note": "test"})
+
+
+def test_cluster_model_bytes_round_trip_and_scores(tmp_path):
+    model = _model()
+    again = ClusterModel.from_bytes(model.to_bytes())
+    assert again == model and again.sha256 == model.sha256
+    p = model.predict([{"n_calcifications": 10, "linearity": 0.1}, {"n_calcifications": 3, "linearity": 0.99}])
+    assert p[0] > 0.9 and p[1] < 0.1
+    (tmp_path / "m.json").write_bytes(model.to_bytes())
+    assert ClusterModel.load(tmp_path / "m.json") == model
+    (tmp_path / "bad.json").write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="not a calcnode cluster model"):
+        ClusterModel.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError):
+        ClusterModel(**{**model.__dict__, "feature_names": ("nope", "linearity")})
+
+
+def test_detect_clusters_uses_the_model_threshold():
+    positions = [(50, 50), (55, 70), (70, 55), (62, 62), (58, 45), (60, 75)]
+    seg, pixels = fake_segmentation((200, 200), positions)
+    mask = np.ones((200, 200), bool)
+    (c,) = detect_clusters(seg, pixels, SPACING, mask, model=_model(0.0))
+    assert c.confidence == pytest.approx(float(_model().predict([c.features])[0]))
+    assert detect_clusters(seg, pixels, SPACING, mask, model=_model(min(c.confidence + 0.01, 1.0))) == []
+
+
+def test_shipped_demo_model_loads_if_present():
+    from analysis.clusters import DEFAULT_CLUSTER_MODEL, default_cluster_model
+
+    if not DEFAULT_CLUSTER_MODEL.is_file():
+        pytest.skip("no demonstration cluster model in this checkout")
+    model = default_cluster_model()
+    assert model.not_for_clinical_use
+    assert "NOT FOR CLINICAL USE" in json.dumps(model.info)
+    assert 0 < model.threshold < 1
+
+
+# ---- hit rule ------------------------------------------------------------------------------
+
+def test_hit_rule_needs_half_of_the_truth_calcifications():
+    from training.clusters.collect import hits
+
+    square = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]])
+    two_of_four = np.array([[1.0, 1.0], [9.0, 9.0], [20.0, 20.0], [30.0, 1.0]])
+    one_of_four = np.array([[1.0, 1.0], [15.0, 9.0], [20.0, 20.0], [30.0, 1.0]])
+    assert hits(square, [two_of_four, one_of_four]) == [0]
+    assert hits(square, [one_of_four]) == []
+
+
+def test_truth_clusters_from_particle_rows():
+    from training.clusters.views import truth_clusters
+
+    rows = [{"label": "0", "kind": "noise_peak", "cluster_id": "", "row": "5", "col": "5"},
+            {"label": "1", "kind": "amorphous", "cluster_id": "2", "row": "10", "col": "20"},
+            {"label": "2", "kind": "amorphous", "cluster_id": "2", "row": "12", "col": "22"},
+            {"label": "3", "kind": "fine_linear", "cluster_id": "1", "row": "50", "col": "60"}]
+    clusters = truth_clusters(rows)
+    assert [c.cluster_id for c in clusters] == ["1", "2"]
+    assert clusters[0].kind == "fine_linear_branching"
+    assert clusters[1].points_xy.tolist() == [[20.5, 10.5], [22.5, 12.5]]
+    assert clusters[1].particle_labels == (1, 2)
+
+
+def test_train_cluster_model_separates_and_sets_threshold(tmp_path):
+    from training.clusters.collect import ViewCandidates
+    from training.clusters.train import train_cluster_model
+
+    rng = np.random.default_rng(0)
+    views = []
+    for i in range(30):
+        truth = [{"cluster_id": "1", "kind": "punctate", "n": 8, "n_segmented": 8, "detectable": True}] if i % 2 else []
+        cands = []
+        for j in range(3):
+            true = bool(i % 2) and j == 0
+            f = {name: float(rng.uniform(0, 1)) for name in FEATURE_NAMES}
+            f["n_calcifications"] = float(rng.integers(8, 20) if true else rng.integers(3, 6))
+            f["linearity"] = float(rng.uniform(0, 0.6) if true else rng.uniform(0.7, 1.0))
+            cands.append({"features": f, "hits": [0] if true else [], "ignored": False})
+        views.append(ViewCandidates(name=f"synthetic:s/truth/SYNTH{i // 2:04d}/{'LCC' if i % 2 else 'RCC'}",
+                                    source="synthetic", truth=truth, candidates=cands))
+    model = train_cluster_model(views, seed=0, target_fp_per_image=0.1)
+    assert 0 < model.threshold <= 1
+    coef = dict(zip(model.feature_names, model.coef))
+    assert coef["n_calcifications"] > 0 and coef["linearity"] < 0
+    assert "NOT FOR CLINICAL USE" in model.info["not_for_clinical_use"]
+    from training.clusters.evaluate import evaluate
+
+    report = evaluate(views, [], model, "test")
+    op = report["simulated"]["operating_point"]
+    assert op["sensitivity"]["all"]["sensitivity"] > 0.8 and op["fp_per_image"] <= 0.2
+
+
+# ---- the commands on a tiny simulated set --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    from PIL import Image
+
+    from dicom_node.cli import main
+    from training.clusters.views import synthetic_views
+
+    root = tmp_path_factory.mktemp("clusters")
+    data = root / "synth"
+    assert main(["synth", "--out", str(data), "--cases", "2", "--seed", "7", "--size", "900x700",
+                 "--max-clusters", "2", "--types", "punctate", "--lateralities", "L", "--views", "CC",
+                 "--quiet", "--workers", "1"]) == 0
+    # a "real" negative: a simulated view as a 16-bit PNG with a lesion mask beside it
+    view = next(synthetic_views(data))
+    png = root / "neg" / "case_R-CC.png"
+    png.parent.mkdir()
+    Image.fromarray(np.round(view.pixels * 4095).astype(np.uint16)).save(png)
+    mask = np.zeros(view.pixels.shape, np.uint8)
+    mask[100:150, 100:150] = 255
+    Image.fromarray(mask).save(png.with_name("case_R-CC_benign_lesion_mask.png"))
+    return data, png.parent, root
+
+
+def test_evaluate_clusters_writes_json_and_png(tiny_set):
+    from dicom_node.cli import main
+
+    data, neg, root = tiny_set
+    out = root / "eval"
+    assert main(["evaluate-clusters", "--data", str(data), "--negatives", str(neg), "--model", "rule",
+                 "--out", str(out), "--quiet", "--save-candidates", str(root / "cands.json")]) == 0
+    report = json.loads((out / "cluster_metrics.json").read_text())
+    assert (out / "cluster_froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sim = report["simulated"]
+    assert sim["images"] == 2 and report["real"]["images"] == 1
+    assert sim["truth_clusters"] >= 1
+    assert sim["operating_point"]["threshold"] == RULE_THRESHOLD
+    assert "punctate" in sim["froc"] and sim["froc"]["all"]
+    assert 0.0 <= sim["at_fp_rate"]["all"]["sensitivity"] <= 1.0
+    assert list(report["real"]["views"]) == ["real:case_R-CC"]
+    # the candidates file reproduces the evaluation without segmenting again
+    out2 = root / "eval2"
+    assert main(["evaluate-clusters", "--candidates", str(root / "cands.json"), "--model", "rule",
+                 "--out", str(out2), "--quiet"]) == 0
+    again = json.loads((out2 / "cluster_metrics.json").read_text())
+    assert again["simulated"]["froc"] == sim["froc"]
+
+
+def test_evaluate_clusters_refuses_missing_inputs(tiny_set, tmp_path, capsys):
+    from dicom_node.cli import main
+
+    assert main(["evaluate-clusters", "--data", str(tmp_path / "nope"), "--model", "rule",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert main(["evaluate-clusters", "--model", str(tmp_path / "none.json"), "--out", str(tmp_path / "o"),
+                 "--data", str(tiny_set[0])]) == 2
+    assert "no such" in capsys.readouterr().err

@@ -1,0 +1,115 @@
+"""Segment views, collect their candidate clusters and label them against truth.
+
+Per view: the breast mask (:func:`analysis.segmentation.breast_mask.breast_mask`), the whole-view
+segmentation with the shipped selection CNN (``segment(..., region=None)``, as
+:mod:`analysis.study` does for ``no_roi="whole_breast"``), then every group that passes the grouping
+rule (:func:`analysis.clusters.candidate_clusters`) with its features.
+
+**Hit rule.** A candidate *hits* a truth cluster when its outline contains at least half of that
+cluster's calcifications (their pixel centroids, PIXEL convention). A candidate that hits no truth
+cluster is a false mark, unless its centre lies in the view's ignore region (a real view's benign
+lesion, :mod:`training.clusters.views`). A truth cluster is found at a threshold when a candidate
+with confidence >= the threshold hits it.
+
+**Detectable.** A truth cluster is detectable when at least ``min_count`` (3) *and* at least half of
+its calcifications overlap a segmented calcification (a pixel in common): with fewer, the grouping
+rule or the hit rule cannot be met from what the segmentation found (except by chance inclusion).
+The segmentation's misses are not the cluster stage's, so sensitivities are reported for all
+clusters and for detectable ones.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from analysis.clusters import ClusterParams, candidate_clusters, points_in_polygon
+from analysis.segmentation.breast_mask import breast_mask
+
+from .views import View
+
+DEFAULT_SEGMENTATION_MODEL = Path(__file__).resolve().parents[2] / "analysis" / "segmentation" / "weights" / "demo-seg-cnn.pt"
+HIT_FRACTION = 0.5
+
+
+@dataclass
+class ViewCandidates:
+    """One view's candidate clusters and truth, in plain values (JSON-able via :meth:`to_dict`)."""
+
+    name: str
+    source: str
+    truth: list[dict]                    # per truth cluster: kind, n, n_segmented, detectable
+    candidates: list[dict] = field(default_factory=list)  # features, hits (truth indices), ignored, ...
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "truth": self.truth,
+                "candidates": self.candidates, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViewCandidates":
+        return cls(name=d["name"], source=d["source"], truth=d["truth"], candidates=d["candidates"],
+                   seconds=d.get("seconds", 0.0))
+
+
+def hits(outline_xy: np.ndarray, truth_points: list[np.ndarray], fraction: float = HIT_FRACTION) -> list[int]:
+    """Indices of the truth clusters (each (n, 2) PIXEL points) of which ``outline_xy`` contains at
+    least ``fraction`` of the calcifications (the hit rule)."""
+    out = []
+    for k, points in enumerate(truth_points):
+        if len(points) and points_in_polygon(outline_xy, points).sum() >= fraction * len(points):
+            out.append(k)
+    return out
+
+
+def load_segmentation_model(path: str | Path | None = None):
+    from analysis.segmentation.cnn import SegmentationModel
+
+    return SegmentationModel.load(Path(path) if path else DEFAULT_SEGMENTATION_MODEL)
+
+
+def collect_view(view: View, seg_model, params: ClusterParams = ClusterParams()) -> ViewCandidates:
+    """Segment ``view`` and label its candidate clusters (module docstring)."""
+    from analysis.segmentation.pipeline import segment
+
+    start = time.process_time()
+    mask = breast_mask(view.pixels, view.spacing_mm)
+    seg = segment(view.pixels, view.spacing_mm, None, seg_model)
+    candidates = candidate_clusters(seg, view.pixels, view.spacing_mm, mask, params)
+    truth = []
+    for cluster in view.clusters:
+        segmented = 0
+        if view.truth_labels is not None:
+            found = np.unique(view.truth_labels[(seg.labels > 0) & (view.truth_labels > 0)])
+            segmented = int(np.isin(cluster.particle_labels, found).sum())
+        truth.append({"cluster_id": cluster.cluster_id, "kind": cluster.kind, "n": len(cluster.points_xy),
+                      "n_segmented": segmented, "detectable": segmented >= max(params.min_count, math.ceil(HIT_FRACTION * len(cluster.points_xy)))})
+    points = [c.points_xy for c in view.clusters]
+    out = []
+    for c in candidates:
+        r, col = int(round(c.centroid_rc[0])), int(round(c.centroid_rc[1]))
+        ignored = bool(view.ignore is not None and view.ignore[min(max(r, 0), view.ignore.shape[0] - 1),
+                                                              min(max(col, 0), view.ignore.shape[1] - 1)])
+        out.append({"features": dict(c.features), "hits": hits(c.outline_xy, points), "ignored": ignored,
+                    "centroid_rc": list(c.centroid_rc), "area_mm2": c.area_mm2,
+                    "outline_xy": np.round(c.outline_xy, 2).tolist()})
+    return ViewCandidates(name=view.name, source=view.source, truth=truth, candidates=out,
+                          seconds=round(time.process_time() - start, 2))
+
+
+def collect(views, seg_model, params: ClusterParams = ClusterParams(), progress: bool = True) -> list[ViewCandidates]:
+    """:func:`collect_view` over an iterable of views."""
+    out = []
+    for i, view in enumerate(views, 1):
+        out.append(collect_view(view, seg_model, params))
+        if progress:
+            v = out[-1]
+            print(f"\r[{i}] {v.name}: {len(v.candidates)} candidates, {len(v.truth)} truth clusters, "
+                  f"{v.seconds:.1f} s CPU", end="", file=sys.stderr, flush=True)
+    if progress and out:
+        print(file=sys.stderr)
+    return out

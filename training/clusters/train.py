@@ -1,0 +1,158 @@
+"""Fit the cluster model (:class:`analysis.clusters.ClusterModel`) on labelled candidate clusters.
+
+Samples: every candidate cluster of the training views (:mod:`training.clusters.collect`), positive
+when it hits a truth cluster, negative when it hits none; candidates in an ignore region (a real
+view's benign lesion) are left out. Candidates of real normal views are weighted ``real_weight``
+times (default 5): they are few, and they are the false marks the simulator does not make.
+
+Not used: ``contrast_mean`` (the members' contrast in [0, 1] image units). It depends on how an
+image's grey levels were scaled (the simulator's 12-bit display units against a PNG's), and with it
+the model learnt "bright = not a cluster" from the real negatives, i.e. the source of the image,
+not the calcifications; the contrast-to-noise ratios (``cnr_*``) are scale-free and stay.
+
+Model: an L2-regularised logistic regression (scikit-learn, ``C`` default 0.3) on the features of
+:data:`MODEL_FEATURES` after their transform (``log1p`` for counts, areas, distances and ratios),
+standardised. It is small, deterministic and readable: its coefficients say which evidence counts.
+
+Operating threshold: chosen on out-of-fold probabilities (5 folds grouped by case, so a case's
+CC and MLO, which share their clusters, are never split), as the lowest threshold whose false marks
+per training image (simulated and real views together) are <= ``target_fp_per_image`` (default
+0.1, half the 0.2 of the target so that a held-out set has margin), i.e. the most sensitive one.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+import numpy as np
+
+from analysis.clusters import FEATURE_NAMES, ClusterModel
+
+from .collect import ViewCandidates
+from .evaluate import operating
+
+#: The features the model uses and their transform.
+MODEL_FEATURES = {
+    "n_calcifications": "log1p",
+    "density_per_cm2": "log1p",
+    "area_mm2": "log1p",
+    "max_in_window": "log1p",
+    "spread_mm": "log1p",
+    "linearity": "identity",
+    "line_residual_mm": "log1p",
+    "nn_distance_mm": "log1p",
+    "cnn_mean": "identity",
+    "cnn_min": "identity",
+    "cnn_max": "identity",
+    "cnr_mean": "log1p",
+    "cnr_max": "log1p",
+    "object_area_mean_mm2": "log1p",
+    "object_area_cv": "identity",
+    "edge_distance_mm": "log1p",
+}
+assert set(MODEL_FEATURES) <= set(FEATURE_NAMES)
+
+
+def case_of(view_name: str) -> str:
+    """The case a view belongs to (its CC and MLO share clusters): ``synthetic:<set>/truth/<case>``
+    without the view, or the real exam's name without the view code."""
+    return re.sub(r"(/[LR](CC|MLO)|_[LR]-(CC|MLO))$", "", view_name)
+
+
+def samples(views: Sequence[ViewCandidates], real_weight: float):
+    """(features list, labels, weights, view index per sample)."""
+    feats, y, w, where = [], [], [], []
+    for i, v in enumerate(views):
+        for c in v.candidates:
+            if c["ignored"] and not c["hits"]:
+                continue
+            feats.append(c["features"])
+            y.append(1 if c["hits"] else 0)
+            w.append(real_weight if v.source == "real" else 1.0)
+            where.append(i)
+    return feats, np.array(y, int), np.array(w, float), np.array(where, int)
+
+
+def _fit(feats: list, y: np.ndarray, w: np.ndarray, c_reg: float, seed: int) -> ClusterModel:
+    from sklearn.linear_model import LogisticRegression
+
+    names = tuple(MODEL_FEATURES)
+    transforms = tuple(MODEL_FEATURES[n] for n in names)
+    x = np.array([[float(f[n]) for n in names] for f in feats], float).reshape(-1, len(names))
+    for j, t in enumerate(transforms):
+        if t == "log1p":
+            x[:, j] = np.log1p(np.clip(x[:, j], 0.0, None))
+    mean = np.nanmean(x, axis=0) if len(x) else np.zeros(len(names))
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    x = np.where(np.isfinite(x), x, mean[None])
+    scale = x.std(axis=0) if len(x) else np.ones(len(names))
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    z = (x - mean) / scale
+    if len(set(y.tolist())) < 2:
+        raise ValueError("the training candidates are all of one class; more (or other) data are needed")
+    lr = LogisticRegression(C=c_reg, max_iter=5000, random_state=seed)
+    lr.fit(z, y, sample_weight=w)
+    return ClusterModel(feature_names=names, transforms=transforms, mean=tuple(map(float, mean)),
+                        scale=tuple(map(float, scale)), coef=tuple(map(float, lr.coef_[0])),
+                        intercept=float(lr.intercept_[0]), threshold=0.5)
+
+
+def choose_threshold(views: Sequence[ViewCandidates], conf: list[np.ndarray], target_fp_per_image: float) -> float:
+    """The lowest threshold whose false marks per image over ``views`` are <= the target."""
+    values = np.unique(np.concatenate([*conf, [1.0]]))
+    best = 1.0
+    for t in values[::-1]:   # descending: false marks only grow as t falls
+        marks = sum(operating(views, conf, t)["false_marks"])
+        if marks / max(len(views), 1) > target_fp_per_image:
+            break
+        best = float(t)
+    return best
+
+
+def train_cluster_model(views: Sequence[ViewCandidates], *, seed: int = 0, c_reg: float = 0.3,
+                        real_weight: float = 5.0, target_fp_per_image: float = 0.1, folds: int = 5,
+                        info: dict | None = None) -> ClusterModel:
+    """Fit on all ``views`` and set the threshold from out-of-fold probabilities (module docstring)."""
+    feats, y, w, where = samples(views, real_weight)
+    cases = sorted({case_of(v.name) for v in views})
+    rng = np.random.default_rng(seed)
+    fold_of_case = {c: k % folds for k, c in enumerate(rng.permutation(cases))}
+    fold = np.array([fold_of_case[case_of(views[i].name)] for i in where], int)
+    oof = np.full(len(y), np.nan)
+    for k in range(folds):
+        test = fold == k
+        if not test.any() or len(set(y[~test].tolist())) < 2:
+            continue
+        m = _fit([f for f, t in zip(feats, test) if not t], y[~test], w[~test], c_reg, seed)
+        oof[test] = m.predict([f for f, t in zip(feats, test) if t])
+    oof = np.where(np.isfinite(oof), oof, 0.0)
+    conf: list[np.ndarray] = []
+    pos = 0
+    for i, v in enumerate(views):   # back to per-view arrays; left-out (ignored) candidates score 0
+        c = np.zeros(len(v.candidates))
+        for j, cand in enumerate(v.candidates):
+            if cand["ignored"] and not cand["hits"]:
+                continue
+            c[j] = oof[pos]
+            pos += 1
+        conf.append(c)
+    threshold = choose_threshold(views, conf, target_fp_per_image)
+    model = _fit(feats, y, w, c_reg, seed)
+    meta = {"not_for_clinical_use": "NOT FOR CLINICAL USE: demonstration model trained on simulated views "
+                                    "and real normal tissue",
+            "samples": int(len(y)), "positives": int(y.sum()), "views": len(views),
+            "real_views": int(sum(v.source == "real" for v in views)),
+            "seed": seed, "C": c_reg, "real_weight": real_weight, "folds": folds,
+            "target_fp_per_image": target_fp_per_image, "threshold_from": "out-of-fold probabilities",
+            **(info or {})}
+    return ClusterModel(feature_names=model.feature_names, transforms=model.transforms, mean=model.mean,
+                        scale=model.scale, coef=model.coef, intercept=model.intercept,
+                        threshold=float(min(max(threshold, 0.0), 1.0)), info=meta)
+
+
+def describe(model: ClusterModel) -> list[str]:
+    """One line per feature, by |coefficient| (standardised units)."""
+    order = np.argsort(-np.abs(model.coef))
+    return [f"{model.feature_names[k]:>22} {model.coef[k]:+.3f}" for k in order
+            if math.isfinite(model.coef[k])]

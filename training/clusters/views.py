@@ -1,0 +1,154 @@
+"""The views a cluster model is trained and evaluated on, with their truth clusters.
+
+Two sources:
+
+* **Simulated** (``calcnode synth`` folders, docs/simulator.md): every MG image with its
+  ``*_labels.npz`` and ``*_particles.csv``. A truth cluster is the set of particles (``label`` > 0)
+  of the view that share a ``cluster_id``; its type is their ``kind``. A view whose particles carry no
+  cluster is a negative view (no truth cluster).
+* **Real normal tissue** (16-bit PNGs, e.g. /work/shared/interop/real-tissue): no truth cluster at
+  all, so every detected cluster is a false mark, except inside an ``*_benign_lesion_mask.png``
+  region (the benign lesion of that exam: ignored, neither hit nor false mark). The PNGs state no
+  spacing: **0.07 mm is assumed** (the simulator's and Hologic's). They hold 12-bit values (0..4095)
+  and are scaled to [0, 1] as :func:`analysis.dicom_input.image.load_image` scales a 12-bit
+  MONOCHROME2 image (value / 4095, calcifications bright).
+
+  The lesion masks (2944 x 1920) are not in the frame of the cropped PNGs (e.g. 2144 x 801), and
+  the crop is not recorded. Two placements are plausible: the mask's top-left corner on the PNG's,
+  or the mask scaled to the PNG's size. The excluded region is the union of both, grown by 5 mm,
+  so a detection near the lesion under either reading is ignored. This only matters for the right
+  breast's views (the left breast has no lesion).
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from analysis.dicom_input import load_image
+from training.datasets import load_truth, scan_dataset
+from training.synth.config import canonical_type
+
+REAL_SPACING_MM = 0.07          # assumed for PNGs without spacing
+LESION_EXCLUSION_GROWTH_MM = 5.0
+_LESION_SUFFIX = "_benign_lesion_mask"
+
+
+@dataclass(frozen=True)
+class TruthCluster:
+    """One cluster of a view's truth: its particles' centre points in the PIXEL convention
+    (column + 0.5, row + 0.5 of each particle's pixel centroid), their labels in the truth label
+    image and the calcification type."""
+
+    cluster_id: str
+    kind: str | None
+    points_xy: np.ndarray
+    particle_labels: tuple[int, ...]
+
+
+@dataclass(eq=False)
+class View:
+    """One image to evaluate on."""
+
+    name: str                            # "synthetic:<folder>/<case>/<view>" or "real:<file stem>"
+    source: str                          # "synthetic" or "real"
+    pixels: np.ndarray                   # float32 [0, 1], calcifications bright
+    spacing_mm: tuple[float, float]
+    clusters: list[TruthCluster] = field(default_factory=list)
+    truth_labels: np.ndarray | None = None   # per-particle truth label image (simulated views)
+    ignore: np.ndarray | None = None         # bool: detections centred here are neither hit nor false
+
+
+def read_particles(path: Path) -> list[dict]:
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def truth_clusters(rows: list[dict]) -> list[TruthCluster]:
+    """The view's truth clusters from its ``*_particles.csv`` rows (distractors, label 0, are not
+    calcifications of a cluster)."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if int(row["label"]) > 0 and row.get("cluster_id"):
+            groups.setdefault(row["cluster_id"], []).append(row)
+    out = []
+    for cid, members in sorted(groups.items(), key=lambda kv: int(kv[0])):
+        kinds = {canonical_type(m["kind"]) for m in members}
+        points = np.array([[float(m["col"]) + 0.5, float(m["row"]) + 0.5] for m in members])
+        out.append(TruthCluster(cluster_id=cid, kind=kinds.pop() if len(kinds) == 1 else None,
+                                points_xy=points, particle_labels=tuple(int(m["label"]) for m in members)))
+    return out
+
+
+def synthetic_views(root: str | Path):
+    """Yield the :class:`View` of every MG image with truth under ``root`` (sorted by path)."""
+    root = Path(root)
+    for item in scan_dataset(root, require_truth=True):
+        image = load_image(item.image_path)
+        truth_path = Path(item.truth_path)
+        table = truth_path.with_name(truth_path.name.replace("_labels.npz", "_particles.csv"))
+        rows = read_particles(table) if table.is_file() else []
+        rel = truth_path.relative_to(root)
+        yield View(name=f"synthetic:{root.name}/{rel.parent}/{rel.name.replace('_labels.npz', '')}",
+                   source="synthetic", pixels=image.pixels, spacing_mm=tuple(image.pixel_spacing_mm),
+                   clusters=truth_clusters(rows), truth_labels=load_truth(truth_path, image.pixels.shape))
+
+
+def real_png_paths(items: list[str | Path]) -> list[Path]:
+    """The real views among ``items`` (PNG files, or folders of them), lesion masks left out."""
+    out: list[Path] = []
+    for item in map(Path, items):
+        files = sorted(item.glob("*.png")) if item.is_dir() else [item]
+        out += [f for f in files if _LESION_SUFFIX not in f.stem]
+    if not out:
+        raise FileNotFoundError(f"no PNG views in {', '.join(map(str, items))}")
+    return out
+
+
+def load_png(path: str | Path) -> np.ndarray:
+    """A 16-bit PNG holding 12-bit values as float32 in [0, 1] (value / 4095, clipped)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        array = np.asarray(im)
+    if array.ndim != 2:
+        raise ValueError(f"{path}: not a grey-scale image")
+    bits = 12 if array.max(initial=0) <= 4095 else 16
+    return np.clip(array.astype(np.float32) / float(2 ** bits - 1), 0.0, 1.0)
+
+
+def lesion_exclusion(path: Path, shape: tuple[int, int], spacing_mm: float = REAL_SPACING_MM) -> np.ndarray | None:
+    """The region to ignore on a real view (module docstring), or None without a lesion mask."""
+    mask_path = path.with_name(path.stem + _LESION_SUFFIX + ".png")
+    if not mask_path.is_file():
+        return None
+    from PIL import Image
+
+    with Image.open(mask_path) as im:
+        mask = np.asarray(im) > 0
+    top_left = np.zeros(shape, bool)
+    h, w = min(shape[0], mask.shape[0]), min(shape[1], mask.shape[1])
+    top_left[:h, :w] = mask[:h, :w]
+    zoom = (shape[0] / mask.shape[0], shape[1] / mask.shape[1])
+    scaled = ndimage.zoom(mask.astype(np.float32), zoom, order=1)[:shape[0], :shape[1]] >= 0.5
+    region = top_left.copy()
+    region[:scaled.shape[0], :scaled.shape[1]] |= scaled
+    distance = ndimage.distance_transform_edt(~region, sampling=spacing_mm)
+    return distance <= LESION_EXCLUSION_GROWTH_MM
+
+
+def real_view(path: str | Path, spacing_mm: float = REAL_SPACING_MM) -> View:
+    path = Path(path)
+    pixels = load_png(path)
+    return View(name=f"real:{path.stem}", source="real", pixels=pixels, spacing_mm=(spacing_mm, spacing_mm),
+                ignore=lesion_exclusion(path, pixels.shape, spacing_mm))
+
+
+def view_label(name: str) -> str:
+    """A short label of a view for tables: the view code (e.g. ``LCC``, ``R-MLO``)."""
+    match = re.search(r"([LR]-?(?:CC|MLO))$", name)
+    return match.group(1) if match else name
