@@ -63,14 +63,15 @@ evaluate-demo-seg: seg-test-data
 	    --out data/seg-evaluation/ceiling.json
 
 # The shipped demonstration classifier (NOT FOR CLINICAL USE): simulated amorphous clusters with
-# fixed seeds, segmented with the demonstration CNN (run demo-seg-model first) at HDoGReg's
-# selection threshold 10^-3.5. About 10 minutes on 2 cores (2026-12-03). See docs/classifier.md.
+# fixed seeds, segmented with the demonstration CNN (run demo-seg-model first) at the CNN's own
+# calibrated threshold: the one operating point the SEG, the cluster detector and the classifier
+# share (1.1.0 used HDoGReg's 10^-3.5). About 10 minutes on 2 idle cores. See docs/classifier.md.
 demo-classifier: $(STAMP)
 	rm -rf data/cls-train
 	$(BIN)/calcnode synth --out data/cls-train --cases 170 --seed 201 --lateralities L --tissue smooth --quiet
-	$(BIN)/calcnode train --data data/cls-train --seed 0 --seg-threshold 0.000316 \
-	    --name calcnode-demo --version 1.1.0 \
-	    --out analysis/models/calcnode-demo-1.1.0 --report analysis/models/calcnode-demo-1.1.0-report
+	$(BIN)/calcnode train --data data/cls-train --seed 0 \
+	    --name calcnode-demo --version 1.2.0 \
+	    --out analysis/models/calcnode-demo-1.2.0 --report analysis/models/calcnode-demo-1.2.0-report
 
 # The shipped demonstration cluster model (views without ROI; NOT FOR CLINICAL USE): simulated
 # 2000 x 1600 views at 0.07 mm (1-3 clusters per affected breast, a quarter of the cases without any)

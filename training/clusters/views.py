@@ -13,11 +13,11 @@ Two sources:
   and are scaled to [0, 1] as :func:`analysis.dicom_input.image.load_image` scales a 12-bit
   MONOCHROME2 image (value / 4095, calcifications bright).
 
-  The lesion masks (2944 x 1920) are not in the frame of the cropped PNGs (e.g. 2144 x 801), and
-  the crop is not recorded. Two placements are plausible: the mask's top-left corner on the PNG's,
-  or the mask scaled to the PNG's size. The excluded region is the union of both, grown by 5 mm,
-  so a detection near the lesion under either reading is ignored. This only matters for the right
-  breast's views (the left breast has no lesion).
+  The lesion masks (2944 x 1920) are in GMIC's model-input frame, not the cropped PNGs' (e.g.
+  2144 x 801): :func:`training.synth.backgrounds.stored_lesion_mask` maps them back (the same
+  mapping the simulator uses to keep inserted clusters off the lesion). The excluded region is
+  that mask grown by 5 mm. This only matters for the right breast's views (the left breast has
+  no lesion).
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from analysis.dicom_input import load_image
 from training.datasets import load_truth, scan_dataset
+from training.synth.backgrounds import stored_lesion_mask
 from training.synth.config import canonical_type
 
 REAL_SPACING_MM = 0.07          # assumed for PNGs without spacing
@@ -121,23 +122,12 @@ def load_png(path: str | Path) -> np.ndarray:
     return np.clip(array.astype(np.float32) / float(2 ** bits - 1), 0.0, 1.0)
 
 
-def lesion_exclusion(path: Path, shape: tuple[int, int], spacing_mm: float = REAL_SPACING_MM) -> np.ndarray | None:
+def lesion_exclusion(path: Path, pixels: np.ndarray, spacing_mm: float = REAL_SPACING_MM) -> np.ndarray | None:
     """The region to ignore on a real view (module docstring), or None without a lesion mask."""
-    mask_path = path.with_name(path.stem + _LESION_SUFFIX + ".png")
-    if not mask_path.is_file():
+    mask = stored_lesion_mask(path, pixels)
+    if mask is None:
         return None
-    from PIL import Image
-
-    with Image.open(mask_path) as im:
-        mask = np.asarray(im) > 0
-    top_left = np.zeros(shape, bool)
-    h, w = min(shape[0], mask.shape[0]), min(shape[1], mask.shape[1])
-    top_left[:h, :w] = mask[:h, :w]
-    zoom = (shape[0] / mask.shape[0], shape[1] / mask.shape[1])
-    scaled = ndimage.zoom(mask.astype(np.float32), zoom, order=1)[:shape[0], :shape[1]] >= 0.5
-    region = top_left.copy()
-    region[:scaled.shape[0], :scaled.shape[1]] |= scaled
-    distance = ndimage.distance_transform_edt(~region, sampling=spacing_mm)
+    distance = ndimage.distance_transform_edt(~mask, sampling=spacing_mm)
     return distance <= LESION_EXCLUSION_GROWTH_MM
 
 
@@ -145,7 +135,7 @@ def real_view(path: str | Path, spacing_mm: float = REAL_SPACING_MM) -> View:
     path = Path(path)
     pixels = load_png(path)
     return View(name=f"real:{path.stem}", source="real", pixels=pixels, spacing_mm=(spacing_mm, spacing_mm),
-                ignore=lesion_exclusion(path, pixels.shape, spacing_mm))
+                ignore=lesion_exclusion(path, pixels, spacing_mm))
 
 
 def view_label(name: str) -> str:

@@ -160,6 +160,27 @@ def lesion_mask(path: str | Path, shape: tuple[int, int], view: str, flipped: bo
     return out
 
 
+def stored_lesion_mask(path: str | Path, image: np.ndarray) -> np.ndarray | None:
+    """:func:`lesion_mask` of a PNG view in the orientation the PNG is stored in (for measuring
+    on the view as it is, not as a background): bool of ``image.shape``, or None without a mask.
+
+    The view (CC / MLO) comes from the file name and the side the chest wall is on from the
+    breast, as :func:`load_background` decides them."""
+    path = Path(path)
+    if not path.with_name(path.stem + LESION_SUFFIX).is_file():
+        return None
+    m = PNG_NAME.search(path.stem)
+    view = m.group(2).upper() if m else "CC"
+    img = np.asarray(image, np.float32)
+    lo, hi = np.percentile(img[::4, ::4], [0.5, 99.95])
+    small = np.clip((img[::4, ::4] - lo) * np.float32(3900.0 / max(hi - lo, 1e-6)) + 40.0, 0, 4095)
+    breast = find_breast(small)
+    cols = breast.shape[1]
+    flipped = bool(breast[:, cols // 2:].sum() > breast[:, : cols // 2].sum())
+    mask = lesion_mask(path, img.shape, view, flipped)
+    return mask[:, ::-1] if (mask is not None and flipped) else mask
+
+
 def load_background(path: str | Path, default_spacing_mm: float,
                     rng: np.random.Generator | None = None) -> Background:
     """Read ``path`` (DICOM, or a grey-scale PNG) and prepare it as a canonical 12-bit background
