@@ -41,6 +41,7 @@ from analysis.classify import ClassifierBundle, Score, load_bundle, segmentation
 from analysis.dicom_input import ImageGeometry, InputError, RoiError, load_image, parse_rois, read_geometry
 from analysis.dicom_input.image import read_dataset
 from analysis.dicom_input.rois import DEFAULT_POINT_RADIUS_MM, Roi
+from analysis.dicom_input.roi_geometry import clip_to_image
 from analysis.features import extract_roi_features, select_roi_objects
 from analysis.results import ImageResult, RoiResult, StudyResult
 from analysis.segmentation.breast_mask import breast_mask
@@ -348,7 +349,14 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
             if len(sources) > 1:
                 roi_id += f"-src{sources.index(roi.source_sop_instance_uid) + 1}"
             label = _one_line(roi.label, 64)
-            outline = roi_outline(roi, geometry)
+            # one ROI off the image (negative or huge coordinates) must not cost the others their scores
+            outline, clipped = clip_to_image(roi_outline(roi, geometry), geometry.rows, geometry.columns)
+            if outline is None:
+                problems.append(f"ROI {roi_id} on image {uid} lies outside the image")
+                warnings.append(f"ROI not analysed: {roi_id} on image {uid} lies outside the image")
+                continue
+            if clipped:
+                warnings.append(f"ROI {roi_id} on image {uid} reaches outside the image: outline clipped to it")
             try:
                 if spacing is None:
                     raise RoiError("the image states no pixel spacing, so nothing can be measured in mm",

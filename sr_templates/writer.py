@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -13,6 +14,7 @@ from common.durable import atomic_path, make_dirs
 
 from .cad_sr import build_mammography_cad_sr
 from .common import index_sources
+from .headers import clean_source
 from .gsps import build_presentation_state, study_laterality
 from .measurement_report import build_measurement_report
 from analysis.results import StudyResult
@@ -36,7 +38,13 @@ def build_study_results(result: StudyResult, source_datasets: Iterable | Mapping
     """
     if isinstance(source_datasets, Mapping):
         source_datasets = list(source_datasets.values())
-    sources = index_sources(result, [_as_dataset(s) for s in source_datasets])
+    cleaned, notes = [], []
+    for source in source_datasets:  # a sender's header never makes a writer fail
+        ds, source_notes = clean_source(_as_dataset(source))
+        cleaned.append(ds)
+        notes += source_notes
+    result = with_notes(result, notes)
+    sources = index_sources(result, cleaned)
     objects: list[tuple[str, Dataset]] = []
     segs: dict[str, Dataset] = {}
     for image in result.images:
@@ -54,6 +62,14 @@ def build_study_results(result: StudyResult, source_datasets: Iterable | Mapping
             if pr is not None:
                 objects.append(("GSPS", pr))
     return objects
+
+
+def with_notes(result: StudyResult, notes: list[str]) -> StudyResult:
+    """``result`` with the images' own warnings (an assumed pixel spacing, ...) and ``notes``
+    added to the study warnings the SRs list (each once). UIDs do not depend on warnings."""
+    extra = [f"image {image.sop_instance_uid}: {w}" for image in result.images for w in image.warnings]
+    extra = [w for w in dict.fromkeys(extra + list(notes)) if w not in result.warnings]
+    return replace(result, warnings=tuple(result.warnings) + tuple(extra)) if extra else result
 
 
 def result_filename(kind: str, ds: Dataset) -> str:
