@@ -63,7 +63,8 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
 STATUS_DATASET_MISMATCH = 0xA900  # Data Set does not match SOP Class
 
-_HEADER_TAGS = [Tag("StudyInstanceUID"), Tag("SOPInstanceUID"), Tag("SOPClassUID"), Tag("Manufacturer")]
+_HEADER_TAGS = [Tag("StudyInstanceUID"), Tag("SeriesInstanceUID"), Tag("SOPInstanceUID"), Tag("SOPClassUID"),
+                Tag("Manufacturer")]
 
 
 class JoinedReader(io.RawIOBase):
@@ -160,7 +161,8 @@ def dataset_mismatch(header, sop_class: str, sop_uid: str) -> tuple[int, str] | 
     """Why a received data set cannot be kept although its request was fine, as (status, reason),
     or None. Every result refers to an image by the SOP Instance UID of its data set, so one
     without a valid one (or with another than the request's) is refused with 0xC000; a data set
-    of another SOP class than the request's with 0xA900, as DCMTK's storescp does."""
+    of another SOP class than the request's with 0xA900, as DCMTK's storescp does. A data set
+    without a valid Series Instance UID is refused with 0xC000 too (results reference it)."""
     try:
         data_uid = check_uid(str(header.get("SOPInstanceUID", "") or ""), "the data set's SOP Instance UID")
     except InvalidUidError as exc:
@@ -168,6 +170,11 @@ def dataset_mismatch(header, sop_class: str, sop_uid: str) -> tuple[int, str] | 
                                           else "the data set has no SOP Instance UID")
     if data_uid != sop_uid.strip().rstrip("\x00"):
         return STATUS_CANNOT_UNDERSTAND, "the data set's SOP Instance UID is not the one of the C-STORE request"
+    try:  # every result names the source's series too (its evidence references)
+        check_uid(str(header.get("SeriesInstanceUID", "") or ""), "the data set's Series Instance UID")
+    except InvalidUidError as exc:
+        return STATUS_CANNOT_UNDERSTAND, (str(exc) if "SeriesInstanceUID" in header
+                                          else "the data set has no Series Instance UID")
     data_class = " ".join(str(header.get("SOPClassUID", "") or "").split())
     if data_class != sop_class.strip().rstrip("\x00"):
         return STATUS_DATASET_MISMATCH, (f"the data set's SOP Class UID {data_class[:64]!r} is not the one of "

@@ -22,13 +22,17 @@ may be a patient's. :func:`minimal_source` is the last resort of the node
 from __future__ import annotations
 
 import copy
+import math
+import re
+import struct
 import unicodedata
 import warnings as python_warnings
 
 from highdicom.enum import SpecificCharacterSetValues
 from pydicom import valuerep
 from pydicom.charset import python_encoding
-from pydicom.datadict import dictionary_description
+from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR, dictionary_description
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
@@ -99,6 +103,55 @@ def _date_ok(vr: str, value) -> bool:
     return True
 
 
+_INT_RANGES = {"US": (0, 2 ** 16 - 1), "SS": (-(2 ** 15), 2 ** 15 - 1), "UL": (0, 2 ** 32 - 1),
+               "SL": (-(2 ** 31), 2 ** 31 - 1), "IS": (-(2 ** 31), 2 ** 31 - 1)}
+_BINARY = {"US": "<H", "SS": "<h", "UL": "<I", "SL": "<i", "FL": "<f", "FD": "<d"}
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def _dictionary_vr(tag) -> str | None:
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:  # private or unknown: nothing to check against
+        return None
+    return None if " or " in vr else vr
+
+
+def _coerce(value, vr_from: str, vr_to: str):
+    """``value`` (read as ``vr_from``) as a value of ``vr_to``; raises when it is none."""
+    if isinstance(value, bytes):
+        if vr_to in _BINARY and vr_from in ("OB", "OW", "UN"):
+            size = struct.calcsize(_BINARY[vr_to])
+            if not value or len(value) % size:
+                raise ValueError("length")
+            items = [v[0] for v in struct.iter_unpack(_BINARY[vr_to], value)]
+            return items if len(items) > 1 else items[0]
+        value = value.decode("latin-1")
+    items = list(value) if isinstance(value, (list, tuple)) or (
+        hasattr(value, "__iter__") and not isinstance(value, str)) else [value]
+    if isinstance(value, str):
+        items = value.split("\\")
+    if vr_to in _INT_RANGES:
+        numbers = [float(str(v).strip()) for v in items]
+        low, high = _INT_RANGES[vr_to]
+        if not all(math.isfinite(n) and n.is_integer() and low <= n <= high for n in numbers):
+            raise ValueError("range")
+        out = [int(n) for n in numbers]
+        return out if len(out) > 1 else out[0]
+    if vr_to in ("FL", "FD", "DS"):
+        out = [float(str(v).strip()) for v in items]
+        return out if len(out) > 1 else out[0]
+    if vr_to == "UI":
+        text = str(value).strip().rstrip("\x00")
+        if len(text) > 64 or not _UID.match(text):
+            raise ValueError("not a UID")
+        return text
+    if vr_to in TEXT_VRS:
+        out = [str(v) for v in items]
+        return out if len(out) > 1 else out[0]
+    raise ValueError(f"no conversion to {vr_to}")
+
+
 def _copy_items(source: Dataset, target: Dataset, where: str, notes: list[str], top: bool) -> None:
     for tag in list(source.keys()):
         if tag == 0x7FE00010 or Tag(tag).group == 0x0002:  # pixels are not needed; no file meta here
@@ -108,33 +161,60 @@ def _copy_items(source: Dataset, target: Dataset, where: str, notes: list[str], 
         try:
             with python_warnings.catch_warnings():
                 python_warnings.simplefilter("ignore")  # undecodable text: replaced, and noted below
-                element = copy.deepcopy(source[tag])
-                vr = element.VR
-                value = element.value
-        except Exception:  # noqa: BLE001 - a value of the wrong VR, a length pydicom cannot split
+                element = _clean_element(source, tag, where, notes, top)
+        except Exception:  # noqa: BLE001 - a value of the wrong VR, a length pydicom cannot split, ...
             notes.append(f"{_name(tag)} of {where} cannot be read: left out of the results")
             continue
-        if vr == "SQ":
-            items = []
-            for item in value or []:
-                clean_item = Dataset()
-                _copy_items(item, clean_item, where, notes, top=False)
-                items.append(clean_item)
-            element.value = DicomSequence(items)
-        elif vr in TEXT_VRS and value is not None:
-            if vr in _PARSERS and not _date_ok(vr, value):
-                notes.append(f"{_name(tag)} of {where} is not a valid DICOM {vr}: left empty in the results")
-                element.value = ""
-            elif top and tag == 0x00100040 and str(value).strip().upper() not in _SEXES:
-                notes.append(f"{_name(tag)} of {where} is not M, F or O: left empty in the results")
-                element.value = ""
-            else:
-                cleaned, changed = _clean_value(value, vr)
-                if changed:
-                    notes.append(f"{_name(tag)} of {where} holds control characters: removed in the results")
-                if changed or vr == "PN":  # a PN keeps its source bytes otherwise (its old encoding)
-                    element.value = cleaned
-        target.add(element)
+        if element is not None:
+            target.add(element)
+
+
+def _clean_element(source: Dataset, tag, where: str, notes: list[str], top: bool) -> DataElement | None:
+    """The cleaned copy of one element, or None to leave it out (the note says why)."""
+    element = copy.deepcopy(source[tag])
+    vr, value = element.VR, element.value
+    expected = _dictionary_vr(tag)
+    if expected is not None and vr != expected and not {vr, expected} <= {"OB", "OW", "UN"}:
+        try:  # a value sent with another VR than the dictionary's (wrong VR)
+            element = DataElement(tag, expected, _coerce(value, vr, expected))
+            vr, value = element.VR, element.value
+        except Exception:  # noqa: BLE001 - no sensible conversion
+            notes.append(f"{_name(tag)} of {where} has VR {vr}, not {expected}: left out of the results")
+            return None
+    if vr == "SQ":
+        items = []
+        for item in value or []:
+            clean_item = Dataset()
+            _copy_items(item, clean_item, where, notes, top=False)
+            items.append(clean_item)
+        element.value = DicomSequence(items)
+        return element
+    if vr not in TEXT_VRS or value is None:
+        return element
+    if vr in _PARSERS and not _date_ok(vr, value):
+        notes.append(f"{_name(tag)} of {where} is not a valid DICOM {vr}: left empty in the results")
+        element.value = ""
+    elif vr in ("DS", "IS") and not _number_ok(vr, value):
+        notes.append(f"{_name(tag)} of {where} is not a valid DICOM {vr}: left empty in the results")
+        element.value = ""
+    elif top and tag == 0x00100040 and str(value).strip().upper() not in _SEXES:
+        notes.append(f"{_name(tag)} of {where} is not M, F or O: left empty in the results")
+        element.value = ""
+    else:
+        cleaned, changed = _clean_value(value, vr)
+        if changed:
+            notes.append(f"{_name(tag)} of {where} holds control characters: removed in the results")
+        if changed or vr == "PN":  # a PN keeps its source bytes otherwise (its old encoding)
+            element.value = cleaned
+    return element
+
+
+def _number_ok(vr: str, value) -> bool:
+    try:
+        _coerce(value, vr, "IS" if vr == "IS" else "FD")
+        return True
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _where(ds: Dataset) -> str:

@@ -371,9 +371,10 @@ def load_image(source: str | os.PathLike | Dataset, *,
         raise
     name = image_name(ds, source)
     sop_class = _check_sop_class(ds, name)
-    if not str(ds.get("SOPInstanceUID", "") or "").strip():
-        raise UnusableImageError("its data set has no SOP Instance UID, so no result can refer to it",
-                                 reason="no_uid", source=name)
+    for keyword, what in (("SOPInstanceUID", "SOP Instance UID"), ("SeriesInstanceUID", "Series Instance UID")):
+        if not str(ds.get(keyword, "") or "").strip():
+            raise UnusableImageError(f"its data set has no {what}, so no result can refer to it",
+                                     reason="no_uid", source=name)
 
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
