@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -89,7 +90,11 @@ def write_study_results(result: StudyResult, source_datasets: Iterable | Mapping
     survives a power cut, and a re-run replaces identical instances in place.
     Returns the written paths in the order of :func:`build_study_results`.
     """
-    objects = build_study_results(result, source_datasets, gsps=gsps)
+    with warnings.catch_warnings():
+        # highdicom warns (Python warnings, printed on stderr) about an unusual person name, quoting
+        # it: a patient's name must never reach a log
+        warnings.filterwarnings("ignore", category=UserWarning, module="highdicom")
+        objects = build_study_results(result, source_datasets, gsps=gsps)
     out = make_dirs(out_dir)
     return [_write(ds, out / result_filename(kind, ds)) for kind, ds in objects]
 

@@ -1,7 +1,7 @@
 """A standing fuzz suite: mutated MG, GSPS and SEG instances through the real node.
 
 Each study is three small simulated instances (a 256 x 256 MG with a few bright dots, a GSPS
-and a SEG outlining them), built from its own seed. A seeded mutator applies 1-3 mutations to
+and a SEG outlining them), built from its own seed. A seeded mutator applies 1-5 mutations to
 randomly chosen instances of the study: element deletion (top level or inside a sequence),
 a wrong VR, garbage text (control characters, binary bytes, 5000 characters, backslashes),
 extreme numbers (0, -1, 65535, 1e9, 1e300, NaN, inf), a Specific Character Set from the
@@ -19,7 +19,7 @@ it fast) and a DCMTK storescp as destination. For every study:
   1500 SR (the full results or a failure report), and a study without one gets none;
 - the node's log holds no traceback and no patient name or ID.
 
-``CALCNODE_FUZZ_N`` studies (default 120, ~650 mutations), from ``CALCNODE_FUZZ_SEED`` (default
+``CALCNODE_FUZZ_N`` studies (default 150, ~400 mutations), from ``CALCNODE_FUZZ_SEED`` (default
 20261204); a failure prints each failing study's seed and its mutations: rerun one with
 ``CALCNODE_FUZZ_SEED=<seed> CALCNODE_FUZZ_N=1``.
 """
@@ -53,7 +53,7 @@ __all__ = ["node_env", "start_storescp"]  # fixtures used below
 
 pytestmark = pytest.mark.network
 
-N_STUDIES = int(os.environ.get("CALCNODE_FUZZ_N", "120"))
+N_STUDIES = int(os.environ.get("CALCNODE_FUZZ_N", "150"))
 BASE_SEED = int(os.environ.get("CALCNODE_FUZZ_SEED", "20261204"))
 SIZE = 256
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -243,7 +243,7 @@ def fuzz_study(seed: int, folder: Path) -> FuzzStudy:
     rng = random.Random(seed)
     instances = build_study(rng)
     study = FuzzStudy(seed=seed, files={})
-    count = 0 if rng.random() < 0.1 else rng.randint(1, 3)
+    count = 0 if rng.random() < 0.1 else rng.randint(1, 5)
     for _ in range(count):
         kind = rng.choice(list(instances))
         before = copy.deepcopy(instances[kind])  # a mutation pydicom cannot write at all is dropped
