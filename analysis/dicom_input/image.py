@@ -362,7 +362,8 @@ def load_image(source: str | os.PathLike | Dataset, *,
     UnusableImageError
         With ``reason`` one of ``not_found``, ``not_dicom``, ``corrupt``,
         ``sop_class``, ``tomosynthesis``, ``multi_frame``, ``no_pixel_data``,
-        ``transfer_syntax``, ``decode``, ``pixel_format``, ``no_spacing``.
+        ``transfer_syntax``, ``decode``, ``pixel_format``, ``no_spacing``, ``no_uid`` (no SOP or
+        Series Instance UID in the data set).
     """
     try:
         ds = read_dataset(source)
