@@ -51,6 +51,7 @@ from analysis.dicom_input import ImageGeometry, InputError, RoiError, load_image
 from analysis.dicom_input.image import read_dataset
 from analysis.dicom_input.roi_geometry import polygon_mask
 from analysis.dicom_input.rois import DEFAULT_POINT_RADIUS_MM, Roi
+from analysis.dicom_input.roi_geometry import clip_to_image
 from analysis.features import extract_roi_features, select_roi_objects
 from analysis.results import ImageResult, RoiResult, StudyResult
 from analysis.segmentation.breast_mask import breast_mask
@@ -184,9 +185,13 @@ class _Entry:
     confidence: float | None = None  # detected clusters: the detector's confidence
 
 
-def _drawn_entries(rois: list[Roi], geometry) -> list[_Entry]:
+def _drawn_entries(rois: list[Roi], geometry, warnings: list[str], problems: list[str]) -> list[_Entry]:
+    """The drawn ROIs of one image as :class:`_Entry` objects. An ROI reaching outside the image is
+    clipped to it, one lying wholly outside is left out (both said in ``warnings``; the latter also
+    in ``problems``): one bad ROI never costs the others their scores."""
     entries = []
     spacing = geometry.pixel_spacing_mm
+    uid = geometry.sop_instance_uid
     sources = list(dict.fromkeys(r.source_sop_instance_uid for r in rois))
     for roi in rois:
         # ROI ids are unique within one GSPS/SEG; with several objects on one image, say which
@@ -194,7 +199,13 @@ def _drawn_entries(rois: list[Roi], geometry) -> list[_Entry]:
         if len(sources) > 1:
             roi_id += f"-src{sources.index(roi.source_sop_instance_uid) + 1}"
         label = _one_line(roi.label, 64)
-        outline = roi_outline(roi, geometry)
+        outline, clipped = clip_to_image(roi_outline(roi, geometry), geometry.rows, geometry.columns)
+        if outline is None:
+            problems.append(f"ROI {roi_id} on image {uid} lies outside the image")
+            warnings.append(f"ROI not analysed: {roi_id} on image {uid} lies outside the image")
+            continue
+        if clipped:
+            warnings.append(f"ROI {roi_id} on image {uid} reaches outside the image: outline clipped to it")
         try:
             if spacing is None:
                 raise RoiError(NO_SPACING, reason="no_spacing")
@@ -537,7 +548,8 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
                 warnings.append(f"image {uid}: no cluster detection: {detection.failure}")
             entries, labels, seg_failure = detection.entries, detection.labels, None
         else:
-            entries = _drawn_entries(rois, geometry) if rois else [_whole_breast_entry(image)]
+            entries = (_drawn_entries(rois, geometry, warnings, problems) if rois
+                       else [_whole_breast_entry(image)])
             labels = None
             seg_failure = None
             usable = [e for e in entries if e.mask is not None]

@@ -37,6 +37,7 @@ class NodeSettings:
     max_associations: int
     network_timeout_s: float
     max_pdu_bytes: int
+    check_called_ae_title: bool = False
 
     @property
     def spool_dir(self) -> Path:

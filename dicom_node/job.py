@@ -17,7 +17,9 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis.results import StudyResult
+from analysis.dicom_input.image import read_dataset
 from sr_templates import write_study_results
+from sr_templates.headers import minimal_source
 
 from .config import Config
 from .engine import EngineError, build_engine, unavailable_identity
@@ -70,6 +72,66 @@ def failure_result(study_uid: str, reason: str, identity, started: datetime, inp
                        finished=max(finished, started), failure=one_line(reason),
                        # keeps failure reports of different input sets apart (UIDs derive from it)
                        parameters={"input_set": input_hash[:16]})
+
+
+def _where(exc: BaseException) -> str:
+    """Where an exception was raised, as ``package/module.py:function`` (no values: a message
+    may quote a header value, i.e. patient data)."""
+    tb = exc.__traceback__
+    frame = None
+    while tb is not None:
+        frame, tb = tb.tb_frame, tb.tb_next
+    if frame is None:
+        return "?"
+    parts = Path(frame.f_code.co_filename).parts
+    return f"{'/'.join(parts[-2:])}:{frame.f_code.co_name}"
+
+
+def write_failure(exc: BaseException, fields: dict) -> str:
+    """Log that the result objects could not be written and return the reason the failure
+    report gives: the exception's type and where, not its message (it may quote a header value)."""
+    where = _where(exc)
+    event(log, logging.ERROR, "results could not be written", exception=type(exc).__name__, where=where, **fields)
+    return (f"the results could not be written ({type(exc).__name__} in {where}): a value in the source "
+            "images' headers is probably not valid DICOM")
+
+
+def log_image_warnings(result, fields: dict) -> None:
+    """One log line per image warning (an assumed pixel spacing, ...): the SR lists them too."""
+    for image in result.images:
+        for warning in image.warnings:
+            event(log, logging.WARNING, "image warning", sop_instance_uid=image.sop_instance_uid,
+                  warning=one_line(warning, 300), **fields)
+
+
+def write_failure_report(study_uid: str, failure: str, engines: "EngineBox", started: datetime, input_hash: str,
+                         images: list[Path], out_dir: Path, fields: dict) -> tuple[list[Path], str]:
+    """The failure SR and CAD SR: on the source headers, else (the last line of defence) on
+    their identity only (:func:`sr_templates.headers.minimal_source`). Returns the paths written
+    and the failure, extended when even that was impossible."""
+    report = failure_result(study_uid, failure, engines.identity(), started, input_hash)
+    try:
+        return write_study_results(report, images, out_dir, gsps=False), failure
+    except Exception as exc:  # noqa: BLE001 - e.g. a header value no writer takes
+        shutil.rmtree(out_dir, ignore_errors=True)
+        where = _where(exc)
+        event(log, logging.ERROR, "failure report could not be written on the source headers; writing a "
+              "minimal one", exception=type(exc).__name__, where=where, **fields)
+    minimal = []
+    for path in images:
+        try:
+            minimal.append(minimal_source(read_dataset(path, stop_before_pixels=True)))
+        except Exception:  # noqa: BLE001 - an unreadable file: left out
+            continue
+    report = failure_result(study_uid, f"{failure}; the report leaves out the source images' headers except "
+                            "the patient, study and image identity", engines.identity(), started, input_hash)
+    try:
+        return write_study_results(report, minimal, out_dir, gsps=False), report.failure
+    except Exception as exc:  # noqa: BLE001 - e.g. no readable source image at all
+        shutil.rmtree(out_dir, ignore_errors=True)
+        event(log, logging.ERROR, "no failure report could be written", exception=type(exc).__name__,
+              where=_where(exc), **fields)
+        return [], f"{failure}; no failure report could be written ({type(exc).__name__})"
 
 
 @dataclass(frozen=True)
@@ -133,6 +195,7 @@ def analyze_and_write(study_uid: str, images: list[Path], rois: list[Path], out_
     elif not images:
         failure = "the study holds no MG image"
     else:
+        result = None
         try:
             engine = engines.get()
             t = time.monotonic()
@@ -143,26 +206,27 @@ def analyze_and_write(study_uid: str, images: list[Path], rois: list[Path], out_
                 stages.update(split() or {})
             if result.study_instance_uid != study_uid:
                 raise ValueError(f"the analysis returned study {result.study_instance_uid}, expected {study_uid}")
-            t = time.monotonic()
-            paths = write_study_results(result, images, out_dir, gsps=write_gsps)
-            stages["write"] = time.monotonic() - t
-            rows = roi_rows(result)
-            if result.failure:
-                failure = result.failure
         except Exception as exc:  # noqa: BLE001 - reported in the SR, the node carries on
+            result = None
             failure = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
             event(log, logging.ERROR, "analysis failed", reason=one_line(failure),
                   exception=type(exc).__name__, **fields)
-            shutil.rmtree(out_dir, ignore_errors=True)
-            paths, rows = [], []
+        if result is not None:
+            log_image_warnings(result, fields)
+            try:
+                t = time.monotonic()
+                paths = write_study_results(result, images, out_dir, gsps=write_gsps)
+                stages["write"] = time.monotonic() - t
+                rows = roi_rows(result)
+                if result.failure:
+                    failure = result.failure
+            except Exception as exc:  # noqa: BLE001 - the failure report below says so
+                failure = write_failure(exc, fields)
+                shutil.rmtree(out_dir, ignore_errors=True)
+                paths, rows = [], []
     if failure is not None and not paths:
-        try:
-            report = failure_result(study_uid, failure, engines.identity(), started, input_hash)
-            paths = write_study_results(report, images, out_dir, gsps=False)
-        except Exception as exc:  # noqa: BLE001 - e.g. no readable source image at all
-            failure = f"{failure}; no failure report could be written ({type(exc).__name__}: {exc})"
-            shutil.rmtree(out_dir, ignore_errors=True)
-            paths = []
+        paths, failure = write_failure_report(study_uid, failure, engines, started, input_hash, images, out_dir,
+                                              fields)
     identity = engines.identity()
     return AnalysisOutcome(failure=failure, paths=tuple(str(p) for p in paths), rows=tuple(rows),
                            seconds=round(time.monotonic() - t0, 3),

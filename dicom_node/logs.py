@@ -61,8 +61,20 @@ def setup_logging(fmt: str = "json", level: str = "INFO", stream=None) -> None:
     # pynetdicom logs every PDU (and, at DEBUG, whole datasets with patient
     # names): never below INFO, and warnings only unless the operator asks for DEBUG.
     logging.getLogger("pynetdicom").setLevel("INFO" if level == "DEBUG" else "WARNING")
-    # highdicom narrates every attribute copy at INFO: keep its warnings only.
-    logging.getLogger("highdicom").setLevel("INFO" if level == "DEBUG" else "WARNING")
+    # highdicom narrates every attribute copy at INFO: keep its warnings only, and never the ones
+    # that quote a patient's name (a single-component name is common in real headers).
+    highdicom = logging.getLogger("highdicom")
+    highdicom.setLevel("INFO" if level == "DEBUG" else "WARNING")
+    if not any(isinstance(f, NoPersonNames) for f in highdicom.filters):
+        highdicom.addFilter(NoPersonNames())
+
+
+class NoPersonNames(logging.Filter):
+    """Drops highdicom's warnings about a person name: they quote it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg).lower()
+        return "patient_name" not in text and "person name" not in text and "_name\"" not in text
 
 
 def event(logger: logging.Logger, level: int, message: str, **fields) -> None:

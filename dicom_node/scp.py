@@ -45,7 +45,7 @@ from .audit import AuditLog
 from .config import Config
 from .logs import event
 from .metrics import Counters
-from .spool import InvalidUidError, Spool, SpoolError
+from .spool import InvalidUidError, Spool, SpoolError, check_uid
 
 log = logging.getLogger("calcnode.scp")
 
@@ -61,8 +61,10 @@ STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
+STATUS_DATASET_MISMATCH = 0xA900  # Data Set does not match SOP Class
 
-_HEADER_TAGS = [Tag("StudyInstanceUID"), Tag("SOPInstanceUID"), Tag("SOPClassUID"), Tag("Manufacturer")]
+_HEADER_TAGS = [Tag("StudyInstanceUID"), Tag("SeriesInstanceUID"), Tag("SOPInstanceUID"), Tag("SOPClassUID"),
+                Tag("Manufacturer")]
 
 
 class JoinedReader(io.RawIOBase):
@@ -130,6 +132,14 @@ class SupportedContext(PresentationContext):
         return new
 
 
+def _called_ae(ev) -> str:
+    """The AE title the peer asked for (its A-ASSOCIATE-RQ), for the log."""
+    try:
+        return str(ev.assoc.requestor.primitive.called_ae_title).strip()
+    except AttributeError:
+        return ""
+
+
 def instance_kind(sop_class: str) -> str:
     """MG, GSPS or SEG for a kept SOP class."""
     if sop_class == GSPS_SOP_CLASS:
@@ -145,6 +155,31 @@ def _refusal_reason(sop_class: str) -> str:
     if sop_class == "1.2.840.10008.5.1.4.1.1.7":
         return "Secondary Capture is not a diagnostic mammogram"
     return "not a mammogram, GSPS or SEG"
+
+
+def dataset_mismatch(header, sop_class: str, sop_uid: str) -> tuple[int, str] | None:
+    """Why a received data set cannot be kept although its request was fine, as (status, reason),
+    or None. Every result refers to an image by the SOP Instance UID of its data set, so one
+    without a valid one (or with another than the request's) is refused with 0xC000; a data set
+    of another SOP class than the request's with 0xA900, as DCMTK's storescp does. A data set
+    without a valid Series Instance UID is refused with 0xC000 too (results reference it)."""
+    try:
+        data_uid = check_uid(str(header.get("SOPInstanceUID", "") or ""), "the data set's SOP Instance UID")
+    except InvalidUidError as exc:
+        return STATUS_CANNOT_UNDERSTAND, (str(exc) if "SOPInstanceUID" in header
+                                          else "the data set has no SOP Instance UID")
+    if data_uid != sop_uid.strip().rstrip("\x00"):
+        return STATUS_CANNOT_UNDERSTAND, "the data set's SOP Instance UID is not the one of the C-STORE request"
+    try:  # every result names the source's series too (its evidence references)
+        check_uid(str(header.get("SeriesInstanceUID", "") or ""), "the data set's Series Instance UID")
+    except InvalidUidError as exc:
+        return STATUS_CANNOT_UNDERSTAND, (str(exc) if "SeriesInstanceUID" in header
+                                          else "the data set has no Series Instance UID")
+    data_class = " ".join(str(header.get("SOPClassUID", "") or "").split())
+    if data_class != sop_class.strip().rstrip("\x00"):
+        return STATUS_DATASET_MISMATCH, (f"the data set's SOP Class UID {data_class[:64]!r} is not the one of "
+                                         "the C-STORE request" if data_class else "the data set has no SOP Class UID")
+    return None
 
 
 class StorageSCP:
@@ -173,6 +208,9 @@ class StorageSCP:
         ae.maximum_pdu_size = node.max_pdu_bytes
         if node.allowed_calling_ae_titles:
             ae.require_calling_aet = list(node.allowed_calling_ae_titles)
+        # off by default (a PACS configured with another title for the node still gets through);
+        # on, an association addressed to another AE title is rejected, as DCMTK and Orthanc can
+        ae.require_called_aet = node.check_called_ae_title
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
@@ -238,6 +276,12 @@ class StorageSCP:
                 event(log, logging.INFO, "C-STORE ignored: a result object of this node",
                       study_instance_uid=study_uid, status="0x0000", **fields)
                 return STATUS_SUCCESS, study_uid
+            mismatch = dataset_mismatch(header, sop_class, sop_uid)
+            if mismatch is not None:
+                self._count("failed")
+                event(log, logging.ERROR, "C-STORE refused: data set does not match the request",
+                      reason=mismatch[1], status=f"0x{mismatch[0]:04X}", study_instance_uid=study_uid, **fields)
+                return mismatch[0], study_uid
             if min_free > 0:
                 free = self._free_mb()
                 if free is not None and free - size / 1e6 < min_free:
@@ -295,8 +339,9 @@ class StorageSCP:
     def handle_rejected(self, ev) -> None:
         self.counters.inc("calcnode_associations_total", result="rejected")
         event(log, logging.WARNING, "association rejected", calling_ae=ev.assoc.requestor.ae_title,
-              peer=f"{ev.assoc.requestor.address}:{ev.assoc.requestor.port}",
-              reason="calling AE title not allowed or too many associations")
+              called_ae=_called_ae(ev), peer=f"{ev.assoc.requestor.address}:{ev.assoc.requestor.port}",
+              reason="calling AE title not allowed, called AE title not ours (node.check_called_ae_title) "
+                     "or too many associations")
         self.audit.write("association", result="rejected", **self._peer(ev))
 
     def handle_released(self, ev) -> None:
@@ -332,7 +377,8 @@ class StorageSCP:
                                             evt_handlers=handlers, ssl_context=ssl_context)
         event(log, logging.INFO, "listening", ae_title=node.ae_title, host=node.host,
               port=node.port, tls=ssl_context is not None, spool=str(self.spool.root),
-              allowed_calling_ae_titles=list(node.allowed_calling_ae_titles) or "any")
+              allowed_calling_ae_titles=list(node.allowed_calling_ae_titles) or "any",
+              check_called_ae_title=node.check_called_ae_title)
 
     def stop_listening(self) -> None:
         """Close the listening socket; associations in progress finish."""

@@ -182,14 +182,15 @@ def index_sources(result: StudyResult, source_datasets: Iterable[Dataset] | Mapp
         if not isinstance(ds, Dataset):
             raise ValueError(f"source datasets must be pydicom Datasets, got {type(ds).__name__}")
         uid = str(ds.get("SOPInstanceUID", ""))
-        if not uid:
-            raise ValueError("a source dataset has no SOP Instance UID")
+        if not uid or not str(ds.get("SeriesInstanceUID", "")):  # an image the analysis could not use
+            continue  # either (no result can reference it); it is named in the warnings
         if str(ds.get("StudyInstanceUID", "")) != result.study_instance_uid:
             raise ValueError(f"source image {uid} belongs to study {ds.get('StudyInstanceUID')}, "
                              f"not to the analysed study {result.study_instance_uid}")
         by_uid[uid] = ds
     if not by_uid:
-        raise ValueError("no source dataset given")
+        raise ValueError("no source dataset given" if not datasets
+                         else "no source dataset has a SOP and a Series Instance UID")
     for image in result.images:
         ds = by_uid.get(image.sop_instance_uid)
         if ds is None:

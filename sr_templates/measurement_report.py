@@ -195,11 +195,13 @@ def image_library(images: list[Dataset]) -> hd.sr.ContainerContentItem:
         entry = hd.sr.ImageContentItem(name=codes.SOURCE, referenced_sop_class_uid=ds.SOPClassUID,
                                        referenced_sop_instance_uid=ds.SOPInstanceUID, relationship_type=contains)
         descriptors = [hd.sr.CodeContentItem(name=pydicom_codes.DCM.Modality, value=codes.MAMMOGRAPHY_MODALITY,
-                                             relationship_type=acq),
-                       hd.sr.NumContentItem(name=pydicom_codes.DCM.PixelDataRows, value=int(ds.Rows),
-                                            unit=codes.PIXELS, relationship_type=acq),
-                       hd.sr.NumContentItem(name=pydicom_codes.DCM.PixelDataColumns, value=int(ds.Columns),
-                                            unit=codes.PIXELS, relationship_type=acq)]
+                                             relationship_type=acq)]
+        if isinstance(ds.get("Rows"), int) and isinstance(ds.get("Columns"), int):  # a failure report's
+            # sources may lack them (sr_templates.headers leaves out what cannot be read)
+            descriptors += [hd.sr.NumContentItem(name=pydicom_codes.DCM.PixelDataRows, value=int(ds.Rows),
+                                                 unit=codes.PIXELS, relationship_type=acq),
+                            hd.sr.NumContentItem(name=pydicom_codes.DCM.PixelDataColumns, value=int(ds.Columns),
+                                                 unit=codes.PIXELS, relationship_type=acq)]
         orientation = patient_orientation(ds)
         if orientation and len(orientation) == 2:
             descriptors += [hd.sr.TextContentItem(name=codes.PATIENT_ORIENTATION_ROW, value=str(orientation[0]),

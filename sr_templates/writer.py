@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import warnings
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -13,6 +15,7 @@ from common.durable import atomic_path, make_dirs
 
 from .cad_sr import build_mammography_cad_sr
 from .common import index_sources
+from .headers import clean_source
 from .gsps import build_presentation_state, study_laterality
 from .measurement_report import build_measurement_report
 from analysis.results import StudyResult
@@ -37,7 +40,13 @@ def build_study_results(result: StudyResult, source_datasets: Iterable | Mapping
     """
     if isinstance(source_datasets, Mapping):
         source_datasets = list(source_datasets.values())
-    sources = index_sources(result, [_as_dataset(s) for s in source_datasets])
+    cleaned, notes = [], []
+    for source in source_datasets:  # a sender's header never makes a writer fail
+        ds, source_notes = clean_source(_as_dataset(source))
+        cleaned.append(ds)
+        notes += source_notes
+    result = with_notes(result, notes)
+    sources = index_sources(result, cleaned)
     objects: list[tuple[str, Dataset]] = []
     segs: dict[str, Dataset] = {}
     for image in result.images:
@@ -58,6 +67,14 @@ def build_study_results(result: StudyResult, source_datasets: Iterable | Mapping
     return objects
 
 
+def with_notes(result: StudyResult, notes: list[str]) -> StudyResult:
+    """``result`` with the images' own warnings (an assumed pixel spacing, ...) and ``notes``
+    added to the study warnings the SRs list (each once). UIDs do not depend on warnings."""
+    extra = [f"image {image.sop_instance_uid}: {w}" for image in result.images for w in image.warnings]
+    extra = [w for w in dict.fromkeys(extra + list(notes)) if w not in result.warnings]
+    return replace(result, warnings=tuple(result.warnings) + tuple(extra)) if extra else result
+
+
 def result_filename(kind: str, ds: Dataset) -> str:
     return f"{kind}-{ds.SOPInstanceUID}.dcm"
 
@@ -75,7 +92,11 @@ def write_study_results(result: StudyResult, source_datasets: Iterable | Mapping
     survives a power cut, and a re-run replaces identical instances in place.
     Returns the written paths in the order of :func:`build_study_results`.
     """
-    objects = build_study_results(result, source_datasets, gsps=gsps)
+    with warnings.catch_warnings():
+        # highdicom warns (Python warnings, printed on stderr) about an unusual person name, quoting
+        # it: a patient's name must never reach a log
+        warnings.filterwarnings("ignore", category=UserWarning, module="highdicom")
+        objects = build_study_results(result, source_datasets, gsps=gsps)
     out = make_dirs(out_dir)
     return [_write(ds, out / result_filename(kind, ds)) for kind, ds in objects]
 

@@ -164,7 +164,8 @@ def test_truncated_file(tmp_path):
     with pytest.raises(UnusableImageError) as err:
         load_image(truncated)
     assert err.value.reason == "corrupt"
-    assert str(truncated) in str(err.value) and "truncated" in str(err.value)
+    # named by its SOP Instance UID (its header reads), not by where it is stored (issue 23)
+    assert f"image {pydicom.dcmread(path).SOPInstanceUID}" in str(err.value) and "truncated" in str(err.value)
 
 
 def test_not_dicom_and_missing_file(tmp_path):

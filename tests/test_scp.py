@@ -229,3 +229,57 @@ def test_disk_full_answers_out_of_resources_and_leaves_nothing_half_written(star
         node.stop()
     finally:
         subprocess.run(["umount", str(state)], capture_output=True)
+
+
+def test_called_ae_title_check_is_off_by_default_and_rejects_when_on(start_node, tmp_path):
+    """``node.check_called_ae_title``: off, any called AE title is accepted (as before); on, an
+    association addressed to another title is rejected and logged, ours still accepted."""
+    default = start_node(state_dir=tmp_path / "default")
+    default.ae_title = "SOMEONEELSE"
+    assert default.echo().returncode == 0
+    config = tmp_path / "calcnode.toml"
+    config.write_text("[node]\ncheck_called_ae_title = true\n")
+    checked = start_node(state_dir=tmp_path / "checked", config=config)
+    assert checked.echo().returncode == 0  # addressed to CALCNODE
+    checked.ae_title = "SOMEONEELSE"
+    assert checked.echo().returncode != 0
+    mg = write(mg_dataset(), tmp_path / "mg.dcm")
+    assert checked.storescu(mg).returncode != 0
+    assert checked.stored_files() == []
+    assert any(e["event"] == "association rejected" and e.get("called_ae") == "SOMEONEELSE"
+               for e in checked.log_events())
+
+
+def test_data_set_that_does_not_match_its_request_is_refused(node, tmp_path):
+    """The data set's SOP Instance UID absent or another than the request's: 0xC000; its SOP
+    Class UID another than the request's: 0xA900. Nothing is stored."""
+    from pynetdicom import AE, _config
+    from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentation as MG
+
+    cases = []
+    no_uid = mg_dataset(16, 16)
+    del no_uid.SOPInstanceUID
+    cases.append((no_uid, 0xC000))
+    other_uid = mg_dataset(16, 16)
+    cases.append((other_uid, 0xC000))  # its data set's SOP Instance UID is changed below
+    cases.append((mg_dataset(16, 16), 0xA900))  # its data set's SOP Class UID is changed below
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(MG, [pydicom.uid.ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="CALCNODE")
+    assert assoc.is_established
+    _config.STORE_SEND_CHUNKED_DATASET = True  # the file's bytes as they are, UIDs from the file meta
+    paths = [write(ds, tmp_path / f"{k}.dcm") for k, (ds, _) in enumerate(cases)]
+    # pydicom keeps file meta and data set in step: change the data set's UIDs in the bytes
+    raw, uid = paths[1].read_bytes(), other_uid.SOPInstanceUID.encode()
+    at = raw.rindex(uid)
+    paths[1].write_bytes(raw[:at + len(uid) - 1] + (b"2" if uid.endswith(b"1") else b"1") + raw[at + len(uid):])
+    raw = paths[2].read_bytes()
+    at = raw.rindex(b"1.2.840.10008.5.1.4.1.1.1.2\x00")
+    paths[2].write_bytes(raw[:at] + b"1.2.840.10008.5.1.4.1.1.1.3\x00" + raw[at + 28:])
+    try:
+        statuses = [assoc.send_c_store(path).Status for path in paths]
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+        assoc.release()
+    assert statuses == [expected for _, expected in cases], [hex(s) for s in statuses]
+    assert node.stored_files() == []

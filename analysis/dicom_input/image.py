@@ -21,6 +21,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from .errors import InputError, UnusableImageError
@@ -139,6 +140,42 @@ def _name(source) -> str | None:
     return None
 
 
+def _file_name(source) -> str | None:
+    """A file by its name only: in the node's spool that is ``<SOP Instance UID>.dcm``."""
+    if isinstance(source, (str, os.PathLike)):
+        return f"file {Path(source).name}"
+    return None
+
+
+def _header_name(source) -> str | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            header = pydicom.dcmread(source, stop_before_pixels=True)
+        uid = str(header.get("SOPInstanceUID", "") or "")
+    except Exception:  # noqa: BLE001 - not even the header: the file name will do
+        return None
+    return image_name(header, source) if uid else None
+
+
+def image_name(ds: Dataset, source=None) -> str | None:
+    """How messages name an image: ``image <SOP Instance UID> (series N, instance M)``; without
+    a SOP Instance UID in the data set, the one of its file meta, else the file name."""
+    def text(keyword, where=ds):
+        try:
+            return " ".join(str(where.get(keyword, "") or "").split())[:64]
+        except Exception:  # noqa: BLE001 - a value pydicom cannot convert
+            return ""
+
+    uid = text("SOPInstanceUID")
+    if not uid:
+        meta_uid = text("MediaStorageSOPInstanceUID", getattr(ds, "file_meta", None) or Dataset())
+        return f"image with no SOP Instance UID (file meta: {meta_uid})" if meta_uid else _file_name(source)
+    numbers = [f"{what} {value}" for what, value in (("series", text("SeriesNumber")),
+                                                     ("instance", text("InstanceNumber"))) if value]
+    return f"image {uid}" + (f" ({', '.join(numbers)})" if numbers else "")
+
+
 class _ShortReadDetector(io.RawIOBase):
     """A read-only file wrapper that notes when a read returns fewer bytes than asked.
 
@@ -220,6 +257,20 @@ def header_pixel_spacing(ds: Dataset, default_mm: float | None = None
     if default_mm is not None:
         return (float(default_mm), float(default_mm)), "default"
     return None, None
+
+
+def spacing_problem(ds: Dataset) -> str:
+    """Why :func:`header_pixel_spacing` found no spacing in ``ds``: one sentence, for warnings."""
+    for keyword, name in (("ImagerPixelSpacing", "Imager Pixel Spacing"), ("PixelSpacing", "Pixel Spacing")):
+        if keyword in ds:
+            try:
+                raw = ds[keyword].value
+                text = "\\".join(map(str, raw)) if isinstance(raw, (list, tuple, MultiValue)) else str(raw)
+            except Exception:  # noqa: BLE001 - a value pydicom cannot convert
+                text = "?"
+            text = "".join(ch if ch.isprintable() else "?" for ch in text.replace("\\", "/"))[:32]
+            return f"{name} '{text}' is not two positive numbers"
+    return "no Imager Pixel Spacing or Pixel Spacing in the header"
 
 
 def read_geometry(source: str | os.PathLike | Dataset, *,
@@ -311,11 +362,20 @@ def load_image(source: str | os.PathLike | Dataset, *,
     UnusableImageError
         With ``reason`` one of ``not_found``, ``not_dicom``, ``corrupt``,
         ``sop_class``, ``tomosynthesis``, ``multi_frame``, ``no_pixel_data``,
-        ``transfer_syntax``, ``decode``, ``pixel_format``, ``no_spacing``.
+        ``transfer_syntax``, ``decode``, ``pixel_format``, ``no_spacing``, ``no_uid`` (no SOP or
+        Series Instance UID in the data set).
     """
-    name = _name(source)
-    ds = read_dataset(source)
+    try:
+        ds = read_dataset(source)
+    except UnusableImageError as exc:  # named by its UIDs if its header reads, not by a (spool) path
+        exc.source = _header_name(source) or _file_name(source)
+        raise
+    name = image_name(ds, source)
     sop_class = _check_sop_class(ds, name)
+    for keyword, what in (("SOPInstanceUID", "SOP Instance UID"), ("SeriesInstanceUID", "Series Instance UID")):
+        if not str(ds.get(keyword, "") or "").strip():
+            raise UnusableImageError(f"its data set has no {what}, so no result can refer to it",
+                                     reason="no_uid", source=name)
 
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
@@ -372,7 +432,8 @@ def load_image(source: str | os.PathLike | Dataset, *,
                                  "spacing is configured, so lengths in mm cannot be measured",
                                  reason="no_spacing", source=name)
     if spacing_source == "default":
-        warnings.append(f"no pixel spacing in the header; assumed {spacing[0]} mm")
+        warnings.append(f"{spacing_problem(ds)}; pixel spacing assumed {spacing[0]} mm "
+                        "(analysis.default_pixel_spacing_mm)")
 
     geometry = ImageGeometry(
         sop_instance_uid=str(ds.SOPInstanceUID),

@@ -112,3 +112,46 @@ def distance_to_outline(points: np.ndarray, xy: np.ndarray) -> float:
     t = np.clip(np.einsum("ij,ij->i", xy - start, edge) / length2, 0.0, 1.0)
     nearest = start + t[:, None] * edge
     return float(np.min(np.linalg.norm(nearest - xy, axis=1)))
+
+
+def clip_to_image(points: np.ndarray, rows: int, columns: int) -> tuple[np.ndarray | None, bool]:
+    """Clip a polygon (implicitly closed, (column, row) PIXEL points) to the image area
+    [0, columns] x [0, rows] (Sutherland-Hodgman against the four edges).
+
+    Every pixel centre lies inside the image area, so the clipped polygon encloses exactly
+    the pixels the original one does (the mask is unchanged); only the outline drawn in the
+    results differs. Returns ``(polygon, clipped)``: ``polygon`` None when nothing of the
+    shape lies in the image (fewer than 3 vertices or no area left), ``clipped`` True when a
+    vertex was outside.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not np.all(np.isfinite(pts)):
+        return None, True
+    inside = ((pts[:, 0] >= 0) & (pts[:, 0] <= columns) & (pts[:, 1] >= 0) & (pts[:, 1] <= rows)).all()
+    if inside:
+        return pts, False
+    # (axis, bound, keep the side where coordinate >= bound (True) or <= bound (False))
+    for axis, bound, above in ((0, 0.0, True), (0, float(columns), False), (1, 0.0, True), (1, float(rows), False)):
+        if len(pts) == 0:
+            break
+        out = []
+        for k in range(len(pts)):
+            cur, prev = pts[k], pts[k - 1]
+            cur_in = cur[axis] >= bound if above else cur[axis] <= bound
+            prev_in = prev[axis] >= bound if above else prev[axis] <= bound
+            if cur_in != prev_in:  # the edge crosses the bound: add the crossing point
+                t = (bound - prev[axis]) / (cur[axis] - prev[axis])
+                cross = prev + t * (cur - prev)
+                cross[axis] = bound
+                out.append(cross)
+            if cur_in:
+                out.append(cur)
+        pts = np.array(out, dtype=np.float64).reshape(-1, 2)
+    if len(pts) >= 2:  # drop repeated vertices the clipping made
+        keep = np.any(np.abs(pts - np.roll(pts, 1, axis=0)) > 1e-9, axis=1)
+        pts = pts[keep]
+    if len(pts) < 3 or shoelace_area(pts) <= 1e-9:
+        return None, True
+    pts[:, 0] = np.clip(pts[:, 0], 0.0, float(columns))  # rounding at the crossings
+    pts[:, 1] = np.clip(pts[:, 1], 0.0, float(rows))
+    return pts, True
