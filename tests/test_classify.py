@@ -237,8 +237,15 @@ def test_the_shipped_bundle_loads_and_its_segmentation_identity_matches():
     assert bundle.hdog_params == HDoGParams()
     assert bundle.segmentation_info["settings"] == segmentation_settings()
     identity = segmentation_identity(bundle.segmentation_model(), bundle.hdog_params)
-    assert identity == bundle.segmentation_sha256 == "2bea949e822773af645a0cc5cbd4a3c1a7208cbea13408a1e444c81e38e31e21"
-    assert bundle.sha256 == "fa7138858b9edfff976aaee90e9217d1ce03ccd2d0df0574371107fa15acb5fc"
+    assert identity == bundle.segmentation_sha256 == "b805907d34af900ed412adda370e5beb9aedca472f9f11701e2ceb29dca343bc"
+    assert bundle.sha256 == "f3d098f202ec2eeec473c95dffd9e654584acae93e2b847e9029f7047945ae89"
+    # one operating point: the bundle segments at its CNN's own calibrated threshold, as the SEG,
+    # `calcnode segment` and the cluster detector do
+    from analysis.segmentation.cnn import SegmentationModel
+    from analysis.segmentation.models import DEFAULT_SEGMENTATION_MODEL
+    shipped = SegmentationModel.load(DEFAULT_SEGMENTATION_MODEL)
+    assert bundle.segmentation_model().params == shipped.params
+    assert bundle.segmentation_model().sha256 == shipped.sha256
 
 
 @pytest.fixture(scope="module")
