@@ -9,6 +9,19 @@ from pathlib import Path
 # Defaults shown in --help; the training code (torch) is imported only when a command runs.
 DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS, DEFAULT_WIDTH = 40, 6, 2, 8
 DEFAULT_OUTLINE_LEVEL = 0.7  # analysis.segmentation.cnn.SelectionParams.outline_level
+DEFAULT_LEARNING_RATE = 2e-3  # training.segmentation.train.TrainSettings.learning_rate
+DEFAULT_NEGATIVES_PER_EPOCH = 4000  # training.segmentation.train.NegativeSampling.per_epoch
+DEFAULT_NEGATIVE_SPACING_MM = 0.07  # training.segmentation.negatives.DEFAULT_NEGATIVE_SPACING_MM
+NEGATIVES_HELP = ("views with NO calcification (DICOM MG files, 16-bit PNG views such as "
+                  "../shared/interop/real-tissue/*.png, or folders of them); a STEM_benign_lesion_mask.png "
+                  "beside a PNG marks a region left out")
+
+
+def _add_negatives(parser) -> None:
+    parser.add_argument("--negatives", nargs="+", default=[], metavar="PNG_OR_DICOM", help=NEGATIVES_HELP)
+    parser.add_argument("--negative-spacing", type=float, default=DEFAULT_NEGATIVE_SPACING_MM, metavar="MM",
+                        help="pixel spacing assumed for a negative view that states none: every PNG "
+                             f"(default {DEFAULT_NEGATIVE_SPACING_MM} mm, a Hologic-like detector)")
 
 
 def register(subparsers) -> None:
@@ -28,14 +41,31 @@ def register(subparsers) -> None:
                        metavar="P|none",
                        help="cut candidates to their pixels with prediction >= P before the 30 %% rule "
                             f"(default {DEFAULT_OUTLINE_LEVEL}); 'none': HDoGReg's whole candidates")
+    train.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE, metavar="RATE",
+                       help=f"Adam's initial learning rate (default {DEFAULT_LEARNING_RATE:g})")
+    train.add_argument("--init", metavar="MODEL",
+                       help="start from this model's weights (fine-tuning; --width is then the model's)")
+    train.add_argument("--patches-per-epoch", type=int, metavar="N",
+                       help="a fresh random N of the data sets' patches each epoch (default: all)")
+    train.add_argument("--negatives-per-epoch", type=int, default=DEFAULT_NEGATIVES_PER_EPOCH, metavar="N",
+                       help="negative views' patches per epoch, half of them the hardest for the network "
+                            f"as it is (default {DEFAULT_NEGATIVES_PER_EPOCH})")
+    _add_negatives(train)
     train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser(
         "evaluate-seg", help="FROC, IoU and mIoU of a segmentation model against truth",
         description="Detection (FROC) and segmentation (IoU) metrics, for the HDoG stage alone and "
                     "with the CNN, inside the ROIs of images with truth.")
-    evaluate.add_argument("--model", required=True, metavar="MODEL")
-    evaluate.add_argument("--data", action="append", required=True, metavar="DIR")
+    evaluate.add_argument("--model", required=True, action="append", metavar="MODEL",
+                          help="the model to evaluate (repeat to compare models on the same data: "
+                               "one report each, in --out/<model file stem>/ and one table)")
+    evaluate.add_argument("--data", action="append", default=[], metavar="DIR",
+                          help="folders with images, ROIs and *_labels.npz truth (FROC inside the ROIs)")
+    _add_negatives(evaluate)
+    evaluate.add_argument("--ceiling", metavar="JSON",
+                          help="a calcnode seg-ceiling report of the same --data: its per-type bound "
+                               "is shown beside the sensitivity")
     evaluate.add_argument("--out", default="seg-evaluation", metavar="DIR",
                           help="where segmentation_metrics.json and froc.png go")
     evaluate.set_defaults(func=run_evaluate)
@@ -65,11 +95,17 @@ def _outline_level(text: str) -> float | None:
 def run_train(args) -> int:
     from analysis.segmentation.cnn import SelectionParams
 
-    from training.segmentation.train import TrainSettings, train_segmentation
+    from training.segmentation.train import NegativeSampling, TrainSettings, train_segmentation
 
     settings = TrainSettings(seed=args.seed, max_epochs=args.max_epochs, patience=args.patience,
-                             workers=args.workers, width=args.width)
-    train_segmentation(args.data, args.out, settings, SelectionParams(outline_level=args.outline_level))
+                             workers=args.workers, width=args.width, learning_rate=args.learning_rate,
+                             patches_per_epoch=args.patches_per_epoch)
+    try:
+        train_segmentation(args.data, args.out, settings, SelectionParams(outline_level=args.outline_level),
+                           negatives=args.negatives, negative_spacing_mm=args.negative_spacing, init=args.init,
+                           sampling=NegativeSampling(per_epoch=args.negatives_per_epoch))
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"calcnode train-seg: {exc}") from None
     return 0
 
 
