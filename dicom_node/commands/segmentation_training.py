@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+from common.durable import write_text
 
 # Defaults shown in --help; the training code (torch) is imported only when a command runs.
 DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS, DEFAULT_WIDTH = 40, 6, 2, 8
@@ -109,14 +112,54 @@ def run_train(args) -> int:
     return 0
 
 
+def _model_dirs(models: list[str], out: Path) -> list[Path]:
+    """``out`` for one model; ``out/<file stem>`` per model for several (numbered when stems repeat)."""
+    if len(models) == 1:
+        return [out]
+    stems = [Path(m).stem for m in models]
+    return [out / (stem if stems.count(stem) == 1 else f"{k + 1}-{stem}") for k, stem in enumerate(stems)]
+
+
+def _summary(report: dict) -> dict:
+    summary = {k: report[k] for k in ("model", "images", "truth_objects", "region_cm2") if k in report}
+    if "by_type" in report:
+        summary["by_type"] = report["by_type"]
+    for stage in ("hdog", "hdog_cnn", "hdog_cnn_whole"):
+        if stage in report:
+            summary[stage] = {k: report[stage][k] for k in ("operating_point", "best_at_1_fp_per_cm2", "iou")}
+    if "negatives" in report:
+        negatives = report["negatives"]
+        summary["negatives"] = {"note": negatives["note"], "operating_point": negatives["operating_point"],
+                                "views": negatives["views"],
+                                "groups": {g: {k: v for k, v in row.items() if k != "curve"}
+                                           for g, row in negatives["groups"].items()}}
+    return summary
+
+
 def run_evaluate(args) -> int:
     from training.segmentation.evaluate import evaluate_segmentation
+    from training.segmentation.negatives import load_negative, negative_paths
 
-    report = evaluate_segmentation(args.model, args.data, args.out)
-    summary = {k: report[k] for k in ("images", "truth_objects", "region_cm2", "by_type")}
-    for stage in ("hdog", "hdog_cnn", "hdog_cnn_whole"):
-        summary[stage] = {k: report[stage][k] for k in ("operating_point", "best_at_1_fp_per_cm2", "iou")}
-    print(json.dumps(summary, indent=2))
+    if not args.data and not args.negatives:
+        raise SystemExit("calcnode evaluate-seg: give --data (images with truth and ROIs), --negatives, or both")
+    try:
+        negatives = [load_negative(p, args.negative_spacing) for p in negative_paths(args.negatives)]
+        ceiling = json.loads(Path(args.ceiling).read_text()) if args.ceiling else None
+        summaries = []
+        for model, out in zip(args.model, _model_dirs(args.model, Path(args.out))):
+            report = evaluate_segmentation(model, args.data, out, negatives=negatives, ceiling=ceiling)
+            summaries.append(_summary(report))
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"calcnode evaluate-seg: {exc}") from None
+    if any(v.spacing_source == "assumed" for v in negatives):
+        assumed = sorted({v.spacing_mm[0] for v in negatives if v.spacing_source == "assumed"})
+        print(f"evaluate-seg: pixel spacing ASSUMED {', '.join(map(str, assumed))} mm for "
+              f"{', '.join(v.name for v in negatives if v.spacing_source == 'assumed')} (no spacing in the file); "
+              "every per-cm² figure of those views depends on it", file=sys.stderr)
+    text = json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2)
+    if len(summaries) > 1:
+        write_text(Path(args.out) / "comparison.json", text + "\n")
+    print(text)
     return 0
 
 
