@@ -150,3 +150,13 @@ def test_train_seg_accepts_negatives(small_data, negative_views, tmp_path):
     groups = json.loads(result.stdout)["negatives"]["groups"]
     assert groups["training"]["views"] == ["band_R-CC.png", "band_R-CC.png"]
     assert groups["held_out"]["views"] == ["other_R-CC.png"]
+
+
+def test_cli_defaults_match_the_code():
+    from dicom_node.commands import segmentation_training as cli
+    from training.segmentation.negatives import DEFAULT_NEGATIVE_SPACING_MM
+    from training.segmentation.train import NegativeSampling, TrainSettings
+
+    assert cli.DEFAULT_NEGATIVE_SPACING_MM == DEFAULT_NEGATIVE_SPACING_MM == 0.07
+    assert cli.DEFAULT_NEGATIVES_PER_EPOCH == NegativeSampling.per_epoch
+    assert cli.DEFAULT_LEARNING_RATE == TrainSettings.learning_rate

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from common.durable import write_text
+from common.durable import make_dirs, write_text
 
 # Defaults shown in --help; the training code (torch) is imported only when a command runs.
 DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS, DEFAULT_WIDTH = 40, 6, 2, 8
@@ -171,7 +171,8 @@ def run_ceiling(args) -> int:
     except ValueError as exc:
         raise SystemExit(f"calcnode seg-ceiling: {exc}") from None
     text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if args.out:  # its folder may not exist yet (make evaluate-demo-seg runs it first)
+        make_dirs(Path(args.out).parent)
+        write_text(args.out, text + "\n")
     print(text)
     return 0
