@@ -127,7 +127,10 @@ def normalise_local(x: np.ndarray, spacing_mm: float = NET_SPACING_MM) -> np.nda
     centre = float(np.median(high))
     spread = 1.4826 * float(np.median(np.abs(high - centre)))
     limit = 4.0 * max(spread, 1e-4)
-    rms = np.sqrt(ndimage.uniform_filter(np.clip(high, -limit, limit) ** 2, w, mode="reflect"))
+    # the box filter's running sums can leave a mean square a hair below 0 where the image is flat
+    # (the zero background of a real view): its square root was NaN, and so was the network's input
+    mean_square = ndimage.uniform_filter(np.clip(high, -limit, limit) ** 2, w, mode="reflect")
+    rms = np.sqrt(np.maximum(mean_square, 0.0))
     return high / np.maximum(rms, 1e-4)
 
 

@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+from common.durable import make_dirs, write_text
 
 # Defaults shown in --help; the training code (torch) is imported only when a command runs.
 DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS, DEFAULT_WIDTH = 40, 6, 2, 8
 DEFAULT_OUTLINE_LEVEL = 0.7  # analysis.segmentation.cnn.SelectionParams.outline_level
+DEFAULT_LEARNING_RATE = 2e-3  # training.segmentation.train.TrainSettings.learning_rate
+DEFAULT_NEGATIVES_PER_EPOCH = 4000  # training.segmentation.train.NegativeSampling.per_epoch
+DEFAULT_NEGATIVE_SPACING_MM = 0.07  # training.segmentation.negatives.DEFAULT_NEGATIVE_SPACING_MM
+NEGATIVES_HELP = ("views with NO calcification (DICOM MG files, 16-bit PNG views such as "
+                  "../shared/interop/real-tissue/*.png, or folders of them); a STEM_benign_lesion_mask.png "
+                  "beside a PNG marks a region left out")
+
+
+def _add_negatives(parser) -> None:
+    parser.add_argument("--negatives", nargs="+", default=[], metavar="PNG_OR_DICOM", help=NEGATIVES_HELP)
+    parser.add_argument("--negative-spacing", type=float, default=DEFAULT_NEGATIVE_SPACING_MM, metavar="MM",
+                        help="pixel spacing assumed for a negative view that states none: every PNG "
+                             f"(default {DEFAULT_NEGATIVE_SPACING_MM} mm, a Hologic-like detector)")
 
 
 def register(subparsers) -> None:
@@ -28,14 +44,31 @@ def register(subparsers) -> None:
                        metavar="P|none",
                        help="cut candidates to their pixels with prediction >= P before the 30 %% rule "
                             f"(default {DEFAULT_OUTLINE_LEVEL}); 'none': HDoGReg's whole candidates")
+    train.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE, metavar="RATE",
+                       help=f"Adam's initial learning rate (default {DEFAULT_LEARNING_RATE:g})")
+    train.add_argument("--init", metavar="MODEL",
+                       help="start from this model's weights (fine-tuning; --width is then the model's)")
+    train.add_argument("--patches-per-epoch", type=int, metavar="N",
+                       help="a fresh random N of the data sets' patches each epoch (default: all)")
+    train.add_argument("--negatives-per-epoch", type=int, default=DEFAULT_NEGATIVES_PER_EPOCH, metavar="N",
+                       help="negative views' patches per epoch, half of them the hardest for the network "
+                            f"as it is (default {DEFAULT_NEGATIVES_PER_EPOCH})")
+    _add_negatives(train)
     train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser(
         "evaluate-seg", help="FROC, IoU and mIoU of a segmentation model against truth",
         description="Detection (FROC) and segmentation (IoU) metrics, for the HDoG stage alone and "
                     "with the CNN, inside the ROIs of images with truth.")
-    evaluate.add_argument("--model", required=True, metavar="MODEL")
-    evaluate.add_argument("--data", action="append", required=True, metavar="DIR")
+    evaluate.add_argument("--model", required=True, action="append", metavar="MODEL",
+                          help="the model to evaluate (repeat to compare models on the same data: "
+                               "one report each, in --out/<model file stem>/ and one table)")
+    evaluate.add_argument("--data", action="append", default=[], metavar="DIR",
+                          help="folders with images, ROIs and *_labels.npz truth (FROC inside the ROIs)")
+    _add_negatives(evaluate)
+    evaluate.add_argument("--ceiling", metavar="JSON",
+                          help="a calcnode seg-ceiling report of the same --data: its per-type bound "
+                               "is shown beside the sensitivity")
     evaluate.add_argument("--out", default="seg-evaluation", metavar="DIR",
                           help="where segmentation_metrics.json and froc.png go")
     evaluate.set_defaults(func=run_evaluate)
@@ -65,22 +98,68 @@ def _outline_level(text: str) -> float | None:
 def run_train(args) -> int:
     from analysis.segmentation.cnn import SelectionParams
 
-    from training.segmentation.train import TrainSettings, train_segmentation
+    from training.segmentation.train import NegativeSampling, TrainSettings, train_segmentation
 
     settings = TrainSettings(seed=args.seed, max_epochs=args.max_epochs, patience=args.patience,
-                             workers=args.workers, width=args.width)
-    train_segmentation(args.data, args.out, settings, SelectionParams(outline_level=args.outline_level))
+                             workers=args.workers, width=args.width, learning_rate=args.learning_rate,
+                             patches_per_epoch=args.patches_per_epoch)
+    try:
+        train_segmentation(args.data, args.out, settings, SelectionParams(outline_level=args.outline_level),
+                           negatives=args.negatives, negative_spacing_mm=args.negative_spacing, init=args.init,
+                           sampling=NegativeSampling(per_epoch=args.negatives_per_epoch))
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"calcnode train-seg: {exc}") from None
     return 0
+
+
+def _model_dirs(models: list[str], out: Path) -> list[Path]:
+    """``out`` for one model; ``out/<file stem>`` per model for several (numbered when stems repeat)."""
+    if len(models) == 1:
+        return [out]
+    stems = [Path(m).stem for m in models]
+    return [out / (stem if stems.count(stem) == 1 else f"{k + 1}-{stem}") for k, stem in enumerate(stems)]
+
+
+def _summary(report: dict) -> dict:
+    summary = {k: report[k] for k in ("model", "images", "truth_objects", "region_cm2") if k in report}
+    if "by_type" in report:
+        summary["by_type"] = report["by_type"]
+    for stage in ("hdog", "hdog_cnn", "hdog_cnn_whole"):
+        if stage in report:
+            summary[stage] = {k: report[stage][k] for k in ("operating_point", "best_at_1_fp_per_cm2", "iou")}
+    if "negatives" in report:
+        negatives = report["negatives"]
+        summary["negatives"] = {"note": negatives["note"], "operating_point": negatives["operating_point"],
+                                "views": negatives["views"],
+                                "groups": {g: {k: v for k, v in row.items() if k != "curve"}
+                                           for g, row in negatives["groups"].items()}}
+    return summary
 
 
 def run_evaluate(args) -> int:
     from training.segmentation.evaluate import evaluate_segmentation
+    from training.segmentation.negatives import load_negative, negative_paths
 
-    report = evaluate_segmentation(args.model, args.data, args.out)
-    summary = {k: report[k] for k in ("images", "truth_objects", "region_cm2", "by_type")}
-    for stage in ("hdog", "hdog_cnn", "hdog_cnn_whole"):
-        summary[stage] = {k: report[stage][k] for k in ("operating_point", "best_at_1_fp_per_cm2", "iou")}
-    print(json.dumps(summary, indent=2))
+    if not args.data and not args.negatives:
+        raise SystemExit("calcnode evaluate-seg: give --data (images with truth and ROIs), --negatives, or both")
+    try:
+        negatives = [load_negative(p, args.negative_spacing) for p in negative_paths(args.negatives)]
+        ceiling = json.loads(Path(args.ceiling).read_text()) if args.ceiling else None
+        summaries = []
+        for model, out in zip(args.model, _model_dirs(args.model, Path(args.out))):
+            report = evaluate_segmentation(model, args.data, out, negatives=negatives, ceiling=ceiling)
+            summaries.append(_summary(report))
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"calcnode evaluate-seg: {exc}") from None
+    if any(v.spacing_source == "assumed" for v in negatives):
+        assumed = sorted({v.spacing_mm[0] for v in negatives if v.spacing_source == "assumed"})
+        print(f"evaluate-seg: pixel spacing ASSUMED {', '.join(map(str, assumed))} mm for "
+              f"{', '.join(v.name for v in negatives if v.spacing_source == 'assumed')} (no spacing in the file); "
+              "every per-cm² figure of those views depends on it", file=sys.stderr)
+    text = json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2)
+    if len(summaries) > 1:
+        write_text(Path(args.out) / "comparison.json", text + "\n")
+    print(text)
     return 0
 
 
@@ -92,7 +171,8 @@ def run_ceiling(args) -> int:
     except ValueError as exc:
         raise SystemExit(f"calcnode seg-ceiling: {exc}") from None
     text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if args.out:  # its folder may not exist yet (make evaluate-demo-seg runs it first)
+        make_dirs(Path(args.out).parent)
+        write_text(args.out, text + "\n")
     print(text)
     return 0

@@ -15,11 +15,23 @@ score for HDoG + CNN (the threshold t such that more than 30 % of the object's p
 operating point is the model's calibrated ``prediction_threshold``). Per-object
 IoU is that of each truth object with its best-overlapping kept prediction (0 when missed); mIoU
 is their mean, reported over detected objects and over all objects. Where the truth names each
-particle's type (the simulator's ``*_particles.csv``), sensitivity is also given per type.
+particle's type (the simulator's ``*_particles.csv``), sensitivity is also given per type, at the
+operating point and at the most sensitive threshold with <= 1 FP/cm², beside the ideal observer's
+bound when a ``calcnode seg-ceiling`` report of the same data is given.
+
+Views without calcification truth (``negatives``, :mod:`training.segmentation.negatives`; real
+tissue) are segmented over the whole breast (``segment(..., region=None)``): every object kept
+there is false. They are reported as false objects per cm² of breast (the breast mask of
+:func:`analysis.segmentation.breast_mask`, minus a marked lesion's region, whose objects are not
+counted either), at the operating point and as a curve over the same thresholds, separately for
+views the model was trained on (``info["negative_views"]``, matched by the file's SHA-256) and
+held-out views. One picture (``froc.png``) shows both: the FROC inside the ROIs and, against the
+negatives' false objects per cm² of breast, the in-ROI sensitivity at the same threshold.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from dataclasses import dataclass, replace
@@ -29,11 +41,14 @@ import numpy as np
 from scipy import ndimage
 
 from analysis.dicom_input import load_image
+from analysis.segmentation import breast_mask
 from analysis.segmentation.cnn import SegmentationModel, select_candidates
 from analysis.segmentation.pipeline import segment
+from common.durable import make_dirs, write_bytes, write_text
 
 from ..datasets import DatasetImage, image_rois, load_truth, roi_region, scan_dataset
 from ..synth.config import canonical_type
+from .negatives import NegativeView
 
 MATCH_DISTANCE_MM = 0.35
 MATCH_IOU = 0.3
@@ -232,15 +247,119 @@ def iou_summary(images: list[ImageMatches], stage: str, threshold: float) -> dic
             "miou_detected": float(np.mean(detected)) if detected else None}
 
 
-def evaluate_segmentation(model_path: str | Path, data_dirs: list[str | Path], out_dir: str | Path) -> dict:
+@dataclass
+class NegativeObjects:
+    """The objects the segmentation makes on one view without calcifications (all false)."""
+
+    name: str
+    sha256: str
+    spacing_mm: tuple[float, float]
+    spacing_source: str
+    scores: np.ndarray     # per counted object (centroid outside the excluded region)
+    breast_cm2: float      # breast mask minus the excluded region
+    excluded_cm2: float    # of the breast, left out (a marked lesion, grown)
+    excluded_objects: int  # objects with their centroid there, not counted
+
+
+def negative_objects(view: NegativeView, model: SegmentationModel) -> NegativeObjects:
+    """Segment ``view``'s whole breast and score every object (kept or not: the threshold is the
+    caller's), leaving out those whose centroid lies in ``view.excluded``."""
+    breast = breast_mask(view.pixels, view.spacing_mm)
+    result = segment(view.pixels, view.spacing_mm, None, model)
+    objects, scores = result.selection.objects, np.asarray(result.selection.scores, float)
+    rows, cols = np.nonzero(objects)
+    label = objects[rows, cols]
+    n = len(scores)
+    area = np.bincount(label, minlength=n + 1)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre_r = np.round(np.bincount(label, weights=rows, minlength=n + 1)[1:] / area)
+        centre_c = np.round(np.bincount(label, weights=cols, minlength=n + 1)[1:] / area)
+    present = area > 0
+    inside_lesion = np.zeros(n, bool)
+    excluded_px = 0
+    if view.excluded is not None:
+        inside_lesion[present] = view.excluded[centre_r[present].astype(int), centre_c[present].astype(int)]
+        excluded_px = int((breast & view.excluded).sum())
+    counted = present & ~inside_lesion
+    px_cm2 = float(np.prod(view.spacing_mm)) / 100.0
+    return NegativeObjects(name=view.name, sha256=view.sha256, spacing_mm=view.spacing_mm,
+                           spacing_source=view.spacing_source, scores=scores[counted],
+                           breast_cm2=(int(breast.sum()) - excluded_px) * px_cm2,
+                           excluded_cm2=excluded_px * px_cm2,
+                           excluded_objects=int((present & inside_lesion).sum()))
+
+
+def negatives_curve(views: list[NegativeObjects], thresholds: np.ndarray) -> list[dict]:
+    """False objects per cm² of breast when the objects with score >= t are kept."""
+    area = sum(v.breast_cm2 for v in views)
+    return [{"threshold": float(t),
+             "fp_per_cm2_breast": sum(int((v.scores >= t).sum()) for v in views) / max(area, 1e-9)}
+            for t in thresholds]
+
+
+def negatives_report(views: list[NegativeObjects], model: SegmentationModel) -> dict:
+    """Per view and per group (held-out, training) the false objects per cm² of breast at the
+    model's operating point, and the group's curve over ``SUPPORT_THRESHOLDS``."""
+    op = model.params.prediction_threshold
+    trained_on = {v.get("sha256") for v in (model.info.get("negative_views") or [])}
+    per_view = []
+    for v in views:
+        kept = int((v.scores >= op).sum())
+        per_view.append({
+            "view": v.name, "in_training": v.sha256 in trained_on,
+            "spacing_mm": [round(x, 4) for x in v.spacing_mm], "spacing_source": v.spacing_source,
+            "breast_cm2": round(v.breast_cm2, 2), "excluded_lesion_cm2": round(v.excluded_cm2, 2),
+            "excluded_lesion_objects": v.excluded_objects,
+            "objects_at_operating_point": kept,
+            "fp_per_cm2_breast": round(kept / max(v.breast_cm2, 1e-9), 3)})
+    groups = {}
+    for group, wanted in (("held_out", False), ("training", True)):
+        members = [v for v, row in zip(views, per_view) if row["in_training"] is wanted]
+        if not members:
+            continue
+        at_op = negatives_curve(members, np.array([op]))[0]["fp_per_cm2_breast"]
+        groups[group] = {"views": [m.name for m in members],
+                         "breast_cm2": round(sum(m.breast_cm2 for m in members), 2),
+                         "objects_at_operating_point": sum(int((m.scores >= op).sum()) for m in members),
+                         "fp_per_cm2_breast": round(at_op, 3),
+                         "curve": negatives_curve(members, SUPPORT_THRESHOLDS)}
+    assumed = sorted({v.spacing_mm[0] for v in views if v.spacing_source == "assumed"})
+    return {"operating_point": op, "views": per_view, "groups": groups,
+            "spacing_assumed_mm": assumed,
+            "note": ("false objects per cm² of breast: every object kept on a view without calcifications, "
+                     "whole breast; " + (f"pixel spacing ASSUMED {', '.join(map(str, assumed))} mm where the "
+                                         "file states none (PNG views)" if assumed else "spacing from the headers"))}
+
+
+def _with_ceiling(by_type: dict, ceiling: dict | None) -> dict:
+    """``by_type`` with the ideal observer's bound at 1 FP/cm² of ROI (and the ratio to it) beside
+    each type's sensitivity, where the ``seg-ceiling`` report has that type."""
+    if not ceiling:
+        return by_type
+    bounds = ceiling.get("by_type", {})
+    for kind, row in by_type.items():
+        bound = bounds.get(kind, {}).get("sensitivity_at_1_fp_per_cm2")
+        if bound is None:
+            continue
+        row["ideal_observer_at_1_fp_per_cm2"] = bound
+        for key in ("hdog_cnn_sensitivity", "hdog_cnn_best_at_1_fp_per_cm2_sensitivity"):
+            if key in row and bound > 0:
+                row[key.replace("sensitivity", "over_bound")] = round(row[key] / bound, 3)
+    return by_type
+
+
+def evaluate_segmentation(model_path: str | Path, data_dirs: list[str | Path], out_dir: str | Path, *,
+                          negatives: list[NegativeView] = (), ceiling: dict | None = None) -> dict:
+    """Evaluate the model file ``model_path`` inside the ROIs of ``data_dirs`` (images with truth)
+    and on the views without calcifications ``negatives``; write ``segmentation_metrics.json``
+    and ``froc.png`` to ``out_dir`` and return the report. ``ceiling``: a ``calcnode seg-ceiling``
+    report of the same data, shown beside the per-type sensitivity."""
     model = SegmentationModel.load(model_path)
     items = [i for d in data_dirs for i in scan_dataset(d, require_truth=True) if i.roi_paths]
     images = collect_matches(items, model, "evaluate-seg")
-    if not images:
-        raise ValueError("no image with both truth and ROIs found")
+    if not images and not negatives:
+        raise ValueError("no image with both truth and ROIs found, and no --negatives")
     op = model.params.prediction_threshold
-    dog_t = np.unique(np.quantile(np.concatenate([m.stages["hdog"].score for m in images] or [np.zeros(1)]),
-                                  np.linspace(0, 0.995, 60)))
     report = {
         "model": str(model_path),
         "model_sha256": model.sha256,
@@ -250,44 +369,104 @@ def evaluate_segmentation(model_path: str | Path, data_dirs: list[str | Path], o
         "region_cm2": round(sum(m.area_cm2 for m in images), 3),
         "matching": {"centroid_distance_mm": MATCH_DISTANCE_MM, "iou": MATCH_IOU},
     }
-    for stage in STAGES:
-        thresholds, point = (dog_t, -np.inf) if stage == "hdog" else (SUPPORT_THRESHOLDS, op)
-        curve = froc(images, stage, thresholds)
-        report[stage] = {
-            "name": STAGE_NAMES[stage],
-            "operating_point": froc(images, stage, np.array([point]))[0],
-            "best_at_1_fp_per_cm2": sensitivity_at(curve, 1.0),
-            "froc": curve,
-            "iou": iou_summary(images, stage, point),
-        }
-    # HDoG: every candidate; the CNN stages at the model's operating point
-    report["by_type"] = found_by_type(images, {"hdog": -np.inf, "hdog_cnn": op, "hdog_cnn_whole": op})
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "segmentation_metrics.json").write_text(json.dumps(report, indent=2))
+    if images:
+        dog_t = np.unique(np.quantile(np.concatenate([m.stages["hdog"].score for m in images]),
+                                      np.linspace(0, 0.995, 60)))
+        for stage in STAGES:
+            thresholds, point = (dog_t, -np.inf) if stage == "hdog" else (SUPPORT_THRESHOLDS, op)
+            curve = froc(images, stage, thresholds)
+            report[stage] = {
+                "name": STAGE_NAMES[stage],
+                "operating_point": froc(images, stage, np.array([point]))[0],
+                "best_at_1_fp_per_cm2": sensitivity_at(curve, 1.0),
+                "froc": curve,
+                "iou": iou_summary(images, stage, point),
+            }
+        # HDoG: every candidate; the CNN stages at the model's operating point, and the outlined
+        # objects also at their most sensitive threshold with <= 1 FP/cm² of ROI
+        thresholds = {"hdog": -np.inf, "hdog_cnn": op, "hdog_cnn_whole": op}
+        best = report["hdog_cnn"]["best_at_1_fp_per_cm2"]["threshold"]
+        by_type = found_by_type(images, thresholds)
+        if best is not None:
+            at_best = found_by_type(images, {"hdog_cnn": best})
+            for kind, row in at_best.items():
+                by_type[kind]["hdog_cnn_best_at_1_fp_per_cm2_sensitivity"] = row["hdog_cnn_sensitivity"]
+        report["by_type"] = _with_ceiling(by_type, ceiling)
+        if ceiling:
+            report["ideal_observer"] = {"overall": ceiling.get("overall"), "rois": ceiling.get("rois"),
+                                        "skipped": ceiling.get("skipped")}
+    if negatives:
+        report["negatives"] = negatives_report([negative_objects(v, model) for v in negatives], model)
+    out_dir = make_dirs(out_dir)
+    write_text(out_dir / "segmentation_metrics.json", json.dumps(report, indent=2))
     _plot(report, out_dir / "froc.png")
     return report
 
 
 def _plot(report: dict, path: Path) -> None:
+    """One picture: the FROC inside the ROIs (left) and, where there are negative views, the
+    in-ROI sensitivity against the negatives' false objects per cm² of breast (right)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
-    for key, name in STAGE_NAMES.items():
-        pts = sorted(report[key]["froc"], key=lambda p: p["fp_per_cm2"])
-        ax.plot([p["fp_per_cm2"] for p in pts], [p["sensitivity"] for p in pts], label=name)
-        op = report[key]["operating_point"]
-        ax.plot(op["fp_per_cm2"], op["sensitivity"], "o")
-    ax.set_xscale("symlog", linthresh=0.1)
-    ax.set_xlabel("false positives per cm² of ROI")
-    ax.set_ylabel("sensitivity (calcifications)")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    ax.set_title(f"FROC, {report['truth_objects']} calcifications in {report['images']} images\n"
-                 "simulated data - not for clinical use", fontsize=9)
+    has_rois = "hdog_cnn" in report
+    groups = report.get("negatives", {}).get("groups", {})
+    panels = int(has_rois) + int(bool(groups))
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), dpi=100, squeeze=False)
+    axes = list(axes[0])
+    if has_rois:
+        ax = axes.pop(0)
+        for key, name in STAGE_NAMES.items():
+            pts = sorted(report[key]["froc"], key=lambda p: p["fp_per_cm2"])
+            ax.plot([p["fp_per_cm2"] for p in pts], [p["sensitivity"] for p in pts], label=name)
+            op = report[key]["operating_point"]
+            ax.plot(op["fp_per_cm2"], op["sensitivity"], "o")
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlabel("false positives per cm² of ROI")
+        ax.set_ylabel("sensitivity (calcifications in ROIs)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+        ax.set_title(f"FROC, {report['truth_objects']} calcifications in {report['images']} images\n"
+                     "simulated data - not for clinical use", fontsize=9)
+    if groups:
+        ax = axes.pop(0)
+        negatives = report["negatives"]
+        froc_by_t = {round(p["threshold"], 12): p["sensitivity"] for p in report["hdog_cnn"]["froc"]} \
+            if has_rois else {}
+        for group, style in (("held_out", "-"), ("training", "--")):
+            if group not in groups:
+                continue
+            curve = groups[group]["curve"]
+            label = f"{group.replace('_', '-')} views ({', '.join(groups[group]['views'])})"
+            if has_rois:
+                ax.plot([p["fp_per_cm2_breast"] for p in curve],
+                        [froc_by_t.get(round(p["threshold"], 12), np.nan) for p in curve], style,
+                        label=label)
+                op_sens = report["hdog_cnn"]["operating_point"]["sensitivity"]
+                ax.plot(groups[group]["fp_per_cm2_breast"], op_sens, "o", color=ax.lines[-1].get_color())
+            else:
+                ax.plot([p["threshold"] for p in curve], [p["fp_per_cm2_breast"] for p in curve], style,
+                        label=label)
+                ax.plot(negatives["operating_point"], groups[group]["fp_per_cm2_breast"], "o",
+                        color=ax.lines[-1].get_color())
+        if has_rois:
+            ax.set_xscale("symlog", linthresh=0.1)
+            ax.set_xlabel("false objects per cm² of breast, views without calcifications")
+            ax.set_ylabel("sensitivity (calcifications in ROIs), same threshold")
+            ax.set_ylim(0, 1.02)
+        else:
+            ax.set_xlabel("threshold (support score)")
+            ax.set_ylabel("false objects per cm² of breast")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=7)
+        spacing = negatives.get("spacing_assumed_mm")
+        ax.set_title("HDoG + CNN on views without calcifications (whole breast), dot = operating point"
+                     + (f"\npixel spacing assumed {', '.join(map(str, spacing))} mm (PNG)" if spacing else ""),
+                     fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    write_bytes(path, buffer.getvalue())

@@ -4,7 +4,10 @@ Per image, patches of ``PATCH_PX`` x ``PATCH_PX`` at the network's spacing (0.07
 * every true calcification in the analysed region (jittered, so it is not always central),
 * every HDoG candidate that touches no true calcification (the hard negatives the CNN exists for),
 * random points of the region and of a few random boxes of the breast (ordinary tissue, distractors
-  outside the ROIs that the whole-breast mode will meet).
+  outside the ROIs that the whole-breast mode will meet);
+* on a view without calcifications (``--negatives``, :mod:`training.segmentation.negatives`: real
+  tissue), EVERY HDoG candidate of the whole breast outside its marked lesions, and
+  ``NEGATIVE_VIEW_RANDOM`` random breast points (:func:`negative_view_patches`).
 Inputs are normalised exactly as at inference (:func:`analysis.segmentation.cnn.normalise_input`,
 with the same image context around the patch that an inference crop has);
 targets are the proximity map (:func:`analysis.segmentation.cnn.proximity_target`).
@@ -29,13 +32,15 @@ RANDOM_BOXES = 3
 MAX_POSITIVES = 300           # per image, so one busy image does not dominate
 POSITIVE_REPEATS = 3          # each calcification three times, with different jitter
 MAX_NEGATIVES = 80            # hard negatives per image: about 3:1 against calcifications overall
+NEGATIVE_VIEW_RANDOM = 200    # random breast points per negative view (ordinary tissue)
+KINDS = ("calcification", "hard_negative", "random", "negative_view")
 
 
 @dataclass
 class Patches:
     x: np.ndarray        # float32 (n, PATCH_PX, PATCH_PX), normalised
     y: np.ndarray        # float32 (n, PATCH_PX, PATCH_PX), proximity target
-    kind: np.ndarray     # int8: 0 calcification, 1 hard negative, 2 random
+    kind: np.ndarray     # int8: KINDS[k]: 0 calcification, 1 hard negative, 2 random, 3 negative view
 
     @staticmethod
     def concat(parts: list["Patches"]) -> "Patches":
@@ -103,6 +108,16 @@ def image_patches(item: DatasetImage, seed: int, params: SelectionParams = Selec
     picks = rng.choice(len(rows), size=min(len(rows), 40), replace=False)
     centres += [(rows[k], cols[k], 2) for k in picks]
 
+    return patches_at(image.pixels, truth, spacing, centres, params)
+
+
+def patches_at(pixels: np.ndarray, truth: np.ndarray | None, spacing: float,
+               centres: list[tuple[float, float, int]], params: SelectionParams = SelectionParams()) -> Patches:
+    """Input and target patches centred on ``centres`` ((row, col, kind), pixels) of one image:
+    ``pixels`` in [0, 1], ``truth`` bool calcification mask (None: no calcification, target 0),
+    ``spacing`` in mm. Patches that would leave the image are skipped."""
+    if truth is None:
+        truth = np.zeros(pixels.shape, bool)
     native = int(round(PATCH_PX * NET_SPACING_MM / spacing))
     margin = int(np.ceil(params.proximity_radius_mm / spacing)) + 1
     # the image around the patch that the input scaling reads (as at inference), at both spacings
@@ -110,7 +125,7 @@ def image_patches(item: DatasetImage, seed: int, params: SelectionParams = Selec
     native_context = int(round(context * NET_SPACING_MM / spacing))
     xs, ys, kinds = [], [], []
     for r, c, kind in centres:
-        crop = _cut(image.pixels, (r, c), native + 2 * native_context)
+        crop = _cut(pixels, (r, c), native + 2 * native_context)
         truth_crop = _cut(truth, (r, c), native + 2 * margin)
         if crop is None or truth_crop is None:
             continue
@@ -131,3 +146,22 @@ def image_patches(item: DatasetImage, seed: int, params: SelectionParams = Selec
     if not xs:
         return Patches.concat([])
     return Patches(np.stack(xs), np.stack(ys), np.array(kinds, np.int8))
+
+
+def negative_view_patches(view, seed: int, params: SelectionParams = SelectionParams()) -> Patches:
+    """All training patches of one view without calcifications (a
+    :class:`training.segmentation.negatives.NegativeView`): every whole-breast HDoG candidate whose
+    peak lies outside the view's excluded (lesion) region (kind 3), and ``NEGATIVE_VIEW_RANDOM``
+    random breast points outside it (kind 2); every target is 0."""
+    rng = np.random.default_rng(seed)
+    spacing = float(np.mean(view.spacing_mm))
+    free = breast_mask(view.pixels, view.spacing_mm)
+    if view.excluded is not None:
+        free &= ~view.excluded
+    candidates = hdog_candidates(view.pixels, view.spacing_mm, free)
+    centres = [(row["row"], row["col"], 3) for row in candidates.table
+               if view.excluded is None or not view.excluded[int(round(row["row"])), int(round(row["col"]))]]
+    rows, cols = np.nonzero(free)
+    picks = rng.choice(len(rows), size=min(len(rows), NEGATIVE_VIEW_RANDOM), replace=False)
+    centres += [(rows[k], cols[k], 2) for k in picks]
+    return patches_at(view.pixels, None, spacing, centres, params)

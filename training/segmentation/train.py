@@ -7,6 +7,20 @@ background's output free to drift above the 10^-3.5 decision threshold). Trainin
 when the validation loss has not improved for ``patience`` epochs and the best epoch's
 weights are kept.
 
+Views without calcifications (``negatives``: real tissue, :mod:`training.segmentation.negatives`)
+add hard negatives: every HDoG candidate of each view's whole breast outside its marked lesions
+(:func:`training.segmentation.patches.negative_view_patches`). There are far more of them than of
+anything else (~7,500 on a real CC view, ~19,000 on an MLO), and most are easy, so each epoch draws
+``NegativeSampling.per_epoch`` of them: half the ones the network currently scores highest
+(its maximum output over the patch: the vessels, ligaments and skin line it calls calcification)
+and half uniformly among the rest, so that every real texture keeps being seen (the hardest are
+searched in a random pool of ``NegativeSampling.pool``: scoring all of them each epoch would cost
+as much as the epoch). ``TrainSettings.patches_per_epoch`` draws a fresh random share of the data
+sets' own patches each epoch; with both, the share of real tissue in an epoch is set exactly.
+
+Training may start from an existing model's weights (``init``): the shipped model is fine-tuned
+rather than trained again from scratch, which takes a third of the epochs on two shared cores.
+
 The decision threshold is then calibrated on the validation images' ROIs: HDoGReg's 10^-3.5
 belongs to its own network's output scale (with this network nearly every candidate passes it),
 so the model stores the most sensitive threshold that keeps false positives at or below
@@ -27,12 +41,13 @@ import torch
 from torch import nn
 
 from analysis.segmentation.cnn import ProximityNet, SegmentationModel, SelectionParams
-from analysis.segmentation.models import NOT_FOR_CLINICAL_USE
+from analysis.segmentation.models import NOT_FOR_CLINICAL_USE, NOT_FOR_CLINICAL_USE_REAL_NEGATIVES
 
 from ..datasets import DatasetImage, scan_dataset
 from ..model_files import save_segmentation_model
 from .evaluate import SUPPORT_THRESHOLDS, collect_matches, froc, sensitivity_at
-from .patches import Patches, image_patches
+from .negatives import DEFAULT_NEGATIVE_SPACING_MM, load_negative, negative_paths
+from .patches import KINDS, Patches, image_patches, negative_view_patches
 
 
 CALIBRATION_FP_PER_CM2 = 1.0
@@ -63,6 +78,16 @@ class TrainSettings:
     learning_rate: float = 2e-3
     width: int = 8
     workers: int = 2
+    patches_per_epoch: int | None = None  # the data sets' patches per epoch: None = all
+
+
+@dataclass(frozen=True)
+class NegativeSampling:
+    """How the negative views' patches enter each epoch (see the module docstring)."""
+
+    per_epoch: int = 4000          # patches of negative views per epoch (all of them when fewer)
+    hardest_fraction: float = 0.5  # of those, the ones the current network scores highest ...
+    pool: int = 12000              # ... among this many drawn at random (scoring all costs too much)
 
 
 def split_by_patient(items: list[DatasetImage], fraction: float, seed: int):
@@ -77,6 +102,50 @@ def split_by_patient(items: list[DatasetImage], fraction: float, seed: int):
 def _patches_job(args) -> Patches:
     item, seed, params = args
     return image_patches(item, seed, params)
+
+
+def _negative_job(args) -> Patches:
+    path, spacing_mm, seed, params = args
+    return negative_view_patches(load_negative(path, spacing_mm), seed, params)
+
+
+def collect_negative_patches(paths: list[Path], spacing_mm: float, seed: int, workers: int,
+                             params: SelectionParams = SelectionParams()) -> Patches:
+    jobs = [(path, spacing_mm, seed * 100019 + k, params) for k, path in enumerate(paths)]
+    parts: list[Patches] = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for path, part in zip(paths, pool.map(_negative_job, jobs)):
+            parts.append(part)
+            print(f"negatives: {path.name}: {len(part.x)} patches", file=sys.stderr, flush=True)
+    return Patches.concat(parts)
+
+
+def _patch_scores(net: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    """The network's maximum output (probability) over each patch."""
+    net.eval()
+    out = np.empty(len(x), np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(x), batch):
+            logits = net(torch.from_numpy(x[start:start + batch])[:, None])
+            out[start:start + batch] = torch.sigmoid(logits).amax(dim=(1, 2, 3)).numpy()
+    return out
+
+
+def draw_negatives(net: nn.Module, x: np.ndarray, sampling: NegativeSampling,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Indices into ``x`` (the negative-view patches) for one epoch: of ``sampling.per_epoch``,
+    the ``hardest_fraction`` that ``net`` scores highest (maximum output over the patch) among a
+    random pool of ``sampling.pool``, the rest uniformly among the others; every patch when there
+    are at most ``per_epoch``."""
+    n = len(x)
+    if n <= sampling.per_epoch:
+        return np.arange(n)
+    pool = np.sort(rng.choice(n, size=min(n, sampling.pool), replace=False))
+    n_hard = int(round(sampling.per_epoch * sampling.hardest_fraction))
+    scores = _patch_scores(net, x[pool])
+    hard = pool[np.argsort(-scores, kind="stable")[:n_hard]]
+    rest = np.setdiff1d(np.arange(n), hard)
+    return np.concatenate([hard, rng.choice(rest, size=sampling.per_epoch - len(hard), replace=False)])
 
 
 def collect_patches(items: list[DatasetImage], seed: int, workers: int, label: str,
@@ -125,7 +194,15 @@ def _evaluate(net: nn.Module, data: Patches, batch: int) -> float:
 
 def train_segmentation(data_dirs: list[str | Path], out: str | Path,
                        settings: TrainSettings = TrainSettings(),
-                       params: SelectionParams = SelectionParams()) -> SegmentationModel:
+                       params: SelectionParams = SelectionParams(), *,
+                       negatives: list[str | Path] = (),
+                       negative_spacing_mm: float = DEFAULT_NEGATIVE_SPACING_MM,
+                       sampling: NegativeSampling = NegativeSampling(),
+                       init: str | Path | None = None) -> SegmentationModel:
+    """Train the selection CNN on ``data_dirs`` (images + ROIs + truth) and the views without
+    calcifications ``negatives`` (files or folders; ``negative_spacing_mm`` assumed where a view
+    states no spacing); start from the weights of the model file ``init`` when given. Writes the
+    model to ``out`` and returns it."""
     torch.manual_seed(settings.seed)
     torch.set_num_threads(2)
     items = [i for d in data_dirs for i in scan_dataset(d, require_truth=True)]
@@ -140,8 +217,21 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
     if len(train.x) == 0 or len(val.x) == 0:
         raise ValueError("no training or validation patches could be made: are there calcifications "
                          "in the truth files?")
+    negative_files = negative_paths(list(negatives))
+    neg = collect_negative_patches(negative_files, negative_spacing_mm, settings.seed + 2,
+                                   settings.workers, params)
+    negative_views = [{"name": view.name, "sha256": view.sha256, "spacing_mm": list(view.spacing_mm),
+                       "spacing_source": view.spacing_source,
+                       "excluded_lesion": view.excluded is not None}
+                      for view in (load_negative(p, negative_spacing_mm) for p in negative_files)]
 
     net = ProximityNet(width=settings.width)
+    if init is not None:
+        base = SegmentationModel.load(init)
+        if base.params.input_normalisation != params.input_normalisation:
+            raise ValueError(f"{init}: input scaling {base.params.input_normalisation!r}, "
+                             f"training uses {params.input_normalisation!r}")
+        net = base.net  # its width is the model's own
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
     # Halving the rate on a plateau lets the net settle on the faint (amorphous) particles that
     # a constant rate keeps jumping over: the validation loss was still falling at epoch 25.
@@ -151,20 +241,26 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
     best_loss, best_state, best_epoch, history = np.inf, None, 0, []
     started = time.monotonic()
     for epoch in range(1, settings.max_epochs + 1):
+        # negative views: this epoch's draw (the hardest for the network as it is now, and others)
+        drawn = draw_negatives(net, neg.x, sampling, rng) if len(neg.x) else np.zeros(0, int)
+        # the data sets' patches: all, or a fresh random share each epoch (fine-tuning)
+        own_patches = rng.permutation(len(train.x))[:settings.patches_per_epoch or len(train.x)]
         net.train()
-        order = rng.permutation(len(train.x))
+        order = rng.permutation(len(own_patches) + len(drawn))  # >= len(own_patches): a negative view's
         epoch_loss = 0.0
         for start in range(0, len(order), settings.batch_size):
             index = np.sort(order[start:start + settings.batch_size])
-            x = torch.from_numpy(train.x[index])[:, None]
-            y = torch.from_numpy(train.y[index])[:, None]
+            own = np.sort(own_patches[index[index < len(own_patches)]])
+            other = np.sort(drawn[index[index >= len(own_patches)] - len(own_patches)])
+            x = torch.from_numpy(np.concatenate([train.x[own], neg.x[other]]))[:, None]
+            y = torch.from_numpy(np.concatenate([train.y[own], neg.y[other]]))[:, None]
             x, y = _augment(x, y, rng)
             optimiser.zero_grad()
             loss = dice_bce_loss(net(x), y)
             loss.backward()
             optimiser.step()
             epoch_loss += loss.item() * len(index)
-        train_loss = epoch_loss / len(order)
+        train_loss = epoch_loss / max(len(order), 1)
         val_loss = _evaluate(net, val, 256)
         scheduler.step(val_loss)
         improved = val_loss < best_loss - 1e-4
@@ -184,15 +280,20 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
     params = replace(params, prediction_threshold=threshold)
     print(f"calibrated prediction threshold {threshold:.4g} on the validation ROIs "
           f"({calibration})", file=sys.stderr)
+    notice = NOT_FOR_CLINICAL_USE_REAL_NEGATIVES if negative_views else NOT_FOR_CLINICAL_USE
     info = {
         "model": "calcnode HDoGReg selection CNN",
-        "notice": NOT_FOR_CLINICAL_USE,
+        "notice": notice,
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": [str(d) for d in data_dirs],
         "images": {"training": len(train_items), "validation": len(val_items)},
         "patches": {"training": int(len(train.x)), "validation": int(len(val.x)),
-                    "training_by_kind": {k: int((train.kind == i).sum())
-                                         for i, k in enumerate(("calcification", "hard_negative", "random"))}},
+                    "training_by_kind": {k: int((train.kind == i).sum()) for i, k in enumerate(KINDS)},
+                    "negative_views": {k: int((neg.kind == i).sum()) for i, k in enumerate(KINDS)
+                                       if (neg.kind == i).any()}},
+        "negative_views": negative_views,
+        "negative_sampling": asdict(sampling) if negative_views else None,
+        "init": {"model": str(init), "sha256": base.sha256} if init is not None else None,
         "settings": asdict(settings),
         "best_epoch": best_epoch,
         "best_validation_loss": round(float(best_loss), 5),
@@ -205,5 +306,5 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
     model = SegmentationModel(net=net, params=params, info=info)
     digest = save_segmentation_model(model, out)
     print(f"train-seg: wrote {out} (sha256 {digest[:16]}..., best epoch {best_epoch}, "
-          f"validation loss {best_loss:.4f}). {NOT_FOR_CLINICAL_USE}", file=sys.stderr)
+          f"validation loss {best_loss:.4f}). {notice}", file=sys.stderr)
     return model

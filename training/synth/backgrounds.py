@@ -160,25 +160,37 @@ def lesion_mask(path: str | Path, shape: tuple[int, int], view: str, flipped: bo
     return out
 
 
-def stored_lesion_mask(path: str | Path, image: np.ndarray) -> np.ndarray | None:
-    """:func:`lesion_mask` of a PNG view in the orientation the PNG is stored in (for measuring
-    on the view as it is, not as a background): bool of ``image.shape``, or None without a mask.
+def _rescale_12bit(img: np.ndarray) -> np.ndarray:
+    """``img`` (float32) rescaled to 12 bits on robust percentiles of the whole image (every 4th
+    pixel: the same percentiles for the full view and its 4x subsample)."""
+    lo, hi = np.percentile(img[::4, ::4], [0.5, 99.95])
+    img = (img - lo) * np.float32(3900.0 / max(hi - lo, 1e-6)) + np.float32(40.0)
+    return np.clip(img, 0, 4095, out=img)
 
-    The view (CC / MLO) comes from the file name and the side the chest wall is on from the
-    breast, as :func:`load_background` decides them."""
+
+def chest_wall_right(breast: np.ndarray) -> bool:
+    """Whether a view is stored with the chest wall on the right (more breast in the right half):
+    such a view is mirrored to canonical orientation."""
+    cols = breast.shape[1]
+    return bool(breast[:, cols // 2:].sum() > breast[:, : cols // 2].sum())
+
+
+def stored_lesion_mask(path: str | Path, image: np.ndarray) -> np.ndarray | None:
+    """The lesion mask of the PNG view ``path`` in the view's *stored* orientation (what
+    ``image``, its pixels as read, shows), or None if it has none.
+
+    The same mapping as the background loader's (:func:`lesion_mask`: the view's own size, or
+    GMIC's model-input frame), mirrored back when the view is stored with the chest wall on the
+    right. Which side that is is decided as :func:`load_background` decides it (:func:`find_breast`
+    on the 12-bit rescaled view, every 4th pixel)."""
     path = Path(path)
-    if not path.with_name(path.stem + LESION_SUFFIX).is_file():
-        return None
     m = PNG_NAME.search(path.stem)
     view = m.group(2).upper() if m else "CC"
-    img = np.asarray(image, np.float32)
-    lo, hi = np.percentile(img[::4, ::4], [0.5, 99.95])
-    small = np.clip((img[::4, ::4] - lo) * np.float32(3900.0 / max(hi - lo, 1e-6)) + 40.0, 0, 4095)
-    breast = find_breast(small)
-    cols = breast.shape[1]
-    flipped = bool(breast[:, cols // 2:].sum() > breast[:, : cols // 2].sum())
-    mask = lesion_mask(path, img.shape, view, flipped)
-    return mask[:, ::-1] if (mask is not None and flipped) else mask
+    flipped = chest_wall_right(find_breast(_rescale_12bit(np.array(image, np.float32))[::4, ::4]))
+    mask = lesion_mask(path, image.shape, view, flipped)
+    if mask is None:
+        return None
+    return np.ascontiguousarray(mask[:, ::-1]) if flipped else mask
 
 
 def load_background(path: str | Path, default_spacing_mm: float,
@@ -193,14 +205,10 @@ def load_background(path: str | Path, default_spacing_mm: float,
     path = Path(path)
     is_png = path.suffix.lower() == ".png"
     img, spacing, source, lat, view, sop_uid = (_read_png if is_png else _read_dicom)(path, default_spacing_mm)
-    # rescale to 12 bits on robust percentiles of the whole image
-    lo, hi = np.percentile(img[::4, ::4], [0.5, 99.95])
-    img = (img - lo) * np.float32(3900.0 / max(hi - lo, 1e-6)) + np.float32(40.0)
-    np.clip(img, 0, 4095, out=img)
+    img = _rescale_12bit(img)
     small = img[::4, ::4]
     mask = find_breast(small)
-    cols = mask.shape[1]
-    flipped = bool(mask[:, cols // 2:].sum() > mask[:, : cols // 2].sum())
+    flipped = chest_wall_right(mask)
     if flipped:
         img, mask = img[:, ::-1].copy(), mask[:, ::-1].copy()
     if lat not in ("L", "R"):
