@@ -474,6 +474,13 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
             cluster_model = default_cluster_model()
         elif cluster_model is not None and not isinstance(cluster_model, ClusterModel):
             cluster_model = ClusterModel.load(cluster_model)
+        trained_on = (cluster_model.info.get("segmentation_model") or {}) if cluster_model is not None else {}
+        if trained_on and (trained_on.get("weights_sha256") != model.sha256 or
+                           float(trained_on.get("prediction_threshold", -1)) != float(model.params.prediction_threshold)):
+            # cluster features (members, their CNN support) depend on the operating point
+            warnings.append(f"the cluster model was trained on segmentation {str(trained_on.get('weights_sha256'))[:12]} "
+                            f"at {trained_on.get('prediction_threshold')}, this analysis segments with "
+                            f"{model.sha256[:12]} at {model.params.prediction_threshold:g}: detection may be off")
 
     header_pass = None if no_roi != "skip" else _images_without_roi(
         images, roi_files, point_radius_mm=point_radius_mm, default_pixel_spacing_mm=default_pixel_spacing_mm)

@@ -35,8 +35,10 @@ def synth(out: Path, seed: int, *extra) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def positive(tmp_path_factory) -> list[Path]:
-    """A case whose left breast holds clusters (two views, the ROIs left out)."""
-    return synth(tmp_path_factory.mktemp("positive"), 3, "--max-clusters", "2")
+    """A case whose left breast holds clusters (two views, the ROIs left out). Punctate: the kind
+    the segmentation finds (0.88 of the particles; the simulator's amorphous ones 0.15,
+    docs/segmentation.md), so the test is about the wiring, not the detector's sensitivity."""
+    return synth(tmp_path_factory.mktemp("positive"), 6, "--max-clusters", "2", "--types", "punctate")
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +184,19 @@ def test_analyze_json_says_which_views_had_no_cluster(negative):
     [record] = [json.loads(line) for line in proc.stdout.splitlines()]
     assert record["roi_id"] is None and record["cluster_detection"] == "no_cluster_detected"
     assert record["score"] is None and record["decision"] is None
+
+
+def test_one_operating_point_for_the_seg_the_detector_and_the_classifier():
+    """What a radiologist sees in the SEG is what the detector grouped and the classifier scored:
+    the shipped CNN, the bundle's copy and the cluster model's training all at one threshold."""
+    from analysis.classify import load_bundle
+    from analysis.clusters import default_cluster_model
+    from analysis.segmentation.cnn import SegmentationModel
+    from analysis.segmentation.models import DEFAULT_SEGMENTATION_MODEL
+
+    shipped = SegmentationModel.load(DEFAULT_SEGMENTATION_MODEL)
+    bundle_cnn = load_bundle(None).segmentation_model()
+    assert (bundle_cnn.sha256, bundle_cnn.params) == (shipped.sha256, shipped.params)
+    trained_on = default_cluster_model().info["segmentation_model"]
+    assert trained_on == {"weights_sha256": shipped.sha256,
+                          "prediction_threshold": float(shipped.params.prediction_threshold)}

@@ -232,9 +232,11 @@ def test_shipped_orthanc_lua_routes_mammograms_and_rois_but_not_results(node_env
 
 @pytest.fixture(scope="module")
 def case_without_roi(tmp_path_factory) -> Path:
-    """The two views of a breast with clusters (1600 x 1200), without the radiologist's ROIs."""
+    """The two views of a breast with punctate clusters (1600 x 1200: the kind the segmentation finds),
+    without the radiologist's ROIs."""
     out = tmp_path_factory.mktemp("synth-no-roi")
-    subprocess.run(CALCNODE + ["synth", "--out", str(out), "--cases", "1", "--size", "1600x1200", "--seed", "3",
+    subprocess.run(CALCNODE + ["synth", "--out", str(out), "--cases", "1", "--size", "1600x1200", "--seed", "6",
+                               "--max-clusters", "2", "--types", "punctate",
                                "--lateralities", "L", "--quiet", "--workers", "1"], cwd=ROOT, check=True,
                    capture_output=True)
     folder = out / "dicom" / "SYNTH0001"

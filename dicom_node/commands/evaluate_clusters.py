@@ -87,7 +87,7 @@ def run_train(args) -> int:
     try:
         model = train(sim, real, args.out, seed=args.seed, name=args.name, version=args.version,
                       training_data=f"{len(sim)} simulated + {len(real)} real normal views ({data})",
-                      target_fp_per_image=args.target_fp)
+                      target_fp_per_image=args.target_fp, seg_model_path=getattr(args, "seg_model", None))
     except ValueError as exc:
         print(f"calcnode train-clusters: error: {exc}", file=sys.stderr)
         return 1

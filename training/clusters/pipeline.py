@@ -46,12 +46,18 @@ def load_candidates(path: str | Path) -> tuple[list[ViewCandidates], list[ViewCa
 
 def train(sim: list[ViewCandidates], real: list[ViewCandidates], out: str | Path, *, seed: int = 0,
           name: str = "calcnode-clusters-demo", version: str = "1", training_data: str = "",
-          target_fp_per_image: float = 0.1) -> ClusterModel:
-    """Train on ``sim`` + ``real`` candidates and write the model file ``out``."""
+          target_fp_per_image: float = 0.1, seg_model_path=None) -> ClusterModel:
+    """Train on ``sim`` + ``real`` candidates and write the model file ``out``. The model records
+    the selection CNN (weights and operating point) its candidates were segmented with: cluster
+    features depend on it, so the node segments at that operating point (docs/method.md §3.7)."""
+    seg = load_segmentation_model(seg_model_path)
     model = train_cluster_model([*sim, *real], seed=seed, target_fp_per_image=target_fp_per_image,
                                 info={"training_data": training_data or
                                       f"{len(sim)} simulated views, {len(real)} real normal views",
-                                      "real_views_used": sorted(v.name for v in real)})
+                                      "real_views_used": sorted(v.name for v in real),
+                                      "segmentation_model": {
+                                          "weights_sha256": seg.sha256,
+                                          "prediction_threshold": float(seg.params.prediction_threshold)}})
     model = replace(model, name=name, version=version,
                     info={**model.info, "coefficients": dict(zip(model.feature_names, model.coef))})
     write_bytes(out, model.to_bytes())
