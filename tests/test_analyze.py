@@ -190,3 +190,26 @@ def test_analyze_errors_are_one_line_without_traceback(world, study, tmp_path):
     result = run("analyze", study["no_roi"], "--model", tmp_path, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "not a classifier bundle" in result.stderr
+
+
+def test_analyze_takes_a_study_folder_as_exported(world, study, analyzed, tmp_path):
+    """`calcnode analyze FOLDER`: images and GSPS mixed, as a PACS exports a study (and a file that is
+    not DICOM, and a DICOM object that is neither): the same per-ROI results as with --roi, exit 0."""
+    import shutil
+
+    folder = tmp_path / "export" / "study"
+    folder.mkdir(parents=True)
+    for path in [*study["images"], study["no_roi"], *study["gsps"]]:
+        shutil.copy(path, folder / path.name)
+    (folder / "README.txt").write_text("exported by a PACS\n")
+    sr = pydicom.dcmread(next(iter(analyzed[1].glob("SR-*.dcm"))))  # a DICOM object, neither MG nor ROI
+    sr.save_as(folder / "other.dcm")
+    result = run("analyze", tmp_path / "export", "--model", world.bundle, "--json")
+    assert result.returncode == 0, result.stderr
+    assert "ignored" in result.stderr and "README.txt" in result.stderr and "other.dcm" in result.stderr
+
+    def per_roi(stdout):
+        return sorted((r["sop_instance_uid"], r["roi_id"], r["status"], r["score"], r["calcifications"])
+                      for r in map(json.loads, stdout.splitlines()) if r["roi_id"])
+
+    assert per_roi(result.stdout) == per_roi(analyzed[0].stdout)

@@ -28,9 +28,12 @@ def register(subparsers) -> None:
         description="Segment the calcifications inside the ROIs of the given GSPS/SEG files (on an image "
                     "without ROI: detect its calcification clusters, each then analysed as an ROI), extract "
                     "their features and score each ROI with the model bundle. " + NOT_FOR_CLINICAL_USE)
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="MG images (one or several studies)")
+    parser.add_argument("images", nargs="+", metavar="PATH",
+                        help="files and folders of one or several studies, as a PACS exports them: MG images, "
+                             "GSPS and SEG objects mixed, sorted by SOP class as the node sorts what it receives "
+                             "(other objects are ignored with a warning)")
     parser.add_argument("--roi", action="extend", nargs="+", default=[], metavar="FILE",
-                        help="GSPS or SEG objects (one or more; repeatable)")
+                        help="GSPS or SEG objects kept elsewhere (one or more; repeatable)")
     parser.add_argument("--model", metavar="MODEL",
                         help=f"classifier bundle folder (default: the shipped {DEFAULT_BUNDLE.name})")
     parser.add_argument("--seg-model", metavar="PT", help="segmentation CNN (default: the bundle's)")
@@ -43,6 +46,43 @@ def register(subparsers) -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="processes for the per-calcification radiomics (default 1)")
     parser.set_defaults(func=run)
+
+
+def sort_inputs(paths: list[str]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """Files and folders of a study export, sorted the way the node's Storage SCP sorts what it
+    receives: (MG images, ROI objects (GSPS / SEG), ignored (path, why)).
+
+    Folders are searched recursively (hidden files left out). A file given by name that cannot be
+    read as DICOM goes with the images, so that the image reader says why in one line; one found in
+    a folder is ignored (an export holds DICOMDIRs, READMEs, ...)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from ..batch.inputs import folder_files
+    from ..scp import KEPT_SOP_CLASSES, instance_kind
+
+    images: list[str] = []
+    rois: list[str] = []
+    ignored: list[tuple[str, str]] = []
+    for given in map(Path, paths):
+        scanned = given.is_dir()
+        for path in folder_files(given) if scanned else [given]:
+            try:
+                sop_class = str(pydicom.dcmread(path, stop_before_pixels=True,
+                                                specific_tags=["SOPClassUID"]).SOPClassUID)
+            except (InvalidDicomError, OSError, AttributeError, ValueError) as exc:
+                if scanned:
+                    ignored.append((str(path), f"not a readable DICOM file ({type(exc).__name__})"))
+                else:
+                    images.append(str(path))
+                continue
+            if sop_class not in KEPT_SOP_CLASSES:
+                ignored.append((str(path), f"neither an MG image nor a GSPS/SEG (SOP class {sop_class})"))
+            elif instance_kind(sop_class) == "MG":
+                images.append(str(path))
+            else:
+                rois.append(str(path))
+    return images, rois, ignored
 
 
 def _group_by_study(paths: list[str]) -> tuple[dict[str, list[str]], list[str]]:
@@ -89,11 +129,24 @@ def run(args) -> int:
 
         executor = feature_pool(args.workers)
     status = 0
-    groups, _ = _group_by_study(args.images)
+    images, found_rois, ignored = sort_inputs(args.images)
+    for path, why in ignored:
+        print(f"calcnode analyze: warning: ignored {path}: {why}", file=sys.stderr)
+    rois = list(dict.fromkeys([*args.roi, *found_rois]))
+    if not images:
+        print("calcnode analyze: error: no MG image among the given files", file=sys.stderr)
+        return 1
+    groups, _ = _group_by_study(images)
+    roi_groups, _ = _group_by_study(rois)  # each study gets its own ROI objects (unreadable ones: every study)
+    for uid, orphans in roi_groups.items():
+        if uid and uid not in groups:
+            for path in orphans:
+                print(f"calcnode analyze: warning: ignored {path}: no MG image of its study was given", file=sys.stderr)
     try:
         for study_uid, paths in groups.items():
             try:
-                found = study_analysis(paths, args.roi, seg_model, bundle, executor=executor,
+                study_rois = roi_groups.get(study_uid, []) + roi_groups.get("", [])
+                found = study_analysis(paths, study_rois, seg_model, bundle, executor=executor,
                                        no_roi=args.no_roi.replace("-", "_"),
                                        point_radius_mm=config.analysis.point_roi_radius_mm,
                                        default_pixel_spacing_mm=default_spacing)
