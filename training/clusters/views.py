@@ -31,12 +31,12 @@ from scipy import ndimage
 
 from analysis.dicom_input import load_image
 from training.datasets import load_truth, scan_dataset
-from training.synth.backgrounds import stored_lesion_mask
+from training.segmentation.negatives import png_pixels
+from training.synth.backgrounds import LESION_SUFFIX, stored_lesion_mask
 from training.synth.config import canonical_type
 
 REAL_SPACING_MM = 0.07          # assumed for PNGs without spacing
 LESION_EXCLUSION_GROWTH_MM = 5.0
-_LESION_SUFFIX = "_benign_lesion_mask"
 
 
 @dataclass(frozen=True)
@@ -104,22 +104,10 @@ def real_png_paths(items: list[str | Path]) -> list[Path]:
     out: list[Path] = []
     for item in map(Path, items):
         files = sorted(item.glob("*.png")) if item.is_dir() else [item]
-        out += [f for f in files if _LESION_SUFFIX not in f.stem]
+        out += [f for f in files if not f.name.endswith(LESION_SUFFIX)]
     if not out:
         raise FileNotFoundError(f"no PNG views in {', '.join(map(str, items))}")
     return out
-
-
-def load_png(path: str | Path) -> np.ndarray:
-    """A 16-bit PNG holding 12-bit values as float32 in [0, 1] (value / 4095, clipped)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        array = np.asarray(im)
-    if array.ndim != 2:
-        raise ValueError(f"{path}: not a grey-scale image")
-    bits = 12 if array.max(initial=0) <= 4095 else 16
-    return np.clip(array.astype(np.float32) / float(2 ** bits - 1), 0.0, 1.0)
 
 
 def lesion_exclusion(path: Path, pixels: np.ndarray, spacing_mm: float = REAL_SPACING_MM) -> np.ndarray | None:
@@ -133,7 +121,7 @@ def lesion_exclusion(path: Path, pixels: np.ndarray, spacing_mm: float = REAL_SP
 
 def real_view(path: str | Path, spacing_mm: float = REAL_SPACING_MM) -> View:
     path = Path(path)
-    pixels = load_png(path)
+    pixels = png_pixels(path)
     return View(name=f"real:{path.stem}", source="real", pixels=pixels, spacing_mm=(spacing_mm, spacing_mm),
                 ignore=lesion_exclusion(path, pixels, spacing_mm))
 

@@ -59,7 +59,7 @@ def negative_paths(paths: list[str | Path]) -> list[Path]:
     return out
 
 
-def _png_pixels(path: Path) -> np.ndarray:
+def png_pixels(path: str | Path) -> np.ndarray:
     """A grey-scale PNG scaled to [0, 1] by its data's bit depth: 12 bits when no value exceeds
     4095 (the real-tissue views are 12-bit data in 16-bit files), else 8 or 16 by the file's type."""
     from PIL import Image
@@ -81,7 +81,7 @@ def load_negative(path: str | Path, spacing_mm: float = DEFAULT_NEGATIVE_SPACING
     path = Path(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if path.suffix.lower() == ".png":
-        pixels = _png_pixels(path)
+        pixels = png_pixels(path)
         spacing, source = (float(spacing_mm), float(spacing_mm)), "assumed"
         lesion = stored_lesion_mask(path, pixels)
     else:
