@@ -17,10 +17,10 @@ import pytest
 
 from analysis.results import ROI_KINDS, DRAWN_ROI_KINDS, ImageResult, RoiResult, StudyResult
 from conftest import need_tool
-from dicom_factory import write
 from sr_templates import write_study_results
 from test_sr_templates import (
     DCENTVFY, DCIODVFY, DSRDUMP, MODEL, SHAPE, STUDY_UID, error_lines, label_image, source_images, square,
+    write_all,
 )
 
 UID0 = "1.2.826.0.1.3680043.8.498.7001.1.1"
@@ -126,12 +126,7 @@ def detected_study(sources) -> StudyResult:
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
-    base = tmp_path_factory.mktemp("detected")
-    sources = source_images()
-    source_paths = [write(ds, base / "sources" / f"MG{k}.dcm") for k, ds in enumerate(sources, 1)]
-    result = detected_study(sources)
-    paths = write_study_results(result, sources, base / "out")
-    return {"sources": sources, "source_paths": source_paths, "result": result, "paths": paths}
+    return write_all(tmp_path_factory.mktemp("detected"), detected_study)
 
 
 def by_kind(written, kind):

@@ -124,15 +124,19 @@ def kind_of(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    base = tmp_path_factory.mktemp("sr_templates")
+def write_all(base: Path, result_of) -> dict:
+    """The source images written to ``base/sources``, ``result_of(sources)`` written to ``base/out``."""
     sources = source_images()
     source_paths = [write(ds, base / "sources" / f"MG{k}.dcm") for k, ds in enumerate(sources, 1)]
-    result = study_result(sources)
+    result = result_of(sources)
     paths = write_study_results(result, sources, base / "out")
     return {"sources": sources, "source_paths": source_paths, "result": result, "paths": paths,
             "base": base}
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    return write_all(tmp_path_factory.mktemp("sr_templates"), study_result)
 
 
 def outputs(written, kind):
