@@ -55,12 +55,16 @@ def _real_models_missing() -> str | None:
     return None
 
 
+def synth_study(out: Path, *options: str) -> Path:
+    """One simulated case (``calcnode synth`` with ``options``) in ``out``; its DICOM folder."""
+    subprocess.run(CALCNODE + ["synth", "--out", str(out), "--cases", "1", *options, "--quiet", "--workers", "1"],
+                   cwd=ROOT, check=True, capture_output=True)
+    return out / "dicom" / "SYNTH0001"
+
+
 @pytest.fixture(scope="module")
 def synth_case(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth-orthanc")
-    subprocess.run(CALCNODE + ["synth", "--out", str(out), "--cases", "1", "--size", "768x640", "--seed", "5",
-                               "--quiet", "--workers", "1"], cwd=ROOT, check=True, capture_output=True)
-    return out / "dicom" / "SYNTH0001"
+    return synth_study(tmp_path_factory.mktemp("synth-orthanc"), "--size", "768x640", "--seed", "5")
 
 
 def _put(pacs, path: str, body: dict) -> None:
@@ -234,12 +238,8 @@ def test_shipped_orthanc_lua_routes_mammograms_and_rois_but_not_results(node_env
 def case_without_roi(tmp_path_factory) -> Path:
     """The two views of a breast with punctate clusters (1600 x 1200: the kind the segmentation finds),
     without the radiologist's ROIs."""
-    out = tmp_path_factory.mktemp("synth-no-roi")
-    subprocess.run(CALCNODE + ["synth", "--out", str(out), "--cases", "1", "--size", "1600x1200", "--seed", "6",
-                               "--max-clusters", "2", "--types", "punctate",
-                               "--lateralities", "L", "--quiet", "--workers", "1"], cwd=ROOT, check=True,
-                   capture_output=True)
-    folder = out / "dicom" / "SYNTH0001"
+    folder = synth_study(tmp_path_factory.mktemp("synth-no-roi"), "--size", "1600x1200", "--seed", "6",
+                         "--max-clusters", "2", "--types", "punctate", "--lateralities", "L")
     for roi in folder.glob("PR_*.dcm"):
         roi.unlink()
     return folder
