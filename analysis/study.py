@@ -256,9 +256,8 @@ def _detect(image, model, hdog_params, cluster_model: ClusterModel | None,
         mask = breast_mask(image.pixels, spacing)
         if not mask.any():
             return _Detection("detection_failed", [], None, "no breast found in the image")
-        # region=None: the segmentation searches the breast mask (the same mask, computed again
-        # inside: ~0.1 s of the ~8 s a full-field whole-breast segmentation costs)
-        segmentation = segment(image.pixels, spacing, None, model, hdog_params)
+        # region=None: the segmentation searches the breast mask (this one: not computed twice)
+        segmentation = segment(image.pixels, spacing, None, model, hdog_params, breast=mask)
     except Exception as exc:  # one image's failure must not lose the study
         return _Detection("detection_failed", [], None,
                           _one_line(f"segmentation failed: {type(exc).__name__}: {exc}", 1000))
@@ -563,7 +562,9 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
             if usable:
                 region = None if not rois else np.logical_or.reduce([e.mask for e in usable])
                 try:
-                    labels = segment(image.pixels, spacing, region, model, hdog_params).labels
+                    # whole breast: the entry's mask is the breast mask, not computed again
+                    breast = usable[0].mask if not rois else None
+                    labels = segment(image.pixels, spacing, region, model, hdog_params, breast=breast).labels
                 except Exception as exc:  # one image's failure must not lose the study
                     seg_failure = _one_line(f"segmentation failed: {type(exc).__name__}: {exc}", 1000)
 

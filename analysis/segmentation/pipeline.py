@@ -114,7 +114,7 @@ def grow_region(region: np.ndarray, spacing_mm: tuple[float, float], grow_mm: fl
 
 def segment(pixels: np.ndarray, spacing_mm: tuple[float, float], region: np.ndarray | None,
             model: SegmentationModel, hdog_params: HDoGParams = HDoGParams(), *,
-            predictions: dict | None = None) -> Segmentation:
+            predictions: dict | None = None, breast: np.ndarray | None = None) -> Segmentation:
     """Segment the calcifications of one image (docs/method.md §3).
 
     Parameters
@@ -132,9 +132,13 @@ def segment(pixels: np.ndarray, spacing_mm: tuple[float, float], region: np.ndar
         identity (:func:`analysis.classify.segmentation_identity`).
     predictions : optional memo of the network's crop predictions
         (:func:`analysis.segmentation.cnn.select_candidates`).
+    breast : with ``region=None``, the image's :func:`~analysis.segmentation.breast_mask.breast_mask`
+        when the caller has already computed it (it is not computed again); ignored otherwise.
     """
     if region is not None:
         region = grow_region(np.asarray(region, bool), spacing_mm, REGION_GROWTH_MM)
+    elif breast is not None:
+        region = np.asarray(breast, bool)  # what hdog_candidates would compute for region=None
     candidates = hdog_candidates(pixels, spacing_mm, region, hdog_params)
     selection = select_candidates(pixels, float(np.mean(spacing_mm)), candidates.labels, model, predictions)
     kept = selection.kept
