@@ -116,7 +116,8 @@ def manifest_files(manifest: str | Path) -> list[tuple[Path, str | None]]:
     return out
 
 
-def _header(path: Path):
+def read_header(path: Path):
+    """The Study and SOP Instance UIDs and the SOP Class UID of a DICOM file (pixels not read)."""
     return pydicom.dcmread(path, stop_before_pixels=True,
                            specific_tags=["StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"])
 
@@ -133,7 +134,7 @@ def inventory(files: list[tuple[Path, str | None]], *, listed: bool) -> Inventor
     def read(item):
         path, _ = item
         try:
-            return _header(path), None
+            return read_header(path), None
         except InvalidDicomError as exc:
             return None, exc
         except Exception as exc:  # noqa: BLE001 - missing, unreadable, truncated: reported per file

@@ -48,57 +48,50 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def sort_inputs(paths: list[str]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+Groups = dict[str, list[str]]  # Study Instance UID ("" when unreadable) -> files
+
+
+def sort_inputs(paths: list[str]) -> tuple[Groups, Groups, list[tuple[str, str]]]:
     """Files and folders of a study export, sorted the way the node's Storage SCP sorts what it
-    receives: (MG images, ROI objects (GSPS / SEG), ignored (path, why)).
+    receives and grouped by study: (MG images, ROI objects (GSPS / SEG), ignored (path, why)).
 
     Folders are searched recursively (hidden files left out). A file given by name that cannot be
-    read as DICOM goes with the images, so that the image reader says why in one line; one found in
-    a folder is ignored (an export holds DICOMDIRs, READMEs, ...)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
+    read as DICOM goes with the images of study "", so that the image reader says why in one line;
+    one found in a folder is ignored (an export holds DICOMDIRs, READMEs, ...)."""
     from ..batch.inputs import folder_files
     from ..scp import KEPT_SOP_CLASSES, instance_kind
 
-    images: list[str] = []
-    rois: list[str] = []
+    images: Groups = {}
+    rois: Groups = {}
     ignored: list[tuple[str, str]] = []
     for given in map(Path, paths):
         scanned = given.is_dir()
         for path in folder_files(given) if scanned else [given]:
-            try:
-                sop_class = str(pydicom.dcmread(path, stop_before_pixels=True,
-                                                specific_tags=["SOPClassUID"]).SOPClassUID)
-            except (InvalidDicomError, OSError, AttributeError, ValueError) as exc:
+            header = _header(path)
+            if header is None:
                 if scanned:
-                    ignored.append((str(path), f"not a readable DICOM file ({type(exc).__name__})"))
+                    ignored.append((str(path), "not a readable DICOM file"))
                 else:
-                    images.append(str(path))
+                    images.setdefault("", []).append(str(path))
                 continue
+            sop_class, study_uid = header
             if sop_class not in KEPT_SOP_CLASSES:
                 ignored.append((str(path), f"neither an MG image nor a GSPS/SEG (SOP class {sop_class})"))
-            elif instance_kind(sop_class) == "MG":
-                images.append(str(path))
             else:
-                rois.append(str(path))
+                kind = images if instance_kind(sop_class) == "MG" else rois
+                kind.setdefault(study_uid, []).append(str(path))
     return images, rois, ignored
 
 
-def _group_by_study(paths: list[str]) -> tuple[dict[str, list[str]], list[str]]:
-    import pydicom
+def _header(path) -> tuple[str, str] | None:
+    """(SOP Class UID, Study Instance UID) of a DICOM file, or None when it cannot be read as one."""
+    from ..batch.inputs import read_header
 
-    groups: dict[str, list[str]] = {}
-    unreadable = []
-    for path in paths:
-        try:
-            uid = str(pydicom.dcmread(path, stop_before_pixels=True,
-                                      specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
-        except Exception:
-            uid = ""  # load_image says why, in the study analysis
-            unreadable.append(path)
-        groups.setdefault(uid, []).append(path)
-    return groups, unreadable
+    try:
+        ds = read_header(Path(path))
+        return str(ds.SOPClassUID), str(ds.StudyInstanceUID)
+    except Exception:  # noqa: BLE001 - not DICOM, unreadable, or without those UIDs
+        return None
 
 
 def run(args) -> int:
@@ -129,16 +122,20 @@ def run(args) -> int:
 
         executor = feature_pool(args.workers)
     status = 0
-    images, found_rois, ignored = sort_inputs(args.images)
+    groups, found_rois, ignored = sort_inputs(args.images)
     for path, why in ignored:
         print(f"calcnode analyze: warning: ignored {path}: {why}", file=sys.stderr)
-    rois = list(dict.fromkeys([*args.roi, *found_rois]))
-    if not images:
+    roi_groups: Groups = {}
+    for path in args.roi:  # ROI files kept elsewhere (first, as given): to their study, whatever they hold
+        header = _header(path)
+        roi_groups.setdefault(header[1] if header else "", []).append(path)
+    for uid, paths in found_rois.items():
+        study = roi_groups.setdefault(uid, [])
+        study += [p for p in paths if p not in study]
+    if not groups:
         print("calcnode analyze: error: no MG image among the given files", file=sys.stderr)
         return 1
-    groups, _ = _group_by_study(images)
-    roi_groups, _ = _group_by_study(rois)  # each study gets its own ROI objects (unreadable ones: every study)
-    for uid, orphans in roi_groups.items():
+    for uid, orphans in roi_groups.items():  # each study gets its own ROI objects (unreadable: every study)
         if uid and uid not in groups:
             for path in orphans:
                 print(f"calcnode analyze: warning: ignored {path}: no MG image of its study was given", file=sys.stderr)
