@@ -320,6 +320,15 @@ def test_evaluate_clusters_writes_json_and_png(tiny_set):
     assert "punctate" in sim["froc"] and sim["froc"]["all"]
     assert 0.0 <= sim["at_fp_rate"]["all"]["sensitivity"] <= 1.0
     assert list(report["real"]["views"]) == ["real:case_R-CC"]
+    # the truth the cluster target is stated on: clusters the ideal observer sees (>= 3 particles
+    # found at 1 FP/cm²); bright punctate clusters of 4+ calcifications are visible
+    cands = json.loads((root / "cands.json").read_text())
+    truth = [t for v in cands["simulated"] for t in v["truth"]]
+    assert all(isinstance(t["n_observer"], int) and 0 <= t["n_observer"] <= t["n"] for t in truth)
+    assert all(t["visible"] == (t["n_observer"] >= 3) for t in truth)
+    assert sim["visible_clusters"] == sum(t["visible"] for t in truth) >= 1
+    assert sim["operating_point"]["sensitivity"]["visible"]["n"] == sim["visible_clusters"]
+    assert "visible" in sim["at_fp_rate"] and "punctate (visible)" in sim["froc"]
     # the candidates file reproduces the evaluation without segmenting again
     out2 = root / "eval2"
     assert main(["evaluate-clusters", "--candidates", str(root / "cands.json"), "--model", "rule",

@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from training.segmentation.ceiling import (detectability_index, noise_power_spectrum, noise_windows,
-                                  prewhitened_filter, roi_observer, search_threshold)
+from training.segmentation.ceiling import (RoiObserver, detectability_index, noise_power_spectrum,
+                                           noise_windows, particles_found, prewhitened_filter, roi_observer,
+                                           search_threshold)
 from training.synth.config import SynthConfig
 from training.synth.dataset import generate_dataset
 
@@ -67,6 +68,17 @@ def test_a_bright_particle_is_found_and_a_faint_one_mostly_not():
     assert bright > 0.99 and faint < 0.5
     assert obs.dprime[0] > 10 * obs.dprime[1]
     assert obs.found(100.0)[1] >= faint  # more false positives allowed: never less sensitive
+
+
+def test_particles_found_takes_the_best_of_overlapping_rois():
+    """A particle in two ROIs is found with the better of the two probabilities (keyed by truth label)."""
+    quiet = RoiObserver(kinds=["punctate", "amorphous"], dprime=[6.0, 0.5], maxima=[np.zeros(3), np.zeros(3)],
+                        area_cm2=1.0, labels=[4, 7])
+    busy = RoiObserver(kinds=["amorphous"], dprime=[0.5], maxima=[np.full(50, -3.0)], area_cm2=1.0, labels=[7])
+    found = particles_found([quiet, busy], 1.0)
+    assert set(found) == {4, 7}
+    assert found[4] > 0.99
+    assert found[7] == pytest.approx(float(busy.found(1.0)[0])) and found[7] > quiet.found(1.0)[1]
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,8 @@ def register(subparsers) -> None:
     evaluate = subparsers.add_parser(
         "evaluate-clusters", help="cluster-level FROC and false marks per image of the cluster model",
         description="Cluster sensitivity against false cluster marks per image on simulated views "
-                    "(all, detectable, per calcification type), false marks on views without clusters "
+                    "(all, visible to the ideal observer, detectable by the segmentation, per calcification "
+                    "type), false marks on views without clusters "
                     "and on real normal views; writes cluster_metrics.json and cluster_froc.png.")
     _common(evaluate)
     evaluate.add_argument("--model", metavar="PATH",
@@ -117,6 +118,11 @@ def run_evaluate(args) -> int:
     print(f"simulated: {s['images']} views, {s['truth_clusters']} clusters ({s['detectable_clusters']} detectable); "
           f"sensitivity {op['sensitivity']['all']['sensitivity']} at {op['fp_per_image']:.3f} false marks/image "
           f"(threshold {op['threshold']:.3f}); {at['sensitivity']:.3f} at <= 0.2 false marks/image")
+    if s.get("visible_clusters") is not None:
+        vis, vis_at = op["sensitivity"]["visible"], s["at_fp_rate"]["visible"]
+        print(f"visible to the ideal observer: {s['visible_clusters']} clusters; sensitivity "
+              f"{vis['sensitivity']} at the operating point, {vis_at['sensitivity']:.3f} at <= 0.2 false "
+              "marks/image")
     if report["real"]["images"]:
         print(f"real: {report['real']['images']} views, "
               f"{report['real']['fp_per_image_at_operating_point']:.3f} false marks/view")

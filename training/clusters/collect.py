@@ -16,6 +16,16 @@ its calcifications overlap a segmented calcification (a pixel in common): with f
 rule or the hit rule cannot be met from what the segmentation found (except by chance inclusion).
 The segmentation's misses are not the cluster stage's, so sensitivities are reported for all
 clusters and for detectable ones.
+
+**Visible to the ideal observer** (the truth the cluster target is stated on). A truth cluster is
+*visible* when at least ``OBSERVER_MIN_PARTICLES`` (3) of its calcifications are found by the
+ideal observer of ``calcnode seg-ceiling`` (:mod:`training.segmentation.ceiling`) searching the
+cluster's simulator ROI at 1 false positive per cm²: a particle counts as found when the observer's
+probability of finding it, ``Phi(d' - z*)``, is at least 1/2 (its d' reaches the search threshold).
+This is independent of our segmentation: a cluster nobody could see is not counted as a miss, a
+cluster the observer sees but our segmentation misses is. :func:`add_observer_truth` adds it to the
+truth of the views of a ``calcnode synth`` folder (only sets whose background can be drawn again;
+elsewhere it stays unknown, ``None``).
 """
 from __future__ import annotations
 
@@ -30,10 +40,12 @@ import numpy as np
 from analysis.clusters import ClusterParams, candidate_clusters, points_in_polygon
 from analysis.segmentation.breast_mask import breast_mask
 
-from .views import View
+from .views import View, synthetic_view_name
 
 DEFAULT_SEGMENTATION_MODEL = Path(__file__).resolve().parents[2] / "analysis" / "segmentation" / "weights" / "demo-seg-cnn.pt"
 HIT_FRACTION = 0.5
+OBSERVER_FP_PER_CM2 = 1.0      # the ideal observer's allowed false positives per cm² of ROI
+OBSERVER_MIN_PARTICLES = 3     # a cluster is visible with >= 3 particles the ideal observer finds
 
 
 @dataclass
@@ -87,7 +99,7 @@ def collect_view(view: View, seg_model, params: ClusterParams = ClusterParams())
             found = np.unique(view.truth_labels[(seg.labels > 0) & (view.truth_labels > 0)])
             segmented = int(np.isin(cluster.particle_labels, found).sum())
         truth.append({"cluster_id": cluster.cluster_id, "kind": cluster.kind, "n": len(cluster.points_xy),
-                      "n_segmented": segmented, "detectable": segmented >= max(params.min_count, math.ceil(HIT_FRACTION * len(cluster.points_xy)))})
+                      "labels": list(cluster.particle_labels), "n_segmented": segmented, "detectable": segmented >= max(params.min_count, math.ceil(HIT_FRACTION * len(cluster.points_xy)))})
     points = [c.points_xy for c in view.clusters]
     out = []
     for c in candidates:
@@ -113,3 +125,36 @@ def collect(views, seg_model, params: ClusterParams = ClusterParams(), progress:
     if progress and out:
         print(file=sys.stderr)
     return out
+
+
+def add_observer_truth(views: list[ViewCandidates], root: str | Path, progress: bool = True) -> int:
+    """Mark each truth cluster of ``views`` (collected from the ``calcnode synth`` folder ``root``)
+    with ``n_observer`` (its calcifications the ideal observer finds) and ``visible`` (module
+    docstring). Returns the number of views annotated; 0 for a set whose background cannot be
+    drawn again (the fields stay ``None``)."""
+    from training.segmentation.ceiling import image_observers, particles_found
+
+    by_name = {v.name: v for v in views}
+    for v in views:
+        for t in v.truth:
+            t.setdefault("n_observer", None)
+            t.setdefault("visible", None)
+    done = 0
+    try:
+        for truth_path, observers in image_observers(root):
+            view = by_name.get(synthetic_view_name(Path(root), truth_path))
+            if view is None:
+                continue
+            found = particles_found(observers, OBSERVER_FP_PER_CM2)
+            for t in view.truth:
+                n = sum(found.get(int(label), 0.0) >= 0.5 for label in t.get("labels", ()))
+                t["n_observer"], t["visible"] = int(n), bool(n >= OBSERVER_MIN_PARTICLES)
+            done += 1
+            if progress:
+                print(f"\rideal observer: {done} views", end="", file=sys.stderr, flush=True)
+    except ValueError as exc:   # a background-inserted set: its background cannot be drawn again
+        print(f"ideal observer skipped for {root}: {exc}", file=sys.stderr)
+        return 0
+    if progress and done:
+        print(file=sys.stderr)
+    return done

@@ -2,7 +2,8 @@
 
 On simulated views (:mod:`training.clusters.collect` for the hit rule): for every threshold t on
 the cluster confidence, *sensitivity* = truth clusters hit by a candidate with confidence >= t /
-all truth clusters (also over detectable clusters only, and per calcification type), and *false
+all truth clusters (also over the clusters visible to the ideal observer -- the truth the target is
+stated on --, over the clusters our segmentation can detect, and per calcification type), and *false
 marks per image* = candidates with confidence >= t that hit no truth cluster (and are not in an
 ignore region) / simulated views. Reported: the FROC curve, the sensitivity at 0.2 false marks per
 image (the highest threshold-swept sensitivity whose false-mark rate is <= 0.2), and at the model's
@@ -19,7 +20,7 @@ import numpy as np
 
 from analysis.clusters import RULE_THRESHOLD, ClusterModel, ClusterCandidate, score_candidates
 
-from .collect import ViewCandidates
+from .collect import OBSERVER_FP_PER_CM2, OBSERVER_MIN_PARTICLES, ViewCandidates
 
 FP_RATE_OF_INTEREST = 0.2
 
@@ -32,6 +33,11 @@ def confidences(views: Sequence[ViewCandidates], model: ClusterModel | None) -> 
                                   area_mm2=0.0, features=c["features"]) for c in v.candidates]
         out.append(score_candidates(cands, model))
     return out
+
+
+def _visible(t: dict) -> bool:
+    """The truth cluster is visible to the ideal observer (:mod:`training.clusters.collect`)."""
+    return bool(t.get("visible"))
 
 
 def _is_false(c: dict) -> bool:
@@ -88,10 +94,15 @@ def evaluate(sim: Sequence[ViewCandidates], real: Sequence[ViewCandidates], mode
     sim_conf, real_conf = confidences(sim, model), confidences(real, model)
     truth = _truth(sim)
     kinds = sorted({t["kind"] for t in truth if t["kind"]})
+    observed = any(t.get("visible") is not None for t in truth)
     subsets = {"all": None, "detectable": lambda t: t["detectable"]}
+    if observed:
+        subsets["visible"] = _visible
     for kind in kinds:
         subsets[kind] = (lambda k: lambda t: t["kind"] == k)(kind)
         subsets[f"{kind} (detectable)"] = (lambda k: lambda t: t["kind"] == k and t["detectable"])(kind)
+        if observed:
+            subsets[f"{kind} (visible)"] = (lambda k: lambda t: t["kind"] == k and _visible(t))(kind)
     curves = {name: froc(sim, sim_conf, s) for name, s in subsets.items()}
     op = operating(sim, sim_conf, threshold)
     found = np.array(op["found"], bool)
@@ -112,6 +123,10 @@ def evaluate(sim: Sequence[ViewCandidates], real: Sequence[ViewCandidates], mode
         "simulated": {
             "images": len(sim), "negative_images": len(negative), "truth_clusters": len(truth),
             "detectable_clusters": int(sum(t["detectable"] for t in truth)),
+            "visible_clusters": int(sum(_visible(t) for t in truth)) if observed else None,
+            "visible_rule": (f"truth clusters with >= {OBSERVER_MIN_PARTICLES} calcifications the ideal observer "
+                             f"(calcnode seg-ceiling) finds at {OBSERVER_FP_PER_CM2:g} FP/cm2 of ROI "
+                             "(probability >= 1/2 each)"),
             "candidates": int(sum(len(v.candidates) for v in sim)),
             "at_fp_rate": {"fp_per_image": FP_RATE_OF_INTEREST,
                            **{name: sensitivity_at(points) for name, points in curves.items()}},
@@ -121,6 +136,9 @@ def evaluate(sim: Sequence[ViewCandidates], real: Sequence[ViewCandidates], mode
                 "fp_per_negative_image": (sum(op["false_marks"][i] for i in negative) / len(negative)
                                           if negative else None),
                 "sensitivity": {"all": sens(lambda t: True), "detectable": sens(lambda t: t["detectable"]),
+                                **({"visible": sens(_visible)} if observed else {}),
+                                **({f"{k} (visible)": sens(lambda t, k=k: t["kind"] == k and _visible(t))
+                                    for k in kinds} if observed else {}),
                                 **{k: sens(lambda t, k=k: t["kind"] == k) for k in kinds},
                                 **{f"{k} (detectable)": sens(lambda t, k=k: t["kind"] == k and t["detectable"])
                                    for k in kinds}},
@@ -155,7 +173,10 @@ def plot(report: dict, path: Path) -> None:
             continue
         if not points or not np.isfinite(points[-1]["sensitivity"]):
             continue
-        style = {"all": dict(lw=2.5, color="k"), "detectable": dict(lw=2, color="k", ls="--")}.get(name, dict(lw=1))
+        if "(visible)" in name:
+            continue
+        style = {"all": dict(lw=2.5, color="k"), "detectable": dict(lw=2, color="k", ls="--"),
+                 "visible": dict(lw=2.5, color="tab:purple")}.get(name, dict(lw=1))
         ax.step([p["fp_per_image"] for p in points], [p["sensitivity"] for p in points], where="post",
                 label=name, **style)
     op = sim["operating_point"]

@@ -15,7 +15,7 @@ from typing import Sequence
 from analysis.clusters import ClusterModel, ClusterParams
 from common.durable import atomic_path, write_bytes, write_text
 
-from .collect import ViewCandidates, collect, load_segmentation_model
+from .collect import ViewCandidates, add_observer_truth, collect, load_segmentation_model
 from .evaluate import evaluate, plot, report_json
 from .train import describe, train_cluster_model
 from .views import REAL_SPACING_MM, real_png_paths, real_view, synthetic_views
@@ -28,7 +28,9 @@ def gather(data_dirs: Sequence[str | Path], negatives: Sequence[str | Path], seg
     seg_model = load_segmentation_model(seg_model_path)
     sim: list[ViewCandidates] = []
     for d in data_dirs:
-        sim += collect(synthetic_views(d), seg_model, params, progress)
+        views = collect(synthetic_views(d), seg_model, params, progress)
+        add_observer_truth(views, d, progress)
+        sim += views
     real = collect((real_view(p, real_spacing_mm) for p in real_png_paths(negatives)), seg_model, params,
                    progress) if negatives else []
     return sim, real

@@ -85,6 +85,12 @@ def truth_clusters(rows: list[dict]) -> list[TruthCluster]:
     return out
 
 
+def synthetic_view_name(root: Path, truth_path: Path) -> str:
+    """A simulated view's name, ``synthetic:<folder>/<case>/<view>``, from its truth label file."""
+    rel = Path(truth_path).relative_to(root)
+    return f"synthetic:{root.name}/{rel.parent}/{rel.name.replace('_labels.npz', '')}"
+
+
 def synthetic_views(root: str | Path):
     """Yield the :class:`View` of every MG image with truth under ``root`` (sorted by path)."""
     root = Path(root)
@@ -93,8 +99,7 @@ def synthetic_views(root: str | Path):
         truth_path = Path(item.truth_path)
         table = truth_path.with_name(truth_path.name.replace("_labels.npz", "_particles.csv"))
         rows = read_particles(table) if table.is_file() else []
-        rel = truth_path.relative_to(root)
-        yield View(name=f"synthetic:{root.name}/{rel.parent}/{rel.name.replace('_labels.npz', '')}",
+        yield View(name=synthetic_view_name(root, truth_path),
                    source="synthetic", pixels=image.pixels, spacing_mm=tuple(image.pixel_spacing_mm),
                    clusters=truth_clusters(rows), truth_labels=load_truth(truth_path, image.pixels.shape))
 

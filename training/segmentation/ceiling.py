@@ -95,13 +95,14 @@ def search_threshold(maxima: np.ndarray, area_cm2: float, fp_per_cm2: float) -> 
 
 @dataclass
 class RoiObserver:
-    """The ideal observer on one ROI: per particle its type, d', and the z of the background's local
-    maxima (inside the ROI) under the particle's own filter."""
+    """The ideal observer on one ROI: per particle its truth label, type, d', and the z of the
+    background's local maxima (inside the ROI) under the particle's own filter."""
 
     kinds: list[str]
     dprime: list[float]
     maxima: list[np.ndarray]
     area_cm2: float
+    labels: list[int]
 
     def found(self, fp_per_cm2: float) -> np.ndarray:
         """Per particle, the probability of finding it when the ROI may hold ``fp_per_cm2``."""
@@ -128,7 +129,7 @@ def roi_observer(signal: np.ndarray, background: np.ndarray, truth: np.ndarray, 
     neighbourhood = 2 * _px(MATCH_DISTANCE_MM, spacing_mm) + 1
     ids = [int(i) for i in np.unique(truth[roi]) if i > 0]
     centres = ndimage.center_of_mass(truth > 0, truth, ids) if ids else []
-    kinds, dprime, maxima = [], [], []
+    kinds, dprime, maxima, labels = [], [], [], []
     for label, (r, c) in zip(ids, centres):
         r, c = int(round(r)), int(round(c))
         if not roi[r, c]:   # a particle counts where its centroid is (as in evaluate-seg)
@@ -139,16 +140,23 @@ def roi_observer(signal: np.ndarray, background: np.ndarray, truth: np.ndarray, 
         box = (slice(r0, r0 + window), slice(c0, c0 + window))
         template = np.where((owner[box] == label) & (distance[box] <= reach), signal[box], 0.0)
         kernel = prewhitened_filter(template, nps)
+        labels.append(label)
         kinds.append(kind_of.get(label, "unknown"))
         dprime.append(detectability_index(kernel, template, windows))
         z = signal_fft.fftconvolve(flat, kernel[::-1, ::-1], mode="same")  # correlation with the filter
         z = (z - z.mean()) / z.std()
         maxima.append(z[(z == ndimage.maximum_filter(z, neighbourhood)) & roi])
-    return RoiObserver(kinds, dprime, maxima, float(roi.sum() * spacing_mm ** 2 / 100.0))
+    return RoiObserver(kinds, dprime, maxima, float(roi.sum() * spacing_mm ** 2 / 100.0), labels)
 
 
 def dataset_observers(root: str | Path) -> list[RoiObserver]:
     """The ideal observer on every ROI of one ``calcnode synth`` folder."""
+    return [o for _, observers in image_observers(root) for o in observers]
+
+
+def image_observers(root: str | Path):
+    """Yield ``(truth_path, [RoiObserver per ROI])`` for every image with ROIs of one ``calcnode
+    synth`` folder (sorted by path, as :func:`training.datasets.scan_dataset`)."""
     root = Path(root)
     meta = root / "dataset.json"
     if not meta.is_file():
@@ -156,7 +164,6 @@ def dataset_observers(root: str | Path) -> list[RoiObserver]:
     config = SynthConfig.from_json(json.loads(meta.read_text())["config"])
     if config.backgrounds:
         raise ValueError(f"{root}: background-inserted set (a real image's background cannot be drawn again)")
-    out = []
     for item in scan_dataset(root, require_truth=True):
         if not item.roi_paths:
             continue
@@ -173,10 +180,21 @@ def dataset_observers(root: str | Path) -> list[RoiObserver]:
         spacing = config.pixel_spacing_mm
         margin = _px(MARGIN_MM, spacing)
         labelled, _ = ndimage.label(region)
+        observers = []
         for index, box in enumerate(ndimage.find_objects(labelled), 1):
             box = tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in box)
-            out.append(roi_observer(signal[box], background[box], truth[box], labelled[box] == index,
-                                    kind_of, spacing))
+            observers.append(roi_observer(signal[box], background[box], truth[box], labelled[box] == index,
+                                          kind_of, spacing))
+        yield Path(item.truth_path), observers
+
+
+def particles_found(observers: list[RoiObserver], fp_per_cm2: float = 1.0) -> dict[int, float]:
+    """Per truth label, the probability that the ideal observer finds the particle at
+    ``fp_per_cm2`` (the best over the ROIs that hold it: ROIs may overlap)."""
+    out: dict[int, float] = {}
+    for o in observers:
+        for label, p in zip(o.labels, o.found(fp_per_cm2)):
+            out[label] = max(out.get(label, 0.0), float(p))
     return out
 
 
