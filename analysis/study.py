@@ -36,7 +36,7 @@ CNN, or ROI growth / breast mask constants changed in the code since training), 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
@@ -55,6 +55,7 @@ from analysis.dicom_input.roi_geometry import clip_to_image
 from analysis.features import extract_roi_features, select_roi_objects
 from analysis.results import ImageResult, RoiResult, StudyResult
 from analysis.segmentation.breast_mask import breast_mask
+from analysis.segmentation.spacing import coarse_spacing_reason
 
 MIN_CALCIFICATIONS = 2
 NO_ROI_POLICIES = ("detect", "skip", "whole_breast")
@@ -547,15 +548,23 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
             warnings.append(f"image {uid} has no ROI: not analysed (no_roi = skip)")
             continue
 
+        # an image too coarse for the method: nothing segmented, every ROI reports why (as an image
+        # without spacing does: a "failed" ROI whose reason says the spacing, the limit and why)
+        coarse = coarse_spacing_reason(spacing, hdog_params) if spacing is not None else None
+        if coarse is not None:
+            warnings.append(f"image {uid} not analysed: {coarse}")
         detection = None
         if not rois and no_roi == "detect":
-            detection = _detect(image, model, hdog_params, cluster_model, cluster_params)
-            if detection.failure is not None:
+            detection = _Detection("detection_failed", [], None, coarse) if coarse is not None else \
+                _detect(image, model, hdog_params, cluster_model, cluster_params)
+            if detection.failure is not None and coarse is None:
                 warnings.append(f"image {uid}: no cluster detection: {detection.failure}")
             entries, labels, seg_failure = detection.entries, detection.labels, None
         else:
             entries = (_drawn_entries(rois, geometry, warnings, problems) if rois
                        else [_whole_breast_entry(image)])
+            if coarse is not None:
+                entries = [e if e.mask is None else replace(e, mask=None, failure=coarse) for e in entries]
             labels = None
             seg_failure = None
             usable = [e for e in entries if e.mask is not None]

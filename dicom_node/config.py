@@ -64,6 +64,9 @@ class AnalysisSettings:
 class AssemblySettings:
     stable_seconds: float
     no_roi_policy: str
+    # seconds after the release of the association that brought a study's last instance before
+    # the study is analysed (dicom_node/assembly.py); stable_seconds stays the fallback
+    association_grace_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,9 @@ def _build(values: dict, source: str) -> Config:
     assembly = dict(values["assembly"])
     if assembly["stable_seconds"] < 0:
         raise ConfigError("assembly.stable_seconds must be >= 0")
+    if not 0 <= assembly["association_grace_seconds"] <= 3600:
+        raise ConfigError("assembly.association_grace_seconds must be in 0..3600 s (a value >= stable_seconds "
+                          "leaves only stable_seconds)")
     if assembly["no_roi_policy"] not in NO_ROI_POLICIES:
         raise ConfigError(f"assembly.no_roi_policy must be one of {', '.join(NO_ROI_POLICIES)}, "
                           f"got {assembly['no_roi_policy']!r}")

@@ -6,6 +6,13 @@ meta to the spool (no pixel decoding, no re-encoding), records the instance in
 the state database and only then answers success. Analysis happens elsewhere,
 later (:mod:`dicom_node.service`).
 
+Each association that stores an instance gets an id of the node's (random): the state database
+records which association brought each instance and, from the release / abort / connection-close
+handlers, when and how it ended. A study whose last association was released is analysed after
+``assembly.association_grace_seconds`` instead of ``stable_seconds`` (:mod:`dicom_node.assembly`).
+Those handlers run in the association's threads after the peer got its answer; they make one
+small database update and return.
+
 Objects this node wrote itself (Manufacturer "calcnode": SEG, SR, GSPS results a
 PACS routes back) are answered with success and not kept, so a routing rule that
 forwards a whole study never makes the node analyse its own output.
@@ -25,6 +32,8 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
+import weakref
 from pathlib import Path
 
 import pydicom
@@ -196,6 +205,8 @@ class StorageSCP:
         self._server = None
         self.counts = {"stored": 0, "duplicate": 0, "refused": 0, "failed": 0, "own_results": 0}
         self._lock = threading.Lock()
+        # the node's id of each association that stored an instance (weak: never keeps one alive)
+        self._association_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def _make_ae(self) -> AE:
         association_sockets.install()  # PDUs read in 1 MB steps, not pynetdicom's 4 KB ones
@@ -217,6 +228,28 @@ class StorageSCP:
         return ae
 
     # -- handlers -------------------------------------------------------------
+    def association_id(self, assoc) -> str:
+        """The node's id of ``assoc`` (made at its first stored instance)."""
+        with self._lock:
+            ident = self._association_ids.get(assoc)
+            if ident is None:
+                ident = self._association_ids[assoc] = uuid.uuid4().hex
+            return ident
+
+    def _association_ended(self, ev, how: str) -> None:
+        """Record how an association that stored instances ended (nothing for the others)."""
+        with self._lock:
+            ident = self._association_ids.get(ev.assoc)
+        if ident is None or self.db is None:
+            return
+        try:
+            if self.db.end_association(ident, how) and how == "released":
+                with self._lock:
+                    self._association_ids.pop(ev.assoc, None)
+        except sqlite3.Error as exc:  # its studies fall back to assembly.stable_seconds
+            event(log, logging.ERROR, "association end not recorded: state database error", how=how,
+                  reason=str(exc), calling_ae=ev.assoc.requestor.ae_title)
+
     def _count(self, key: str) -> None:
         with self._lock:
             self.counts[key] += 1
@@ -308,7 +341,8 @@ class StorageSCP:
             try:
                 self.db.record_instance(sop_instance_uid=sop_uid, study_instance_uid=study_uid,
                                         sop_class_uid=sop_class, kind=instance_kind(sop_class),
-                                        path=str(result.path), calling_ae=calling)
+                                        path=str(result.path), calling_ae=calling,
+                                        association_id=self.association_id(ev.assoc))
             except sqlite3.Error as exc:
                 # Not recorded: not kept. Answer failure so the sender retries later.
                 if not result.duplicate:
@@ -345,10 +379,20 @@ class StorageSCP:
         self.audit.write("association", result="rejected", **self._peer(ev))
 
     def handle_released(self, ev) -> None:
+        self._association_ended(ev, "released")  # first: the study's readiness waits for it
         self.audit.write("association", result="released", **self._peer(ev))
 
     def handle_aborted(self, ev) -> None:
+        # an abort is not "done" (dicom_node.assembly): its studies wait for stable_seconds
+        self._association_ended(ev, "aborted")
         self.audit.write("association", result="aborted", **self._peer(ev))
+
+    def handle_conn_close(self, ev) -> None:
+        """The connection closed. After a release or an abort this changes nothing; without
+        either (the association's thread ended otherwise) it is recorded as "closed"."""
+        assoc = ev.assoc
+        how = "released" if assoc.is_released else "aborted" if assoc.is_aborted else "closed"
+        self._association_ended(ev, how)
 
     # -- lifecycle --------------------------------------------------------------
     def open_spool(self) -> None:
@@ -368,6 +412,7 @@ class StorageSCP:
             (evt.EVT_REJECTED, self.handle_rejected),
             (evt.EVT_RELEASED, self.handle_released),
             (evt.EVT_ABORTED, self.handle_aborted),
+            (evt.EVT_CONN_CLOSE, self.handle_conn_close),
         ]
         from .tls import server_context
 

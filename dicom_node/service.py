@@ -89,6 +89,10 @@ class Node:
         if recorded:
             event(log, logging.WARNING, "recorded spool files the state database did not know "
                   "(the node stopped between writing and recording them)", count=recorded)
+        interrupted = self.db.interrupt_open_associations()
+        if interrupted:  # their studies are analysed after stable_seconds instead
+            event(log, logging.WARNING, "associations open at the last stop recorded as interrupted",
+                  count=interrupted)
         requeued = self.db.recover_running_jobs()
         if requeued:
             event(log, logging.WARNING, "re-queued jobs interrupted by the last stop", jobs=requeued)
@@ -219,10 +223,12 @@ class Node:
         while not self._stop.wait(SUPERVISE_EVERY_S):
             try:
                 for ev in self.db.assemble(now=time.time(), stable_seconds=assembly.stable_seconds,
-                                           no_roi_policy=assembly.no_roi_policy):
+                                           no_roi_policy=assembly.no_roi_policy,
+                                           association_grace_seconds=assembly.association_grace_seconds):
                     level = logging.INFO if ev.action in ("queued", "updated", "unchanged") else logging.WARNING
                     event(log, level, f"study {ev.action}", study_instance_uid=ev.study_instance_uid,
-                          note=ev.note, job=ev.job_id, images=ev.n_images, roi_objects=ev.n_roi_objects)
+                          note=ev.note, job=ev.job_id, images=ev.n_images, roi_objects=ev.n_roi_objects,
+                          ready=ev.trigger)
                 self._check_workers()
                 if self.config.storage.retention_days > 0 and \
                         time.monotonic() - self._last_retention >= RETENTION_EVERY_S:
@@ -242,6 +248,7 @@ class Node:
             shutil.rmtree(self.config.results_dir.absolute() / study, ignore_errors=True)
             self.db.forget_study(study)
             removed.append(study)
+        self.db.purge_associations(before)
         if removed:
             event(log, logging.INFO, "retention: studies removed", count=len(removed),
                   retention_days=self.config.storage.retention_days)

@@ -3,9 +3,17 @@
 Tables
 ------
 ``instances``  every instance the SCP kept: SOP Instance UID, Study Instance UID, SOP class,
-               kind (MG / GSPS / SEG), spool path, received time, calling AE title.
-``studies``    one row per study: first/last instance received, the input set of the last
-               analysis job (a hash of the sorted SOP Instance UIDs), status and a note.
+               kind (MG / GSPS / SEG), spool path, received time, calling AE title, the
+               association that brought it.
+``studies``    one row per study: first/last instance received, the association that brought
+               the last one, the input set of the last analysis job (a hash of the sorted SOP
+               Instance UIDs), status and a note.
+``associations`` every association that brought an instance: its id (the node's, random),
+               calling AE title, first instance, and when and how it ended ("released",
+               "aborted", "closed": connection closed without either, "interrupted": the node
+               stopped while it was open). A study is ready early when the association of its
+               last instance was released (:mod:`dicom_node.assembly`); kept here so that a
+               node restart does not lose it.
 ``jobs``       analysis jobs: queued -> running -> done | failed, attempts, reason, the input
                set (JSON), result folder, analysis seconds.
 ``sends``      outbound C-STOREs: one row per (result object, destination):
@@ -33,7 +41,7 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 # INPUT_KINDS, ROI_OBJECT_KINDS and input_hash are also imported from here by callers
 from .assembly import INPUT_KINDS, ROI_OBJECT_KINDS, StudySummary, decide, input_hash, stable_cutoff  # noqa: F401
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: associations table, instances.association_id, studies.last_association_id
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,9 +52,17 @@ CREATE TABLE IF NOT EXISTS instances (
     kind               TEXT NOT NULL,
     path               TEXT NOT NULL,
     received_at        REAL NOT NULL,
-    calling_ae         TEXT
+    calling_ae         TEXT,
+    association_id     TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
+CREATE TABLE IF NOT EXISTS associations (
+    id                 TEXT PRIMARY KEY,
+    calling_ae         TEXT,
+    started_at         REAL NOT NULL,
+    ended_at           REAL,
+    ended_how          TEXT CHECK (ended_how IN ('released', 'aborted', 'closed', 'interrupted'))
+);
 CREATE TABLE IF NOT EXISTS studies (
     study_instance_uid TEXT PRIMARY KEY,
     first_received_at  REAL NOT NULL,
@@ -55,7 +71,8 @@ CREATE TABLE IF NOT EXISTS studies (
     input_hash         TEXT,
     status             TEXT NOT NULL DEFAULT 'receiving',
     note               TEXT,
-    updated_at         REAL
+    updated_at         REAL,
+    last_association_id TEXT
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id                 INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -98,6 +115,10 @@ CREATE INDEX IF NOT EXISTS sends_sop ON sends (destination, sop_instance_uid, st
 
 JOB_STATES = ("queued", "running", "done", "failed")
 SEND_STATES = ("pending", "sent", "dead")
+# columns added by a schema version, for databases an older calcnode created: (table, column, type)
+_ADDED_COLUMNS = (("instances", "association_id", "TEXT"), ("studies", "last_association_id", "TEXT"))
+# how an association ends (associations.ended_how); only "released" makes a study ready early
+ASSOCIATION_ENDS = ("released", "aborted", "closed", "interrupted")
 # the AssemblyEvent action of each assembly verdict ("analyze" is "queued" or "updated")
 _EVENT_ACTIONS = {"wait": "waiting", "skip": "skipped", "unchanged": "unchanged", "analyze": "queued"}
 
@@ -199,6 +220,7 @@ class AssemblyEvent:
     job_id: int | None = None
     n_images: int = 0
     n_roi_objects: int = 0
+    trigger: str | None = None  # "association_released" or "stable" (dicom_node.assembly.ready_by)
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -230,20 +252,31 @@ class StateDB:
                 raise StateError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
-            self._conn.executescript(SCHEMA)
             with self._tx() as c:
-                row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                if row is None:
-                    c.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                elif int(row[0]) > SCHEMA_VERSION:
+                row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() \
+                    if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() else None
+                if row is not None and int(row[0]) > SCHEMA_VERSION:
                     raise StateError(f"{self.path}: written by a newer calcnode (schema {row[0]}, "
                                      f"this version reads {SCHEMA_VERSION})")
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        c.execute(statement)
+                self._add_columns(c)
+                c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{self.path}: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    @staticmethod
+    def _add_columns(c: sqlite3.Connection) -> None:
+        """Bring a database of an older schema up to date (columns only ever get added)."""
+        for table, column, kind in _ADDED_COLUMNS:
+            if column not in {r[1] for r in c.execute(f"PRAGMA table_info({table})")}:
+                c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        c.execute("CREATE INDEX IF NOT EXISTS instances_association ON instances (association_id)")
 
     # ------------------------------------------------------------------ helpers
     @contextmanager
@@ -269,23 +302,63 @@ class StateDB:
     # ---------------------------------------------------------------- instances
     def record_instance(self, *, sop_instance_uid: str, study_instance_uid: str, sop_class_uid: str,
                         kind: str, path: str | Path, received_at: float | None = None,
-                        calling_ae: str | None = None) -> bool:
-        """Record a spooled instance. True if it is new (False: already recorded)."""
+                        calling_ae: str | None = None, association_id: str | None = None) -> bool:
+        """Record a spooled instance. True if it is new (False: already recorded).
+
+        ``association_id``: the association that brought it (the SCP's id for it); it becomes the
+        study's last association. An instance recorded again (a re-send) changes nothing, so an
+        identical study sent again is neither re-assessed nor re-analysed.
+        """
         now = time.time() if received_at is None else received_at
         with self._tx() as c:
-            cur = c.execute("INSERT OR IGNORE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
+            cur = c.execute("""INSERT OR IGNORE INTO instances (sop_instance_uid, study_instance_uid, sop_class_uid,
+                                   kind, path, received_at, calling_ae, association_id)
+                               VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
                             (sop_instance_uid, study_instance_uid, sop_class_uid, kind, str(path), now,
-                             calling_ae))
+                             calling_ae, association_id))
             if cur.rowcount == 0:
                 return False
+            if association_id is not None:
+                c.execute("INSERT OR IGNORE INTO associations (id, calling_ae, started_at) VALUES (?, ?, ?)",
+                          (association_id, calling_ae, now))
+            # the right-hand sides read the row before the update: the association of the latest instance wins
             c.execute("""INSERT INTO studies (study_instance_uid, first_received_at, last_received_at,
-                                              status, updated_at)
-                         VALUES (?, ?, ?, 'receiving', ?)
+                                              status, updated_at, last_association_id)
+                         VALUES (?, ?, ?, 'receiving', ?, ?)
                          ON CONFLICT (study_instance_uid) DO UPDATE SET
+                             last_association_id = CASE WHEN excluded.last_received_at >= last_received_at
+                                                        THEN excluded.last_association_id
+                                                        ELSE last_association_id END,
                              last_received_at = max(last_received_at, excluded.last_received_at),
                              status = 'receiving', updated_at = excluded.updated_at""",
-                      (study_instance_uid, now, now, now))
+                      (study_instance_uid, now, now, now, association_id))
             return True
+
+    def end_association(self, association_id: str, how: str, at: float | None = None) -> bool:
+        """Record that an association ended (``how`` in :data:`ASSOCIATION_ENDS`). True if recorded.
+
+        The first end recorded stays, except that a release replaces "closed": the connection
+        can be seen closing (another thread) just before the association reports its release.
+        """
+        if how not in ASSOCIATION_ENDS:
+            raise ValueError(f"an association ends {', '.join(ASSOCIATION_ENDS)}, not {how!r}")
+        at = time.time() if at is None else at
+        with self._tx() as c:
+            return c.execute("""UPDATE associations SET ended_at = ?, ended_how = ?
+                                WHERE id = ? AND (ended_at IS NULL OR (ended_how = 'closed' AND ? = 'released'))""",
+                             (at, how, association_id, how)).rowcount == 1
+
+    def interrupt_open_associations(self, at: float | None = None) -> int:
+        """At start: associations left open by a previous process can no longer be released (their
+        studies fall back to ``stable_seconds``). Returns how many."""
+        at = time.time() if at is None else at
+        with self._tx() as c:
+            return c.execute("UPDATE associations SET ended_at = ?, ended_how = 'interrupted' WHERE ended_at IS NULL",
+                             (at,)).rowcount
+
+    def association(self, association_id: str) -> sqlite3.Row | None:
+        rows = self._read("SELECT * FROM associations WHERE id = ?", (association_id,))
+        return rows[0] if rows else None
 
     def recorded_paths(self) -> set[str]:
         return {row[0] for row in self._read("SELECT path FROM instances")}
@@ -295,19 +368,25 @@ class StateDB:
                           (study_uid,))
 
     # ----------------------------------------------------------------- assembly
-    def assemble(self, *, now: float, stable_seconds: float, no_roi_policy: str) -> list[AssemblyEvent]:
+    def assemble(self, *, now: float, stable_seconds: float, no_roi_policy: str,
+                 association_grace_seconds: float | None = None) -> list[AssemblyEvent]:
         """Queue an analysis for every study that is ready and whose input set changed.
 
         The rules are :func:`dicom_node.assembly.decide`'s; this method reads each candidate
         study, asks it and records the answer, in one transaction per study. A queued (not yet
         running) job of the study is updated in place instead of queueing a second one.
+        ``association_grace_seconds`` None: only ``stable_seconds`` makes a study ready.
         """
         events = []
-        # candidates: stable studies with an arrival not assessed yet (the rules check again below)
+        # candidates: studies with an arrival not assessed yet that are stable or whose last
+        # association was released long enough ago (the rules check everything again below)
+        grace_cutoff = now - association_grace_seconds if association_grace_seconds is not None else -1.0
         candidates = self._read(
-            """SELECT study_instance_uid FROM studies
-               WHERE (assessed_at IS NULL OR assessed_at < last_received_at)
-                 AND last_received_at <= ?""", (stable_cutoff(now, stable_seconds),))
+            """SELECT s.study_instance_uid FROM studies s
+               LEFT JOIN associations a ON a.id = s.last_association_id
+               WHERE (s.assessed_at IS NULL OR s.assessed_at < s.last_received_at)
+                 AND (s.last_received_at <= ? OR (a.ended_how = 'released' AND a.ended_at <= ?))""",
+            (stable_cutoff(now, stable_seconds), grace_cutoff))
         for (study_uid,) in candidates:
             with self._tx() as c:
                 study = c.execute("SELECT * FROM studies WHERE study_instance_uid = ?", (study_uid,)).fetchone()
@@ -317,13 +396,16 @@ class StateDB:
                                     WHERE study_instance_uid = ? ORDER BY sop_instance_uid""",
                                  (study_uid,)).fetchall()
                 inputs = [InputInstance(**dict(r)) for r in rows if r["kind"] in INPUT_KINDS]
+                released_at, other_open = self._association_state(c, study)
                 summary = StudySummary(
                     last_received_at=study["last_received_at"],
                     n_images=sum(i.kind == "MG" for i in inputs),
                     n_roi_objects=sum(i.kind in ROI_OBJECT_KINDS for i in inputs),
                     input_hash=input_hash(i.sop_instance_uid for i in inputs),
-                    analysed_hash=study["input_hash"], status=study["status"])
-                decision = decide(summary, now=now, stable_seconds=stable_seconds, no_roi_policy=no_roi_policy)
+                    analysed_hash=study["input_hash"], status=study["status"],
+                    association_released_at=released_at, other_open_associations=other_open)
+                decision = decide(summary, now=now, stable_seconds=stable_seconds, no_roi_policy=no_roi_policy,
+                                  association_grace_seconds=association_grace_seconds)
                 if decision.verdict == "not_stable":
                     continue  # an instance arrived meanwhile
                 c.execute("UPDATE studies SET assessed_at = ?, updated_at = ? WHERE study_instance_uid = ?",
@@ -338,8 +420,24 @@ class StateDB:
                 c.execute("UPDATE studies SET status = ?, note = ? WHERE study_instance_uid = ?",
                           (decision.status, note, study_uid))
                 events.append(AssemblyEvent(study_uid, action, note, job_id, summary.n_images,
-                                            summary.n_roi_objects))
+                                            summary.n_roi_objects, decision.trigger))
         return events
+
+    @staticmethod
+    def _association_state(c: sqlite3.Connection, study: sqlite3.Row) -> tuple[float | None, int]:
+        """(when the association of the study's last instance was released, or None; how many
+        other associations that brought instances of the study are still open)."""
+        last = study["last_association_id"]
+        released_at = None
+        if last is not None:
+            row = c.execute("SELECT ended_at, ended_how FROM associations WHERE id = ?", (last,)).fetchone()
+            if row is not None and row["ended_how"] == "released":
+                released_at = row["ended_at"]
+        other_open = c.execute("""SELECT count(DISTINCT a.id) FROM instances i JOIN associations a
+                                  ON a.id = i.association_id
+                                  WHERE i.study_instance_uid = ? AND a.ended_at IS NULL AND a.id IS NOT ?""",
+                               (study["study_instance_uid"], last)).fetchone()[0]
+        return released_at, other_open
 
     @staticmethod
     def _queue_job(c: sqlite3.Connection, study_uid: str, digest: str, inputs: Sequence[InputInstance],
@@ -574,6 +672,14 @@ class StateDB:
                  AND NOT EXISTS (SELECT 1 FROM sends d WHERE d.study_instance_uid = s.study_instance_uid
                                  AND coalesce(d.sent_at, 0) >= ?)""", (before, before, before, before))
         return [r[0] for r in rows]
+
+    def purge_associations(self, before: float) -> int:
+        """Delete associations that ended before ``before`` and are no study's last association
+        (only open ones, and a study's last one, take part in the assembly rules)."""
+        with self._tx() as c:
+            return c.execute("""DELETE FROM associations WHERE ended_at < ? AND id NOT IN
+                                (SELECT last_association_id FROM studies WHERE last_association_id IS NOT NULL)""",
+                             (before,)).rowcount
 
     def forget_study(self, study_uid: str) -> None:
         with self._tx() as c:

@@ -283,12 +283,14 @@ def dciodvfy_errors(path: Path) -> list[str]:
 # --------------------------------------------------------------------------- Orthanc with a Lua script
 
 def start_orthanc_with_lua(workdir: Path, lua_scripts: list[Path], modalities: dict, stable_age: int = 1,
-                           dicom_port: int | None = None):
-    """A real Orthanc (tests/orthanc.py) running Lua scripts (the REST API refuses to run Lua)."""
+                           dicom_port: int | None = None, extra_config: dict | None = None):
+    """A real Orthanc (tests/orthanc.py) running Lua scripts (the REST API refuses to run Lua);
+    ``extra_config``: more Orthanc configuration keys (e.g. a recipe's "UserMetadata")."""
     from orthanc import Orthanc
 
     return Orthanc(Path(workdir), free_port(), dicom_port or free_port(), modalities,
-                   extra_config={"StableAge": stable_age, "LuaScripts": [str(p) for p in lua_scripts]})
+                   extra_config={"StableAge": stable_age, **(extra_config or {}),
+                                 "LuaScripts": [str(p) for p in lua_scripts]})
 
 
 def sr_scores(path: Path) -> list[tuple[str, float]]:

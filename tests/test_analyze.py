@@ -213,3 +213,42 @@ def test_analyze_takes_a_study_folder_as_exported(world, study, analyzed, tmp_pa
                       for r in map(json.loads, stdout.splitlines()) if r["roi_id"])
 
     assert per_roi(result.stdout) == per_roi(analyzed[0].stdout)
+
+
+def test_image_coarser_than_the_method_supports_says_so_in_the_output_and_the_sr(world, study, tmp_path):
+    """Film digitised at 0.2 mm: not segmented into a meaningless result; every ROI, the CLI line, the
+    JSON reason and the SR say the spacing, the supported limit and why."""
+    from analysis.segmentation.spacing import max_pixel_spacing_mm
+
+    coarse = []
+    for path in [*study["images"], study["no_roi"]]:
+        ds = pydicom.dcmread(path)
+        ds.ImagerPixelSpacing = [0.2, 0.2]
+        ds.save_as(tmp_path / path.name)
+        coarse.append(tmp_path / path.name)
+    found = study_analysis(coarse, study["gsps"], None, world.bundle).result
+    rois = [roi for _, roi in found.rois]
+    assert rois and all(r.status == "failed" and r.score is None for r in rois)
+    limit = f"{max_pixel_spacing_mm():.3g} mm"
+    for roi in rois:
+        assert "pixel spacing 0.2 mm" in roi.reason and limit in roi.reason and "0.41 px" in roi.reason
+    [without] = [im for im in found.images if not im.rois]
+    assert without.cluster_detection == "detection_failed" and "pixel spacing 0.2 mm" in without.detection_failure
+
+    out = tmp_path / "results"
+    result = run("analyze", *coarse, "--roi", *study["gsps"], "--model", world.bundle, "--json", "--out", out)
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all("coarser than the" in r["reason"] and limit in r["reason"] for r in records if r["roi_id"])
+    srs = [pydicom.dcmread(p) for p in out.rglob("*.dcm")
+           if pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"]
+
+    def texts(item):
+        for child in item.get("ContentSequence", []):
+            if "TextValue" in child:
+                yield str(child.TextValue)
+            yield from texts(child)
+
+    assert srs and any("pixel spacing 0.2 mm is coarser than the" in t for t in texts(srs[0]))
+    # and the image at its own spacing is analysed as before
+    assert any(roi.status == "ok" for _, roi in study_analysis(study["images"], study["gsps"], None,
+                                                                world.bundle).result.rois)

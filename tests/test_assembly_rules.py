@@ -76,3 +76,57 @@ def test_identical_resend_is_not_analysed_again(status, kept):
 def test_input_hash_ignores_order_and_duplicates():
     assert input_hash(["1.2", "1.1", "1.2"]) == FIRST
     assert input_hash(["1.1"]) != FIRST
+
+
+# --------------------------------------------------------------------------- association released
+
+GRACE_S = 2.0
+
+
+def released(*, last=100.0, at=101.0, other_open=0, **kwargs):
+    """A study whose last instance came at ``last`` over an association released at ``at``."""
+    return StudySummary(**{**study(last=last, **kwargs).__dict__, "association_released_at": at,
+                           "other_open_associations": other_open})
+
+
+def early(summary, now, policy="detect"):
+    return decide(summary, now=now, stable_seconds=STABLE_S, no_roi_policy=policy, association_grace_seconds=GRACE_S)
+
+
+def test_released_association_makes_the_study_ready_after_the_grace_not_before():
+    d = early(released(at=101.0), now=101.0 + GRACE_S)
+    assert (d.verdict, d.trigger) == ("analyze", "association_released")
+    assert early(released(at=101.0), now=101.0 + GRACE_S - 0.01).verdict == "not_stable"
+    # the same study without a release (open, aborted, unknown) waits for stable_seconds
+    assert early(study(last=100.0), now=103.0).verdict == "not_stable"
+    d = early(study(last=100.0), now=100.0 + STABLE_S)
+    assert (d.verdict, d.trigger) == ("analyze", "stable")
+
+
+def test_without_grace_setting_only_stable_seconds_counts():
+    assert rule(released(at=101.0), now=110.0).verdict == "not_stable"
+
+
+def test_another_open_association_of_the_study_keeps_it_waiting_for_stable_seconds():
+    assert early(released(other_open=1), now=110.0).verdict == "not_stable"
+    assert early(released(other_open=1), now=100.0 + STABLE_S).trigger == "stable"
+
+
+def test_a_release_older_than_the_last_instance_does_not_count():
+    # an instance arrived after the recorded release (another association): not this release's study
+    assert early(released(last=105.0, at=101.0), now=110.0).verdict == "not_stable"
+
+
+@pytest.mark.parametrize("images, rois, policy", [(0, 2, "detect"), (1, 0, "skip"), (0, 0, "whole_breast")])
+def test_released_study_that_lacks_what_the_policy_needs_waits_for_stable_seconds(images, rois, policy):
+    """ROIs may follow over a later association: "wait" and "skip" are only said once stable."""
+    assert early(released(images=images, rois=rois), now=110.0, policy=policy).verdict == "not_stable"
+    later = early(released(images=images, rois=rois), now=100.0 + STABLE_S, policy=policy)
+    assert later.verdict in ("wait", "skip") and later.trigger == "stable"
+
+
+def test_released_identical_resend_is_unchanged_and_a_late_roi_is_analysed_again():
+    same = early(released(analysed=FIRST, status="analysed"), now=110.0)
+    assert (same.verdict, same.status, same.trigger) == ("unchanged", "analysed", "association_released")
+    late_roi = early(released(current=input_hash(["1.1", "1.2", "1.3"]), analysed=FIRST, rois=2), now=110.0)
+    assert (late_roi.verdict, late_roi.again) == ("analyze", True)

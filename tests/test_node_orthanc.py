@@ -202,18 +202,23 @@ def test_orthanc_routes_a_study_and_gets_results_back(node_env, start_node, star
 
 def test_shipped_orthanc_lua_routes_mammograms_and_rois_but_not_results(node_env, start_node, tmp_path, synth_case):
     """deploy/orthanc/calcnode-routing.lua in a real Orthanc: storing the study in the PACS is
-    enough; the results come back and are not routed to the node again."""
+    enough; the stable study goes to the node over one association (images and ROIs together) and
+    is analysed once; the results come back and are not routed to the node again; a ROI drawn
+    later makes Orthanc forward the study again and the node analyse it again."""
     from conftest import need_tool
     from orthanc import ORTHANC
+    from orthanc_latency import RECIPE, recipe_config
 
     need_tool(ORTHANC)
     orthanc_dicom_port = free_port()
-    config = write_config(tmp_path / "node.toml", **node_sections(assembly={"stable_seconds": 2.0}), destinations=[
+    # stable_seconds far above the test's waits: the study is analysed because its association ended
+    config = write_config(tmp_path / "node.toml", **node_sections(assembly={"stable_seconds": 120.0}), destinations=[
         {"name": "orthanc", "ae_title": "TESTPACS", "host": "127.0.0.1", "port": orthanc_dicom_port}])
     node = start_node(state_dir=tmp_path / "node", config=config)
-    pacs = start_orthanc_with_lua(tmp_path / "orthanc", [ROOT / "deploy" / "orthanc" / "calcnode-routing.lua"],
+    pacs = start_orthanc_with_lua(tmp_path / "orthanc", [RECIPE / "calcnode-routing.lua"],
                                   {"calcnode": [node.ae_title, "127.0.0.1", node.port]},
-                                  dicom_port=orthanc_dicom_port)
+                                  dicom_port=orthanc_dicom_port,
+                                  extra_config={"UserMetadata": recipe_config()["UserMetadata"]})
     orthanc_log = lambda: (tmp_path / "orthanc" / "orthanc.log").read_text(errors="replace")  # noqa: E731
     try:
         sources = sorted(synth_case.glob("*.dcm"))
@@ -222,14 +227,35 @@ def test_shipped_orthanc_lua_routes_mammograms_and_rois_but_not_results(node_env
         wait_until(lambda: len(node.stored_files()) == len(sources), 60,
                    "Orthanc's Lua routing to forward images and ROIs", on_fail=orthanc_log)
         [study_id] = [s for s in pacs.get("/studies")]
-        wait_until(lambda: len(pacs.get(f"/studies/{study_id}/series")) >= 2 + 4, 120,
+        wait_until(lambda: len(pacs.get(f"/studies/{study_id}/series")) >= 2 + 4, 60,
                    "calcnode's result series in Orthanc", on_fail=node.log_text)
-        time.sleep(4)  # > StableAge: the result series became stable and went through the Lua script
+        time.sleep(4)  # > StableAge: the study with the results became stable and went through the Lua script
         assert len(node.stored_files()) == len(sources)
-        assert not [e for e in node.log_events() if e["event"] == "C-STORE ignored: a result object of this node"]
-        assert "calcnode routing" in orthanc_log()
-        [job] = [e for e in node.log_events() if e["event"] == "study queued"]
+        events = node.log_events()
+        assert not [e for e in events if e["event"] == "C-STORE ignored: a result object of this node"]
+        assert not [e for e in events if e["event"] == "C-STORE duplicate: already in spool"]
+        assert orthanc_log().count("calcnode routing") == 1
+        [job] = [e for e in events if e["event"] == "study queued"]
         assert job["images"] == 4 and job["roi_objects"] == len(sources) - 4
+        assert job["ready"] == "association_released"
+        db = state_db(node)
+        try:
+            assert len({i["association_id"] for i in db.study_instances(str(
+                pydicom.dcmread(sources[0], stop_before_pixels=True).StudyInstanceUID))}) == 1
+        finally:
+            db.close()
+
+        # the radiologist draws one more ROI, stored as a new GSPS series
+        late = pydicom.dcmread(next(p for p in sources if p.name.startswith("PR_")))
+        late.SOPInstanceUID = pydicom.uid.generate_uid()
+        late.SeriesInstanceUID = pydicom.uid.generate_uid()
+        late.save_as(tmp_path / "late-roi.dcm")
+        pacs.upload(tmp_path / "late-roi.dcm")
+        wait_until(lambda: len([e for e in node.log_events() if e["event"] == "study queued"]) == 2, 60,
+                   "the study analysed again with the late ROI", on_fail=node.log_text)
+        again = [e for e in node.log_events() if e["event"] == "study queued"][-1]
+        assert again["roi_objects"] == len(sources) - 4 + 1 and again["ready"] == "association_released"
+        assert "input set changed" in again["note"]
     finally:
         pacs.stop()
 

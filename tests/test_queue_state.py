@@ -225,3 +225,142 @@ def test_worker_threads_share_the_cores(monkeypatch):
     assert limit_threads(8) == 3
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert limit_threads(16) == 1
+
+
+# --------------------------------------------------------------------------- associations
+
+def receive_over(db, sop, association, kind="MG", at=100.0, study=STUDY):
+    return db.record_instance(sop_instance_uid=sop, study_instance_uid=study,
+                              sop_class_uid=MG if kind == "MG" else GSPS, kind=kind,
+                              path=f"/spool/{study}/{sop}.dcm", received_at=at, calling_ae="PACS",
+                              association_id=association)
+
+
+def assemble_early(db, now, policy="detect", stable=30.0, grace=2.0):
+    return db.assemble(now=now, stable_seconds=stable, no_roi_policy=policy, association_grace_seconds=grace)
+
+
+def test_released_association_makes_its_study_ready_after_the_grace(db):
+    receive_over(db, "1.1", "a1", at=100.0)
+    receive_over(db, "1.2", "a1", "GSPS", at=100.5)
+    assert assemble_early(db, now=101.0) == []                      # still open
+    assert db.end_association("a1", "released", at=101.0)
+    assert db.association("a1")["ended_how"] == "released"
+    assert assemble_early(db, now=102.9) == []                      # within the grace
+    [queued] = assemble_early(db, now=103.0)
+    assert (queued.action, queued.trigger, queued.n_images, queued.n_roi_objects) == \
+        ("queued", "association_released", 1, 1)
+    assert assemble_early(db, now=200.0) == []                      # assessed: not again
+
+
+@pytest.mark.parametrize("how", ["aborted", "closed", "interrupted"])
+def test_an_association_that_did_not_end_with_a_release_leaves_the_study_to_stable_seconds(db, how):
+    receive_over(db, "1.1", "a1", at=100.0)
+    if how == "interrupted":
+        assert db.interrupt_open_associations(at=101.0) == 1
+    else:
+        db.end_association("a1", how, at=101.0)
+    assert assemble_early(db, now=110.0) == []
+    [queued] = assemble_early(db, now=130.0)
+    assert queued.trigger == "stable"
+
+
+def test_another_open_association_of_the_study_keeps_it_waiting(db):
+    receive_over(db, "1.1", "a1", at=100.0)                          # a1 still sends
+    receive_over(db, "1.2", "a2", at=100.2)
+    db.end_association("a2", "released", at=100.3)
+    assert assemble_early(db, now=110.0) == []
+    db.end_association("a1", "released", at=111.0)                  # a1 brought no later instance
+    [queued] = assemble_early(db, now=111.0)
+    assert queued.trigger == "association_released"
+
+
+def test_the_association_of_the_latest_instance_counts(db):
+    receive_over(db, "1.1", "a1", at=100.0)
+    db.end_association("a1", "released", at=100.1)
+    receive_over(db, "1.2", "a2", "GSPS", at=100.5)                 # next association, back to back
+    assert assemble_early(db, now=105.0) == []
+    db.end_association("a2", "released", at=105.0)
+    [queued] = assemble_early(db, now=107.0)
+    assert queued.n_roi_objects == 1 and db.jobs()[0].input_hash == input_hash(["1.1", "1.2"])
+
+
+def test_a_release_survives_a_restart_and_open_associations_become_interrupted(tmp_path):
+    first = StateDB(tmp_path / "state.db")
+    receive_over(first, "1.1", "a1", at=100.0)
+    first.end_association("a1", "released", at=100.5)
+    receive_over(first, "2.1", "b1", at=100.0, study="9.9")          # open when the node stops
+    first.close()
+    again = StateDB(tmp_path / "state.db")
+    try:
+        assert again.interrupt_open_associations(at=101.0) == 1
+        [queued] = assemble_early(again, now=103.0)
+        assert queued.study_instance_uid == STUDY and queued.trigger == "association_released"
+        [stable] = assemble_early(again, now=130.0)
+        assert stable.study_instance_uid == "9.9" and stable.trigger == "stable"
+    finally:
+        again.close()
+
+
+def test_identical_resend_over_a_new_association_is_not_analysed_again_a_late_roi_is(db):
+    receive_over(db, "1.1", "a1", at=100.0)
+    db.end_association("a1", "released", at=100.1)
+    [first] = assemble_early(db, now=103.0)
+    job = db.claim_job(1)
+    finish(db, job)
+    assert not receive_over(db, "1.1", "a2", at=150.0)              # the same instance again
+    db.end_association("a2", "released", at=150.1)
+    assert assemble_early(db, now=153.0) == [] and assemble_early(db, now=300.0) == []
+    assert len(db.jobs()) == 1
+    receive_over(db, "1.2", "a3", "GSPS", at=160.0)                 # a ROI drawn later
+    db.end_association("a3", "released", at=160.1)
+    [again] = assemble_early(db, now=162.1)
+    assert again.action == "queued" and again.trigger == "association_released" and len(db.jobs()) == 2
+
+
+def test_a_release_replaces_an_earlier_connection_close_but_nothing_else(db):
+    receive_over(db, "1.1", "a1", at=100.0)
+    assert db.end_association("a1", "closed", at=100.1)
+    assert db.end_association("a1", "released", at=100.2)
+    assert not db.end_association("a1", "aborted", at=100.3)
+    assert db.association("a1")["ended_how"] == "released"
+    with pytest.raises(ValueError):
+        db.end_association("a1", "finished")
+
+
+def test_purge_keeps_the_last_association_of_a_study(db):
+    receive_over(db, "1.1", "a1", at=100.0)
+    receive_over(db, "1.2", "a2", at=101.0)
+    db.end_association("a1", "released", at=100.5)
+    db.end_association("a2", "released", at=101.5)
+    assert db.purge_associations(before=1000.0) == 1
+    assert db.association("a1") is None and db.association("a2") is not None
+
+
+def test_a_schema_1_database_is_brought_up_to_date(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE instances (sop_instance_uid TEXT PRIMARY KEY, study_instance_uid TEXT NOT NULL,
+            sop_class_uid TEXT NOT NULL, kind TEXT NOT NULL, path TEXT NOT NULL, received_at REAL NOT NULL,
+            calling_ae TEXT);
+        CREATE TABLE studies (study_instance_uid TEXT PRIMARY KEY, first_received_at REAL NOT NULL,
+            last_received_at REAL NOT NULL, assessed_at REAL, input_hash TEXT,
+            status TEXT NOT NULL DEFAULT 'receiving', note TEXT, updated_at REAL);
+        INSERT INTO instances VALUES ('1.1', '1.2.3.4', '1.2.840.10008.5.1.4.1.1.1.2', 'MG', '/s/1.1.dcm', 100, 'X');
+        INSERT INTO studies VALUES ('1.2.3.4', 100, 100, NULL, NULL, 'receiving', NULL, 100);
+    """)
+    conn.close()
+    db = StateDB(path)
+    try:
+        [queued] = assemble_early(db, now=130.0)                    # the old study: stable_seconds
+        assert queued.trigger == "stable"
+        receive_over(db, "1.2", "a1", at=200.0)
+        db.end_association("a1", "released", at=200.5)
+        [again] = assemble_early(db, now=202.5)
+        assert again.trigger == "association_released"
+        assert db._read("SELECT value FROM meta WHERE key = 'schema_version'")[0][0] == "2"
+    finally:
+        db.close()

@@ -80,11 +80,30 @@ def test_segment_command_in_rois_and_whole_breast(trained, small_data, tmp_path)
     summary = json.loads(result.stdout)
     assert summary["mode"] == "rois" and summary["rois"]
     assert sum(r["calcifications"] for r in summary["rois"]) <= summary["calcifications"]
+    # the calcifications' area, not called "area_mm2": that is the ROI's own area in `calcnode rois`
+    assert all("area_mm2" not in r and r["calcification_area_mm2"] >= 0 for r in summary["rois"])
+    assert all(r["calcification_area_mm2"] > 0 for r in summary["rois"] if r["calcifications"])
     with np.load(tmp_path / "labels.npz") as npz:
         assert npz["labels"].max() == summary["calcifications"]
     assert (tmp_path / "overlay.png").stat().st_size > 1000
     whole = json.loads(run("segment", image, "--model", trained, "--json").stdout)
     assert whole["mode"] == "whole_breast" and whole["hdog_candidates"] >= summary["hdog_candidates"]
+
+
+def test_segment_image_coarser_than_the_method_supports_is_a_clear_error(tmp_path):
+    """0.2 mm (digitised film): no segmentation, a message with the spacing, the limit and why."""
+    from analysis.segmentation.spacing import max_pixel_spacing_mm
+    from dicom_factory import mg_dataset, write
+
+    image = write(mg_dataset(96, 64, imager_pixel_spacing=(0.2, 0.2)), tmp_path / "film.dcm")
+    limit = f"{max_pixel_spacing_mm():.3g} mm"
+    result = run("segment", image, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "pixel spacing 0.2 mm is coarser than the " + limit in result.stderr and "0.41 px" in result.stderr
+    summary = json.loads(run("segment", image, "--json", check=False).stdout)
+    assert summary["segmented"] is False and limit in summary["reason"]
+    fine = write(mg_dataset(96, 64, imager_pixel_spacing=(0.1, 0.1)), tmp_path / "fine.dcm")
+    assert "coarser" not in run("segment", fine, check=False).stderr
 
 
 def test_segment_bad_roi_is_a_clear_error(trained, small_data, tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 from analysis.dicom_input import load_image
 from analysis.dicom_input.rois import parse_rois
 from analysis.segmentation.models import DEFAULT_SEGMENTATION_MODEL, NOT_FOR_CLINICAL_USE
+from analysis.segmentation.spacing import coarse_spacing_reason
 from common.durable import atomic_path
 
 from ..config import load_config
@@ -36,6 +37,14 @@ def run(args) -> int:
 
     config = load_config()
     image = load_image(args.image, default_pixel_spacing_mm=config.analysis.default_pixel_spacing_mm or None)
+    coarse = coarse_spacing_reason(image.pixel_spacing_mm) if image.pixel_spacing_mm is not None else None
+    if coarse is not None:  # said, not segmented into a meaningless "no calcification"
+        if args.json:
+            print(json.dumps({"image": str(args.image), "sop_instance_uid": image.sop_instance_uid,
+                              "pixel_spacing_mm": list(image.pixel_spacing_mm), "segmented": False,
+                              "reason": coarse}, indent=2))
+        print(f"calcnode segment: error: {args.image}: {coarse}", file=sys.stderr)
+        return 1
     rois, problems = [], []
     for path in args.roi:
         found, errors = parse_rois(path, images=[image.geometry],
@@ -58,7 +67,8 @@ def run(args) -> int:
         inside = mask[centres[:, 0], centres[:, 1]] if len(centres) else np.zeros(0, bool)
         per_roi.append({"roi_id": roi.roi_id, "label": roi.label, "kind": roi.kind,
                         "calcifications": int(inside.sum()),
-                        "area_mm2": round(float(result.particles["area_mm2"][inside].sum()), 4)})
+                        # the calcifications' area; "area_mm2" in `calcnode rois` is the ROI's own
+                        "calcification_area_mm2": round(float(result.particles["area_mm2"][inside].sum()), 4)})
     summary = {
         "image": str(args.image),
         "sop_instance_uid": image.sop_instance_uid,

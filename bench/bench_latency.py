@@ -1,0 +1,83 @@
+"""Latency with the production defaults: Orthanc forwards a study -> the results are back in Orthanc.
+
+A ``calcnode serve`` with the production defaults (``dicom_node/default_config.toml``: one worker,
+the shipped demonstration models, ``assembly.stable_seconds = 30``,
+``assembly.association_grace_seconds = 2``, warm-up on; only its DICOM and HTTP ports changed) sends
+its results to a real Orthanc running the shipped routing recipe (``deploy/orthanc/``: the Lua
+script, its ``UserMetadata`` and its ``StableAge`` of 60 s). ``calcnode synth`` studies (4 views of
+3328 x 2560 at 0.07 mm, the radiologist's GSPS ROIs on the two views of the affected breast; the
+same studies as ``bench.bench_load``) are stored into Orthanc one every ``--interval`` seconds, as a
+modality would; Orthanc forwards each stable study to the node in one association.
+
+Reported (tests/orthanc_latency.py): per study, the node receiving the study's last instance from
+Orthanc -> the last result object stored by Orthanc, p50 / p90 / max, split into the association's
+release, the grace, the queue, the analysis and the sending; and that each study came over one
+association, was analysed once because its association was released, and that nothing the node
+wrote was routed back to it. Orthanc's StableAge is not part of the figure (it passes before the
+forward).
+
+Target: p50 <= 5 s over >= 20 studies.
+
+The production default ``assembly.no_roi_policy = "detect"`` searches the two views without an ROI
+for clusters over the whole breast (several seconds a full-size view on 2 cores), which the
+analysis of the drawn ROIs alone does not cost; ``--no-roi-policy skip`` measures the studies with
+only their ROIs analysed (as bench_load does), and is written into the results.
+
+    python -m bench.bench_latency [--studies 20] [--interval 12] [--data DIR] [--stable-age 60]
+                                  (~6 min on 2 cores once the studies exist: StableAge + 20 x interval)
+
+``--data DIR`` keeps the generated studies there and reuses them (the same folder as bench_load's).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.harness import write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from bench.bench_load import _studies  # noqa: E402
+from orthanc_latency import recipe_config, run  # noqa: E402
+
+TARGET_P50_S = 5.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--studies", type=int, default=20)
+    parser.add_argument("--interval", type=float, default=12.0,
+                        help="seconds between the studies stored into Orthanc (default 12: 5 studies a minute, "
+                             "a busy screening site's peak)")
+    parser.add_argument("--stable-age", type=int, default=int(recipe_config()["StableAge"]),
+                        help="Orthanc's StableAge (default: the recipe's, deploy/orthanc/orthanc-calcnode.json)")
+    parser.add_argument("--data", type=Path, help="keep / reuse the generated studies here")
+    parser.add_argument("--no-roi-policy", choices=("detect", "skip", "whole_breast"),
+                        help="assembly.no_roi_policy of the node (default: the production default, detect)")
+    args = parser.parse_args()
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    node_config = {"assembly": {"no_roi_policy": args.no_roi_policy}} if args.no_roi_policy else None
+    figures: dict = {"cpu_count": os.cpu_count(), "node_settings": "production defaults, ports changed"
+                     + (f", no_roi_policy = {args.no_roi_policy}" if args.no_roi_policy else ""),
+                     "model": "shipped demonstration models (NOT FOR CLINICAL USE)"}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        t0 = time.perf_counter()
+        studies = _studies(args.data or tmp / "synth", args.studies)
+        figures["generate_s"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        figures.update(run(tmp / "run", studies, interval_s=args.interval, stable_age=args.stable_age,
+                           node_config=node_config, timeout_s=600 + 60 * args.studies))
+        figures["run_s"] = round(time.perf_counter() - t0, 1)
+    figures["targets"] = {"latency_p50_s_max": TARGET_P50_S, "studies_min": 20}
+    figures["target_met"] = figures["latency_s"]["p50"] <= TARGET_P50_S and figures["studies"] >= 20
+    write_results("bench_latency" + (f"_{args.no_roi_policy}" if args.no_roi_policy else ""), figures)
+
+
+if __name__ == "__main__":
+    main()
