@@ -45,6 +45,9 @@ NOMINAL_SLICE_THICKNESS_MM = 1.0
 # Row then column direction cosines of an image without Image Orientation (Patient): what OHIF
 # (cornerstone3D) assumes for such an image, so a SEG stating it lies in the image's own grid.
 PIXEL_GRID_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+# Recommended Display CIELab Value of segment k (RGB, cycled): saturated colours that stand out on
+# a grey mammogram and from one another; without one, OHIF warns on every SEG it loads.
+SEGMENT_COLOURS_RGB = ((255, 48, 48), (0, 200, 255), (255, 200, 0), (200, 64, 255))
 
 
 def segmented_rois(image: ImageResult) -> list[RoiResult]:
@@ -126,6 +129,7 @@ def build_segmentation(result: StudyResult, image: ImageResult, source: Dataset
             algorithm_identification=algorithm,
             tracking_id=tracking_identifier(result, image, roi),
             tracking_uid=tracking_uid(result, image, roi),
+            display_color=hd.color.CIELabColor.from_rgb(*SEGMENT_COLOURS_RGB[(number - 1) % len(SEGMENT_COLOURS_RGB)]),
         ))
     pixel_array = segment_pixels(image, rois)
 

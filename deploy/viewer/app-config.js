@@ -10,7 +10,35 @@ window.config = {
   routerBasename: null,
   extensions: [],
   modes: [],
-  customizationService: {},
+  // OHIF draws a TID 1500 group's Image Region with its numbers only (count, score, threshold);
+  // this adds the group's coded evaluations (calcnode's "Decision at operating point" and
+  // "Analysis status") to the lines beside the outline, read from the SR OHIF has loaded.
+  customizationService: [
+    {
+      onBeforeSRAddMeasurement: {
+        $set: ({ measurement, SeriesInstanceUID }) => {
+          const wanted = ['Decision at operating point', 'Analysis status'];
+          const asArray = s => (s ? (Array.isArray(s) ? s : [s]) : []);
+          const sr = window.services?.displaySetService
+            ?.getActiveDisplaySets()
+            .find(ds => ds.Modality === 'SR' && ds.SeriesInstanceUID === SeriesInstanceUID);
+          const report = asArray(sr?.instance?.ContentSequence);
+          const groups = report
+            .filter(item => asArray(item.ConceptNameCodeSequence)[0]?.CodeValue === '126010')
+            .flatMap(item => asArray(item.ContentSequence));
+          const group = groups.find(g =>
+            asArray(g.ContentSequence).some(c => c.UID === measurement.TrackingUniqueIdentifier));
+          for (const item of asArray(group?.ContentSequence)) {
+            const name = asArray(item.ConceptNameCodeSequence)[0]?.CodeMeaning;
+            if (item.ValueType === 'CODE' && wanted.includes(name) && measurement.labels.length < 5) {
+              measurement.labels.push({ label: name, value: asArray(item.ConceptCodeSequence)[0]?.CodeMeaning });
+            }
+          }
+          return measurement;
+        },
+      },
+    },
+  ],
   showStudyList: true,
   maxNumberOfWebWorkers: 2,
   showWarningMessageForCrossOrigin: false,
@@ -36,7 +64,7 @@ window.config = {
         supportsReject: false,
         imageRendering: 'wadors',
         thumbnailRendering: 'wadors',
-        enableStudyLazyLoad: true,
+        enableStudyLazyLoad: false,
         supportsFuzzyMatching: false,
         supportsWildcard: true,
         staticWado: false,
