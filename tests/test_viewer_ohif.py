@@ -128,8 +128,9 @@ def save_for_docs(png: Path, name: str, box: tuple[int, int, int, int]) -> None:
     from PIL import Image
 
     image = Image.open(png).convert("RGB").crop(box)
-    if image.width > 900:
-        image = image.resize((900, round(image.height * 900 / image.width)), Image.LANCZOS)
+    if image.width != 900:  # larger: smaller file; smaller (a close-up): pixels a reader can see
+        image = image.resize((900, round(image.height * 900 / image.width)),
+                             Image.LANCZOS if image.width > 900 else Image.NEAREST)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     out = SCREENSHOTS / name
     image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
@@ -180,6 +181,11 @@ def test_ohif_shows_the_seg_over_the_calcifications(viewer_study, browser):
     assert stray.sum() < 0.001 * on_image.sum(), f"{int(stray.sum())} overlay-coloured pixels away from the SEG"
     assert (coloured & near).sum() >= len(calcifications) * 0.8
     save_for_docs(png, "ohif-seg-overlay.png", (left, top, right, bottom))
+    # a close-up of the calcifications (the demo image is small: each one is a few screen pixels)
+    (x0, y0), (x1, y1) = calcifications.min(axis=0), calcifications.max(axis=0)
+    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) / 2 + 40
+    save_for_docs(png, "ohif-seg-closeup.png", (int(max(cx - half * 1.3, left)), int(max(cy - half, top)),
+                                                 int(min(cx + half * 1.3, right)), int(min(cy + half, bottom))))
 
 
 def test_ohif_shows_the_sr_score_and_decision(viewer_study, browser):
@@ -201,6 +207,10 @@ def test_ohif_shows_the_sr_score_and_decision(viewer_study, browser):
     try:
         page.wait_for_function("() => document.body.innerText.includes('Actionable calcification cluster score')",
                                timeout=120_000)
+        # zoomed out a little: OHIF hangs a right breast against the viewport's right edge, and the
+        # lines beside an outline near that edge would run off the screen
+        page.evaluate("""() => { const viewport = window.cornerstone.getEnabledElements()[0].viewport;
+                                 viewport.setZoom(viewport.getZoom() * 0.5); viewport.render(); }""")
         page.wait_for_timeout(1500)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         png = ARTIFACTS / "sr-measurements.png"

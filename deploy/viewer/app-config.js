@@ -30,7 +30,8 @@ window.config = {
             asArray(g.ContentSequence).some(c => c.UID === measurement.TrackingUniqueIdentifier));
           for (const item of asArray(group?.ContentSequence)) {
             const name = asArray(item.ConceptNameCodeSequence)[0]?.CodeMeaning;
-            if (item.ValueType === 'CODE' && wanted.includes(name) && measurement.labels.length < 5) {
+            const shown = measurement.labels.some(line => line.label === name);  // called once per view
+            if (item.ValueType === 'CODE' && wanted.includes(name) && !shown && measurement.labels.length < 5) {
               measurement.labels.push({ label: name, value: asArray(item.ConceptCodeSequence)[0]?.CodeMeaning });
             }
           }
