@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install system-deps bench clean seg-train-data demo-seg-model demo-classifier seg-test-data \
+.PHONY: run test install system-deps ohif viewer bench clean seg-train-data demo-seg-model demo-classifier seg-test-data \
 	evaluate-demo-seg demo-cluster-model evaluate-demo-clusters
 
 # The venv is rebuilt when pyproject.toml changes.
@@ -18,15 +18,29 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# DCMTK, dicom3tools and Orthanc: the real peers the tests talk to.
+# DCMTK, dicom3tools, Orthanc with its DICOMweb plugin and Chromium: the real peers the tests talk to.
 system-deps:
 	@sh deploy/install-system-deps.sh
+
+# The OHIF viewer's built distribution (npm @ohif/app, its dist/ folder), for the local viewer
+# (deploy/viewer/) and its test. An exact version; fetched once (the stamp file).
+OHIF_VERSION := 3.13.2
+OHIF_DIR     := .cache/ohif
+OHIF_STAMP   := $(OHIF_DIR)/.$(OHIF_VERSION).stamp
+$(OHIF_STAMP):
+	@sh deploy/viewer/fetch-ohif.sh $(OHIF_VERSION) $(OHIF_DIR)
+
+ohif: $(OHIF_STAMP)
+
+# The local viewer (Orthanc + DICOMweb + OHIF on loopback) with the given files: make viewer FILES='study/ results/'
+viewer: $(STAMP) system-deps ohif
+	$(BIN)/calcnode viewer $(FILES)
 
 run: $(STAMP)
 	$(BIN)/calcnode serve
 
 # lint-imports checks the architecture contracts in pyproject.toml ([tool.importlinter]).
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps ohif
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -ra
 

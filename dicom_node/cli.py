@@ -28,6 +28,7 @@ SUBCOMMAND_MODULES = (
     "dicom_node.commands.check_config",
     "dicom_node.commands.queue",
     "dicom_node.commands.demo",
+    "dicom_node.commands.viewer",
     "dicom_node.commands.inspect",
     "dicom_node.commands.segment",
     "dicom_node.commands.synth",

@@ -86,6 +86,7 @@ MAMMOGRAPHY_PROCEDURE = Code("71651007", "SCT", "Mammography")
 NUMBER_OF_CALCIFICATIONS = Code("111038", "DCM", "Number of calcifications")
 THRESHOLD_VALUE = Code("122411", "DCM", "Threshold Value")
 COMMENT = Code("121106", "DCM", "Comment")
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 10
 CALCIFICATION_TYPE = Code("111009", "DCM", "Calcification Type")
 CALCIFICATION_DISTRIBUTION = Code("111008", "DCM", "Calcification Distribution")
 NO_UNITS = Code("1", "UCUM", "no units")

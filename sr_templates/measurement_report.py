@@ -28,14 +28,14 @@ Content tree (what OHIF and other TID 1500 readers show)::
           CODE Calcification Type / Calcification Distribution, when known
           TEXT (121106, DCM, "Comment"): the reason (not assessable / failed), the
             clinical-use warning
-        CONTAINS CONTAINER (125007, DCM, "Measurement Group")       TID 1501, one per view without
-                                                                    ROI whose cluster detection found
-                                                                    none (or failed)
-          Tracking Identifier ("No calcification cluster detected (image k)"), Source (the image)
-          CODE (CN013, 99CALCNODE, "Calcification cluster detection")
-            = (CN014, "No calcification cluster detected") | (CN015, "... detection failed")
-          TEXT Comment "No calcification cluster detected" (or why the detection failed)
-          - no score, no decision
+      CONTAINS CONTAINER (C0034375, UMLS, "Qualitative Evaluations")  TID 1500 row 10, when a view
+                                                                    without ROI had no cluster detected
+                                                                    (or its detection failed)
+        CODE (CN013, 99CALCNODE, "Calcification cluster detection")   one per such view
+          = (CN014, "No calcification cluster detected") | (CN015, "... detection failed")
+          INFERRED FROM IMAGE (Source): the view
+        TEXT Comment "No calcification cluster detected on image k" (or why the detection failed)
+        - no score, no decision
 
 Choices and fixes:
 
@@ -47,6 +47,11 @@ Choices and fixes:
   the Referenced SOP Sequence of the segmentation-frame item; the Image SOP
   Instance Reference macro allows only one of them and dciodvfy reports an error,
   so the segment number is removed (frame number = segment number in our SEGs).
+* A view whose cluster detection found nothing is a qualitative evaluation of the report
+  (TID 1500 row 10), not a measurement group: OHIF v3 (the open viewer of deploy/viewer/)
+  draws every measurement group on an image and stops at the first one without an Image
+  Region, showing none (a TID 1501 group has none). A study whose views all had no cluster has
+  no "Imaging Measurements" container at all (TID 1500 requires row 6 *or* row 10).
 * A whole-study failure (``StudyResult.failure``), or a study without ROI (and
   without a view whose cluster detection ran), gives one image-level group (TID 1501)
   with the analysis status and a Comment that says why; study warnings and the model
@@ -231,22 +236,29 @@ def no_cluster_sentence(result: StudyResult, image: ImageResult) -> str:
     return f"{codes.NO_CLUSTER_DETECTED_TEXT} on image {number}"
 
 
-def _detection_group(result: StudyResult, image: ImageResult, source: Dataset
-                     ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 image-level group of a view whose cluster detection found no cluster (or failed):
-    it references the image and says so; there is no score and no decision."""
-    number = result.images.index(image) + 1
-    outcome = codes.DETECTION_OUTCOME_CODES[image.cluster_detection]
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derived_uid(result, "tracking", image.sop_instance_uid, "cluster-detection"),
-            identifier=f"{outcome.meaning} (image {number})"[:64]),
-        algorithm_id=hd.sr.AlgorithmIdentification(name=result.model.name, version=result.model.version,
-                                                   parameters=algorithm_parameters(result)),
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.CLUSTER_DETECTION, value=outcome)],
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)])
-    group[0].ContentSequence.append(_comment(no_cluster_sentence(result, image)))
-    return group
+def detection_evaluations(result: StudyResult, sources: Mapping[str, Dataset]) -> hd.sr.ContainerContentItem | None:
+    """TID 1500 row 10, "Qualitative Evaluations": for each view without ROI whose cluster
+    detection found no cluster (or failed), the outcome inferred from the view and a Comment
+    that says so; None when there is no such view. No score, no decision."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    items = []
+    for image in result.images:
+        if image.rois or image.cluster_detection not in codes.DETECTION_OUTCOME_CODES:
+            continue
+        source = sources[image.sop_instance_uid]
+        outcome = hd.sr.CodeContentItem(name=codes.CLUSTER_DETECTION,
+                                        value=codes.DETECTION_OUTCOME_CODES[image.cluster_detection],
+                                        relationship_type=contains)
+        outcome.ContentSequence = hd.sr.ContentSequence([hd.sr.ImageContentItem(
+            name=codes.SOURCE, referenced_sop_class_uid=source.SOPClassUID,
+            referenced_sop_instance_uid=source.SOPInstanceUID,
+            relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM)])
+        items += [outcome, _comment(no_cluster_sentence(result, image))]
+    if not items:
+        return None
+    container = hd.sr.ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type=contains)
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
 
 
 def _study_group(result: StudyResult) -> hd.sr.MeasurementsAndQualitativeEvaluations:
@@ -278,8 +290,7 @@ def build_measurement_report(result: StudyResult, sources: Iterable[Dataset] | M
         source = sources[image.sop_instance_uid]
         for roi in image.rois:
             groups.append(_group(result, image, roi, source, segmentations.get(image.sop_instance_uid)))
-        if not image.rois and image.cluster_detection in codes.DETECTION_OUTCOME_CODES:
-            groups.append(_detection_group(result, image, source))
+    evaluations = detection_evaluations(result, sources)
 
     referenced = [sources[uid] for uid in ordered([im.sop_instance_uid for im in result.images])]
     if not referenced:  # whole-study failure before any image was analysed
@@ -289,8 +300,9 @@ def build_measurement_report(result: StudyResult, sources: Iterable[Dataset] | M
         manufacturer_name=MANUFACTURER, model_name=f"{result.model.name} {result.model.version}"[:64])
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=pydicom_codes.DCM.Device, observer_identifying_attributes=device))
+    only_evaluations = not groups and evaluations is not None and result.failure is None
     if not groups:  # nothing was analysed: one image-level group (TID 1501) says so and why
-        groups.append(_study_group(result))
+        groups.append(_study_group(result))  # (highdicom needs one; dropped below when only_evaluations)
     report = hd.sr.MeasurementReport(
         observation_context=context,
         procedure_reported=codes.MAMMOGRAPHY_PROCEDURE,
@@ -303,6 +315,12 @@ def build_measurement_report(result: StudyResult, sources: Iterable[Dataset] | M
     position = next(k for k, item in enumerate(root.ContentSequence)
                     if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "126010")
     root.ContentSequence.insert(position, image_library(referenced))
+    if evaluations is not None:  # TID 1500 row 10, after the Imaging Measurements (row 6)
+        if only_evaluations:
+            del root.ContentSequence[position + 1]
+            root.ContentSequence.insert(position + 1, evaluations)
+        else:
+            root.ContentSequence.insert(position + 2, evaluations)
     notes = []
     if result.failure is not None:
         notes.append(f"Analysis failed: {result.failure}")

@@ -19,6 +19,13 @@
   first, and a Slice Thickness: the compressed breast thickness (0018,11A0) when
   the source states it, else a nominal 1 mm), and Patient Orientation copied
   from the source (Type 2C in the General Image module; empty when unknown).
+* What OHIF v3 (the open viewer of deploy/viewer/, cornerstone3D's SEG reader) needs to show
+  the SEG over its image: a Plane Orientation (Patient) functional group (it reads the frame's
+  orientation before anything else; a projection image states none, and OHIF then takes the
+  image's rows and columns as (1, 0, 0) and (0, 1, 0): the SEG states the source's Image
+  Orientation (Patient) when it has one, else that same default, i.e. "the source's own pixel
+  grid"); and one SEG per series: OHIF shows only the last instance of a SEG series, so the
+  SEG of each image has a series of its own (series number 9101 for all).
 """
 from __future__ import annotations
 
@@ -28,12 +35,19 @@ from pydicom.dataset import Dataset
 
 from . import codes
 from .common import (
-    MANUFACTURER, NOT_FOR_CLINICAL_USE, contributing_equipment, patient_orientation, per_image_object,
-    pixel_spacing_mm, series_description, set_content_datetime, tracking_identifier, tracking_uid,
+    MANUFACTURER, NOT_FOR_CLINICAL_USE, contributing_equipment, derived_uid, patient_orientation,
+    per_image_object, pixel_spacing_mm, series_description, set_content_datetime, tracking_identifier,
+    tracking_uid,
 )
 from analysis.results import ImageResult, RoiResult, StudyResult
 
 NOMINAL_SLICE_THICKNESS_MM = 1.0
+# Row then column direction cosines of an image without Image Orientation (Patient): what OHIF
+# (cornerstone3D) assumes for such an image, so a SEG stating it lies in the image's own grid.
+PIXEL_GRID_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+# Recommended Display CIELab Value of segment k (RGB, cycled): saturated colours that stand out on
+# a grey mammogram and from one another; without one, OHIF warns on every SEG it loads.
+SEGMENT_COLOURS_RGB = ((255, 48, 48), (0, 200, 255), (255, 200, 0), (200, 64, 255))
 
 
 def segmented_rois(image: ImageResult) -> list[RoiResult]:
@@ -115,6 +129,7 @@ def build_segmentation(result: StudyResult, image: ImageResult, source: Dataset
             algorithm_identification=algorithm,
             tracking_id=tracking_identifier(result, image, roi),
             tracking_uid=tracking_uid(result, image, roi),
+            display_color=hd.color.CIELabColor.from_rgb(*SEGMENT_COLOURS_RGB[(number - 1) % len(SEGMENT_COLOURS_RGB)]),
         ))
     pixel_array = segment_pixels(image, rois)
 
@@ -123,12 +138,14 @@ def build_segmentation(result: StudyResult, image: ImageResult, source: Dataset
     if spacing is not None:
         pixel_measures = hd.PixelMeasuresSequence(pixel_spacing=spacing,
                                                   slice_thickness=_slice_thickness(source))
+    identity = per_image_object(result, "SEG", image)
+    identity["series_instance_uid"] = derived_uid(result, "series", "SEG", image.sop_instance_uid)
     seg = hd.seg.Segmentation(
         source_images=[source],
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        **per_image_object(result, "SEG", image),
+        **identity,
         content_label="CALCIFICATIONS",
         content_description=series_description(result, "calcifications"),
         pixel_measures=pixel_measures,
@@ -136,6 +153,11 @@ def build_segmentation(result: StudyResult, image: ImageResult, source: Dataset
         contributing_equipment=[contributing_equipment(result)],
     )
     seg.PatientOrientation = patient_orientation(source)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "PlaneOrientationSequence" not in shared:  # highdicom writes it only with a Frame of Reference
+        orientation = Dataset()
+        orientation.ImageOrientationPatient = list(source.get("ImageOrientationPatient") or PIXEL_GRID_ORIENTATION)
+        shared.PlaneOrientationSequence = [orientation]
     if "ContentCreatorName" not in seg:
         seg.ContentCreatorName = ""  # Content Identification macro; empty: no person, a device made it
     seg.SeriesDescription = series_description(result, "SEG")

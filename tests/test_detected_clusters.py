@@ -225,16 +225,32 @@ def test_tid1500_groups_say_detected_with_confidence_and_no_cluster_view_has_no_
     assert "No calcification cluster detected on image 2" in text
     ds = pydicom.dcmread(path)
     groups = [i for i in _items(ds) if _name(i) == "Measurement Group"]
-    assert len(groups) == 3
+    assert len(groups) == 2  # the detected clusters; every group has an Image Region (what OHIF draws)
+    assert all("Image Region" in [_name(c) for c in g.ContentSequence] for g in groups)
     certainty = [float(c.MeasuredValueSequence[0].NumericValue) for g in groups for c in g.ContentSequence
                  if _name(c) == "Certainty of Finding"]
     assert certainty == [91.0, 55.0]
-    last = groups[-1]
-    names = [_name(c) for c in last.ContentSequence]
-    assert "Calcification cluster detection" in names and "Image Region" not in names
+    # the view without cluster: a qualitative evaluation of the report (TID 1500 row 10), no score
+    [evaluations] = [i for i in ds.ContentSequence if _name(i) == "Qualitative Evaluations"]
+    names = [_name(c) for c in evaluations.ContentSequence]
+    assert names == ["Calcification cluster detection", "Comment"]
+    outcome = evaluations.ContentSequence[0]
+    assert outcome.ConceptCodeSequence[0].CodeMeaning == "No calcification cluster detected"
     assert "Actionable calcification cluster score" not in names and "Decision at operating point" not in names
-    source = [c for c in _items(last) if c.get("ValueType") == "IMAGE"]
-    assert source[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == written["sources"][1].SOPInstanceUID
+    [source] = [c for c in _items(outcome) if c.get("ValueType") == "IMAGE"]
+    assert source.RelationshipType == "INFERRED FROM"
+    assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == written["sources"][1].SOPInstanceUID
+
+
+def test_tid1500_of_a_study_without_any_cluster_has_only_evaluations(written, tmp_path):
+    sources, result = written["sources"], written["result"]
+    nothing = replace(result, images=tuple(replace(im, rois=(), cluster_detection="no_cluster_detected")
+                                           for im in result.images))
+    [sr] = [p for p in write_study_results(nothing, sources, tmp_path) if p.name.startswith("SR")]
+    ds = pydicom.dcmread(sr)
+    top = [_name(i) for i in ds.ContentSequence if i.ValueType == "CONTAINER"]
+    assert top == ["Image Library", "Qualitative Evaluations"]  # no measurement group OHIF cannot draw
+    assert not error_lines(run([DCIODVFY, sr]))
 
 
 def test_tid1500_drawn_rois_say_drawn(tmp_path):

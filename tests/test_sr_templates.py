@@ -332,7 +332,8 @@ def test_seg_layout_matches_highdicom_cr_example(written, interop):
         for group in [*ds.SharedFunctionalGroupsSequence, *ds.PerFrameFunctionalGroupsSequence]:
             found |= top(group)
         return found
-    assert macros(ours) - macros(reference) == {"PixelMeasuresSequence"}  # the pixel-measures fix
+    # the pixel-measures fix, and the plane orientation OHIF needs (sr_templates/seg.py)
+    assert macros(ours) - macros(reference) == {"PixelMeasuresSequence", "PlaneOrientationSequence"}
     assert macros(reference) <= macros(ours)
 
 
@@ -792,3 +793,15 @@ def test_seg_from_label_map_equals_seg_from_mask_stack(monkeypatch):
     pixels = seg_module.segment_pixels(image, rois)
     assert pixels.ndim == 4 and pixels[0, ..., 0].sum() == 27 and pixels[0, ..., 1].sum() == 18
     assert seg_module.build_segmentation(result, image, sources[0]).SegmentsOverlap == "YES"
+
+
+def test_each_seg_has_its_own_series_and_a_plane_orientation(written):
+    """What OHIF needs to show a SEG (sr_templates/seg.py; tests/test_viewer_ohif.py shows it):
+    one SEG per series (OHIF reads only a series' last SEG) and a Plane Orientation."""
+    segs = read(written, "SEG")
+    assert len(segs) >= 2
+    assert len({ds.SeriesInstanceUID for ds in segs}) == len(segs)
+    assert {ds.SeriesNumber for ds in segs} == {9101}
+    for ds in segs:
+        [orientation] = ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
+        assert [float(v) for v in orientation.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]

@@ -7,7 +7,9 @@ the results to come back, and prints what came back, with the score of every ROI
 listens beyond loopback, nothing is left running. Everything stays under ``--out``.
 
 Use it to check an installation (models present, DICOM stack working) before connecting a
-PACS. **Synthetic data; the demonstration model is not for clinical use.**
+PACS. With ``--viewer`` the study and the results are then shown in the local OHIF viewer
+(``calcnode viewer``), which serves until Ctrl-C. **Synthetic data; the demonstration model is
+not for clinical use.**
 """
 from __future__ import annotations
 
@@ -46,6 +48,11 @@ def register(subparsers) -> None:
     parser.add_argument("--engine", default=None, help=argparse_suppress())  # analysis.engine, for tests
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for results (default 1800)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--viewer", "--open", action="store_true", dest="viewer",
+                        help="then show the study and its results in the local OHIF viewer (deploy/viewer/: "
+                             "Orthanc + DICOMweb + OHIF on 127.0.0.1), open it in a browser if one is found, "
+                             "and serve until Ctrl-C")
+    parser.add_argument("--viewer-port", type=int, default=8080, help="the viewer's port (default 8080)")
     parser.set_defaults(func=run)
 
 
@@ -219,4 +226,11 @@ def run(args) -> int:
         if job.state == "failed":
             print("the analysis failed; the reason is above (the demonstration model bundle belongs in "
                   "analysis/models/; another one is set with analysis.model_bundle in --config)")
-    return 0 if job.state == "done" else 1
+    if job.state != "done":
+        return 1
+    if args.viewer:
+        from .viewer import serve
+
+        return serve([out / "study" / "dicom", out / "received"], port=args.viewer_port,
+                     state_dir=out / "viewer", open_browser=True, say=_say)
+    return 0
