@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install system-deps ohif viewer bench clean seg-train-data demo-seg-model demo-classifier seg-test-data \
+.PHONY: run test install system-deps ohif viewer bench clean seg-train-data demo-seg-model demo-classifier classifier-learning-curve seg-test-data \
 	evaluate-demo-seg demo-cluster-model evaluate-demo-clusters
 
 # The venv is rebuilt when pyproject.toml changes.
@@ -105,6 +105,21 @@ demo-classifier: $(STAMP)
 	$(BIN)/calcnode train --data data/cls-train --seed 0 \
 	    --name calcnode-demo --version 1.2.0 \
 	    --out analysis/models/calcnode-demo-1.2.0 --report analysis/models/calcnode-demo-1.2.0-report
+
+# Its learning curve (docs/classifier.md#learning-curve; NOT FOR CLINICAL USE): nested-CV AUC on
+# patient-grouped subsets of ~100 to 2000 usable ROIs of data/cls-train plus a second simulator set
+# (data/cls-curve, made here if missing), beside the Bayes-optimal AUC on the same ROIs, with the
+# CNN and operating point the bundle carries. Written into the bundle's report, which it belongs to.
+# Sizes beyond the usable ROIs are listed as skipped. Needs ~40 minutes of 2 cores.
+CURVE_SIZES := 100,200,450,1000,2000
+classifier-learning-curve: $(STAMP)
+	test -f data/cls-train/labels.csv || $(BIN)/calcnode synth --out data/cls-train --cases 170 --seed 201 \
+	    --lateralities L --tissue smooth --quiet
+	test -f data/cls-curve/labels.csv || $(BIN)/calcnode synth --out data/cls-curve --cases 600 --seed 211 \
+	    --lateralities L --tissue smooth --quiet
+	$(BIN)/calcnode learning-curve --data data/cls-train --data data/cls-curve --sizes $(CURVE_SIZES) --seed 0 \
+	    --seg-model analysis/models/calcnode-demo-1.2.0/segmentation-cnn.pt --workers 2 \
+	    --out analysis/models/calcnode-demo-1.2.0-report/learning-curve
 
 # The shipped demonstration cluster model (views without ROI; NOT FOR CLINICAL USE): simulated
 # 2000 x 1600 views at 0.07 mm (1-3 clusters per affected breast, a quarter of the cases without any)

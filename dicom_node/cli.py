@@ -36,6 +36,7 @@ SUBCOMMAND_MODULES = (
     "dicom_node.commands.analyze",
     "dicom_node.commands.batch",
     "dicom_node.commands.train",
+    "dicom_node.commands.learning_curve",
     "dicom_node.commands.evaluate_clusters",
 )
 

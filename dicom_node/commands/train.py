@@ -15,7 +15,8 @@ _SCHEDULER_HELP = ("run the segmentation and feature extraction on this Dask sch
                    "and the segmentation CNN must be on storage the workers see at the same paths "
                    "(docs/scale-out.md)")
 _LABELS_HELP = ("outcome table, one row per ROI: patient_id, image_sop_instance_uid, roi_id, outcome "
-                "(benign/actionable), optional roi_file, bayes_score (default: DATA/labels.csv)")
+                "(benign/actionable), optional roi_file, bayes_score; repeatable (default: each --data "
+                "folder's labels.csv; with several tables patients are grouped per table)")
 
 
 def register(subparsers) -> None:
@@ -26,7 +27,7 @@ def register(subparsers) -> None:
                     "AUC), estimate performance by nested CV, and write the model bundle and a report. "
                     "See docs/classifier.md. Models are NOT FOR CLINICAL USE.")
     train.add_argument("--data", action="append", required=True, metavar="DIR", help=_DATA_HELP)
-    train.add_argument("--labels", metavar="CSV", help=_LABELS_HELP)
+    train.add_argument("--labels", action="append", metavar="CSV", help=_LABELS_HELP)
     train.add_argument("--out", required=True, metavar="MODEL", help="model bundle folder to write")
     train.add_argument("--seg-model", metavar="PT",
                        help="segmentation CNN (default: the shipped demonstration CNN); copied into the bundle")
@@ -65,7 +66,7 @@ def register(subparsers) -> None:
                     "matrix, the ROC curve (and the Bayes-optimal AUC for simulated data).")
     evaluate.add_argument("--model", required=True, metavar="MODEL", help="model bundle folder")
     evaluate.add_argument("--data", action="append", required=True, metavar="DIR", help=_DATA_HELP)
-    evaluate.add_argument("--labels", metavar="CSV", help=_LABELS_HELP)
+    evaluate.add_argument("--labels", action="append", metavar="CSV", help=_LABELS_HELP)
     evaluate.add_argument("--out", required=True, metavar="REPORT", help="report folder to write")
     evaluate.add_argument("--seg-model", metavar="PT", help="segmentation CNN (default: the bundle's)")
     evaluate.add_argument("--cache", metavar="DIR", help="per-ROI feature cache")
@@ -79,8 +80,12 @@ def register(subparsers) -> None:
     evaluate.set_defaults(func=run_evaluate)
 
 
-def _labels(args) -> Path:
-    return Path(args.labels) if args.labels else Path(args.data[0]) / "labels.csv"
+def _labels(args) -> list[Path]:
+    """The --labels tables, or each data folder's own labels.csv (every ``calcnode synth`` folder
+    has one: reading only the first folder's would leave the other folders' ROIs out)."""
+    from training.classifier.labels import default_labels
+
+    return [Path(p) for p in args.labels] if args.labels else default_labels(args.data)
 
 
 def _config():

@@ -16,6 +16,12 @@ that GSPS/SEG, needed when several ROI objects reference one image), ``study_ins
 ``image_file`` (informative), ``bayes_score`` (simulated data only: the Bayes-optimal score,
 reported beside the model's). Other columns are ignored.
 
+Several tables (``calcnode train --data A --data B``: by default each data folder's own
+``labels.csv``): patient IDs are only unique within a table (every ``calcnode synth`` folder
+starts at SYNTH0001), so the cross-validation group is then (table, patient_id), written
+``<table folder>/<patient_id>`` (:attr:`OutcomeRow.patient_key`). With one table it is the
+patient_id as written.
+
 Matching a numeric ``roi_id`` n: the GSPS graphic object ``ann<A>-obj<n>`` or the SEG segment
 number n, among the ROIs of the row's image (and of its ``roi_file``); when several annotation
 items of one GSPS reference the image, n is ambiguous and the row is reported, not guessed.
@@ -54,9 +60,38 @@ class OutcomeRow:
     outcome: int  # 1 = actionable
     roi_file: Path | None
     bayes_score: float | None
+    table: str = ""  # which outcome table, when several are combined ("" for a single one)
+
+    @property
+    def patient_key(self) -> str:
+        """The patient's cross-validation group: ``patient_id``, qualified by the table when
+        several tables are combined (patient IDs are unique only within one table)."""
+        return f"{self.table}/{self.patient_id}" if self.table else self.patient_id
 
 
-def read_outcomes(path: str | Path) -> list[OutcomeRow]:
+def default_labels(data_dirs) -> list[Path]:
+    """Each data folder's own ``labels.csv`` (those that exist); the first folder's when none
+    does (so that the error names the file that was expected)."""
+    found = [Path(d) / "labels.csv" for d in data_dirs if (Path(d) / "labels.csv").is_file()]
+    return found or [Path(data_dirs[0]) / "labels.csv"]
+
+
+def label_tables(labels) -> list[tuple[Path, str]]:
+    """(path, table tag) of one or several outcome tables, duplicates dropped. The tag is ""
+    for a single table, else the table's folder name (its full path when two folders share a
+    name): what :attr:`OutcomeRow.patient_key` qualifies the patient ID with."""
+    paths = [Path(labels)] if isinstance(labels, (str, Path)) else [Path(p) for p in labels]
+    unique: list[Path] = []
+    for path in paths:
+        if path.resolve() not in {u.resolve() for u in unique}:
+            unique.append(path)
+    if len(unique) == 1:
+        return [(unique[0], "")]
+    names = [p.resolve().parent.name for p in unique]
+    return [(p, n if names.count(n) == 1 else str(p.resolve().parent)) for p, n in zip(unique, names)]
+
+
+def read_outcomes(path: str | Path, table: str = "") -> list[OutcomeRow]:
     path = Path(path)
     if not path.is_file():
         raise LabelsError("no such outcome table", reason="not_found", source=str(path))
@@ -81,7 +116,7 @@ def read_outcomes(path: str | Path) -> list[OutcomeRow]:
                                    image_uid=rec["image_sop_instance_uid"].strip(), roi_id=rec["roi_id"].strip(),
                                    outcome=OUTCOMES[outcome],
                                    roi_file=(path.parent / roi_file) if roi_file else None,
-                                   bayes_score=_float_or_none(rec.get("bayes_score"))))
+                                   bayes_score=_float_or_none(rec.get("bayes_score")), table=table))
     if not rows:
         raise LabelsError("has no rows", reason="malformed", source=str(path))
     return rows
@@ -128,10 +163,14 @@ def _sop_uid(path: Path, cache: dict) -> str | None:
     return cache[path]
 
 
-def match_outcomes(data_dirs, labels_path: str | Path, *, point_radius_mm: float = 2.5,
+def match_outcomes(data_dirs, labels_path, *, point_radius_mm: float = 2.5,
                    default_pixel_spacing_mm: float | None = None) -> tuple[list[LabelledRoi], list[str]]:
-    """The outcome rows matched to ROIs (in CSV order), and one sentence per row that could not be."""
-    rows = read_outcomes(labels_path)
+    """The outcome rows matched to ROIs (in CSV order, table after table), and one sentence per
+    row that could not be. ``labels_path``: one table or a list of them (:func:`label_tables`);
+    a table's rows may name images of any of the data folders."""
+    tables = label_tables(labels_path)
+    rows = [row for path, tag in tables for row in read_outcomes(path, tag)]
+    table_name = {tag: (f"{tag}/{path.name}" if tag else path.name) for path, tag in tables}
     if isinstance(data_dirs, (str, Path)):
         data_dirs = [data_dirs]
     items: dict[str, DatasetImage] = {}
@@ -146,7 +185,7 @@ def match_outcomes(data_dirs, labels_path: str | Path, *, point_radius_mm: float
     matched: list[LabelledRoi] = []
     taken: set[str] = set()
     for row in rows:
-        where = f"{Path(labels_path).name} line {row.line}"
+        where = f"{table_name[row.table]} line {row.line}"
         item = items.get(row.image_uid)
         if item is None:
             problems.append(f"{where}: image {row.image_uid} is not in the data folder")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -23,7 +24,7 @@ from analysis.study import MIN_CALCIFICATIONS
 from ..model_files import save_bundle, save_segmentation_model
 from . import report as rep
 from .features import ExtractedRoi, FeatureCache, extract_features
-from .labels import LabelsError, file_sha256, match_outcomes
+from .labels import LabelsError, file_sha256, label_tables, match_outcomes
 from .model import Settings, TrainingError, TrainingSet, auc, fit_model, grid_search, nested_cv
 
 CACHE_DIRNAME = ".calcnode-cache"
@@ -66,15 +67,22 @@ class DataOutcome:
     def training_set(self) -> TrainingSet:
         u = self.usable
         return TrainingSet(rois=[e.features for e in u], y=[e.labelled.row.outcome for e in u],
-                           groups=[e.labelled.row.patient_id for e in u], ids=[e.labelled.key for e in u],
+                           groups=[e.labelled.row.patient_key for e in u], ids=[e.labelled.key for e in u],
                            bayes=[np.nan if e.labelled.row.bayes_score is None else e.labelled.row.bayes_score
                                   for e in u])
 
-    def summary(self, labels_path: Path) -> dict:
+    def summary(self, labels) -> dict:
+        """Counts; ``labels``: the outcome table(s) (one path or a list, as :func:`load_data`)."""
         ys = [e.labelled.row.outcome for e in self.usable]
-        return {
-            "labels_file": labels_path.name,
-            "labels_sha256": file_sha256(labels_path),
+        tables = label_tables(labels)
+        if len(tables) == 1:
+            files = {"labels_file": tables[0][0].name, "labels_sha256": file_sha256(tables[0][0])}
+        else:
+            each = [{"file": f"{tag}/{path.name}", "sha256": file_sha256(path)} for path, tag in tables]
+            files = {"labels_file": ", ".join(t["file"] for t in each),
+                     "labels_sha256": hashlib.sha256("".join(t["sha256"] for t in each).encode()).hexdigest(),
+                     "labels_files": each}
+        return files | {
             "rows_matched": len(self.extracted),
             "rows_unmatched_or_unreadable": len(self.problems),
             "rois_failed": len(self.failed),
@@ -82,15 +90,16 @@ class DataOutcome:
             "rois_used": len(self.usable),
             "actionable": int(sum(ys)),
             "benign": int(len(ys) - sum(ys)),
-            "patients": len({e.labelled.row.patient_id for e in self.usable}),
+            "patients": len({e.labelled.row.patient_key for e in self.usable}),
         }
 
 
-def load_data(data_dirs, labels: Path, seg_model_path: Path, seg_sha256: str, *, params=DEFAULT_PARAMS,
+def load_data(data_dirs, labels, seg_model_path: Path, seg_sha256: str, *, params=DEFAULT_PARAMS,
               cache_dir: Path | None, workers: int, progress: bool, log, default_pixel_spacing_mm=None,
               point_radius_mm: float = 2.5, hdog_params: HDoGParams = HDoGParams()) -> DataOutcome:
     """The labelled ROIs' features, segmented with the CNN at ``seg_model_path`` and
-    ``hdog_params``; ``seg_sha256`` is ``segmentation_identity`` of the two."""
+    ``hdog_params``; ``seg_sha256`` is ``segmentation_identity`` of the two. ``labels``: one
+    outcome table or a list (patients then grouped per table, :mod:`.labels`)."""
     matched, problems = match_outcomes(data_dirs, labels, point_radius_mm=point_radius_mm,
                                        default_pixel_spacing_mm=default_pixel_spacing_mm)
     log(f"{len(matched)} labelled ROIs matched on {len({m.image.sop_instance_uid for m in matched})} images"
@@ -99,7 +108,7 @@ def load_data(data_dirs, labels: Path, seg_model_path: Path, seg_sha256: str, *,
         log(f"  {p}")
     if not matched:
         raise LabelsError("no row of the outcome table matches an ROI of the data folder", reason="no_match",
-                          source=str(labels))
+                          source=", ".join(str(p) for p, _ in label_tables(labels)))
     cache = FeatureCache(cache_dir) if cache_dir is not None else None
     extracted = extract_features(matched, seg_model_path, seg_sha256=seg_sha256, params=params, cache=cache,
                                  workers=workers, progress=progress,
@@ -111,7 +120,7 @@ def load_data(data_dirs, labels: Path, seg_model_path: Path, seg_sha256: str, *,
 
 
 def describe_training_data(data_dirs, outcome: DataOutcome) -> str:
-    n, p = len(outcome.usable), len({e.labelled.row.patient_id for e in outcome.usable})
+    n, p = len(outcome.usable), len({e.labelled.row.patient_key for e in outcome.usable})
     meta = Path(data_dirs[0]) / "dataset.json"
     if meta.is_file():
         try:
@@ -184,7 +193,7 @@ def _predictions_csv(path: Path, header: list[str], rows: list[list]) -> None:
 @dataclass
 class TrainOptions:
     data_dirs: list
-    labels: Path
+    labels: Path | list  # one outcome table, or one per data folder
     out: Path
     seg_model: Path | None = None
     seg_threshold: float | None = None
@@ -215,7 +224,7 @@ def _train(opt: TrainOptions, workdir: Path) -> dict:
     seg_path, seg_sha = _seg_model(opt.seg_model, log, opt.seg_threshold, workdir, opt.hdog_params)
     cache_dir = (Path(opt.cache_dir) if opt.cache_dir else default_cache_dir(opt.data_dirs, out)) \
         if opt.use_cache else None
-    data = load_data(opt.data_dirs, Path(opt.labels), seg_path, seg_sha, cache_dir=cache_dir, workers=opt.workers,
+    data = load_data(opt.data_dirs, opt.labels, seg_path, seg_sha, cache_dir=cache_dir, workers=opt.workers,
                      progress=not opt.quiet, log=log, default_pixel_spacing_mm=opt.default_pixel_spacing_mm,
                      hdog_params=opt.hdog_params)
     t_features = time.perf_counter() - t0
@@ -248,7 +257,7 @@ def _train(opt: TrainOptions, workdir: Path) -> dict:
     importance = _importance(fitted.booster, list(fitted.aggregator.feature_names))
     bayes_all = [e.labelled.row.bayes_score for e in data.extracted]
     summary = {
-        "data": data.summary(Path(opt.labels)),
+        "data": data.summary(opt.labels),
         "seed": s.seed,
         "settings": s.to_json(),
         "selected": {k: best[k] for k in ("k", "num_leaves", "max_depth", "learning_rate", "n_estimators",
@@ -312,7 +321,7 @@ def _train(opt: TrainOptions, workdir: Path) -> dict:
         "model": {"name": opt.name, "version": opt.version, "sha256": bundle.sha256, "path": str(out),
                   "training_data": training_data, "not_for_clinical_use": bundle.not_for_clinical_use,
                   "segmentation_cnn_identity": seg_sha},
-        "data": data.summary(Path(opt.labels)) | {
+        "data": data.summary(opt.labels) | {
             "problems": data.problems,
             "failed": [f"{e.labelled.key}: {e.error}" for e in data.failed],
             "bayes_auc_all_labelled_rois": _bayes_all(data.extracted, bayes_all)},
@@ -442,7 +451,7 @@ def evaluate(model: Path, data_dirs, labels: Path, out: Path, *, seg_model: Path
         log("warning: this segmentation (CNN and settings) is not the one the model was trained with")
     out = Path(out)
     cache_dir = (Path(cache_dir) if cache_dir else default_cache_dir(data_dirs, out)) if use_cache else None
-    data = load_data(data_dirs, Path(labels), seg_path, seg_sha, params=bundle.feature_params, cache_dir=cache_dir,
+    data = load_data(data_dirs, labels, seg_path, seg_sha, params=bundle.feature_params, cache_dir=cache_dir,
                      workers=workers, progress=not quiet, log=log, default_pixel_spacing_mm=default_pixel_spacing_mm,
                      hdog_params=bundle.hdog_params)
     ts = data.training_set()
@@ -473,7 +482,7 @@ def evaluate(model: Path, data_dirs, labels: Path, out: Path, *, seg_model: Path
         "model": {"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256,
                   "training_data": bundle.training_data, "not_for_clinical_use": bundle.not_for_clinical_use,
                   "threshold": bundle.threshold, "segmentation_cnn_identity": seg_sha},
-        "data": data.summary(Path(labels)) | {
+        "data": data.summary(labels) | {
             "problems": data.problems,
             "failed": [f"{e.labelled.key}: {e.error}" for e in data.failed],
             "bayes_auc_all_labelled_rois": _bayes_all(data.extracted,
