@@ -107,8 +107,8 @@ demo-classifier: $(STAMP)
 	    --out analysis/models/calcnode-demo-1.2.0 --report analysis/models/calcnode-demo-1.2.0-report
 
 # Its learning curve (docs/classifier.md#learning-curve; NOT FOR CLINICAL USE): nested-CV AUC on
-# patient-grouped subsets of ~100 to 2000 usable ROIs of data/cls-train plus a second simulator set
-# (data/cls-curve, made here if missing), beside the Bayes-optimal AUC on the same ROIs, with the
+# patient-grouped subsets of ~100 to 2000 usable ROIs of data/cls-train plus two more simulator sets
+# (data/cls-curve, data/cls-curve-2: other seeds, the same settings; made here if missing), beside the Bayes-optimal AUC on the same ROIs, with the
 # CNN and operating point the bundle carries. Written into the bundle's report, which it belongs to.
 # Sizes beyond the usable ROIs are listed as skipped. Needs ~40 minutes of 2 cores.
 CURVE_SIZES := 100,200,450,1000,2000
@@ -117,7 +117,9 @@ classifier-learning-curve: $(STAMP)
 	    --lateralities L --tissue smooth --quiet
 	test -f data/cls-curve/labels.csv || $(BIN)/calcnode synth --out data/cls-curve --cases 600 --seed 211 \
 	    --lateralities L --tissue smooth --quiet
-	$(BIN)/calcnode learning-curve --data data/cls-train --data data/cls-curve --sizes $(CURVE_SIZES) --seed 0 \
+	test -f data/cls-curve-2/labels.csv || $(BIN)/calcnode synth --out data/cls-curve-2 --cases 250 --seed 212 \
+	    --lateralities L --tissue smooth --quiet
+	$(BIN)/calcnode learning-curve --data data/cls-train --data data/cls-curve --data data/cls-curve-2 --sizes $(CURVE_SIZES) --seed 0 \
 	    --seg-model analysis/models/calcnode-demo-1.2.0/segmentation-cnn.pt --workers 2 \
 	    --out analysis/models/calcnode-demo-1.2.0-report/learning-curve
 
