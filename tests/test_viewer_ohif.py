@@ -10,7 +10,8 @@ drives the system Chromium (``/usr/bin/chromium``; no browser is downloaded) to 
   image -> world -> canvas transforms), and the overlay colour must be on the calcifications
   and nowhere else on the image;
 * the TID 1500 SR: the ROI outlines with each ROI's score, threshold and decision, read from the
-  page (OHIF draws them as SVG text).
+  page (OHIF draws them as SVG text); the viewport is zoomed out and panned until every line of
+  that text lies inside it (:func:`fit_annotations`), and the test checks each line's box.
 
 Screenshots go to tests/artifacts/viewer/ (gitignored); ``CALCNODE_WRITE_DOCS=1`` also copies
 them, cropped and small, to docs/screenshots/ for the README. Skipped, with the reason, when
@@ -113,6 +114,64 @@ def screen_points(page, rows_cols: np.ndarray) -> np.ndarray:
     }""", [[int(r), int(c)] for r, c in rows_cols]), dtype=float)
 
 
+# The viewport's box, the displayed image's box and each line of the annotations' text (OHIF draws
+# a TID 1500 group's lines as the <tspan>s of one SVG <text> in the annotation's <g>), in page
+# coordinates (left, top, right, bottom).
+LAYOUT_JS = """() => {
+    const viewport = window.cornerstone.getEnabledElements()[0].viewport;
+    const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+    const imageId = viewport.getCurrentImageId();
+    const image = window.cornerstone.cache.getImage(imageId);
+    const canvas = viewport.canvas.getBoundingClientRect();
+    const [[x0, y0], [x1, y1]] = [[0, 0], [image.columns, image.rows]].map(([col, row]) => {
+        const [x, y] = viewport.worldToCanvas(window.cornerstone.utilities.imageToWorldCoords(imageId, [col, row]));
+        return [x + canvas.left, y + canvas.top];
+    });
+    return {viewport: box(viewport.element),
+            image: [Math.min(x0, x1), Math.min(y0, y1), Math.max(x0, x1), Math.max(y0, y1)],
+            lines: [...viewport.element.querySelectorAll('g[data-annotation-uid] text tspan')]
+                   .map(t => [t.textContent, box(t)]),
+            zoom: viewport.getZoom(), pan: viewport.getPan()};
+}"""
+MARGIN_PX = 8  # screen pixels kept free between the viewport's edge and what it shows
+
+
+def layout(page) -> dict:
+    """:data:`LAYOUT_JS` evaluated on ``page``."""
+    return page.evaluate(LAYOUT_JS)
+
+
+def fit_annotations(page, attempts: int = 12) -> dict:
+    """Zoom out and pan OHIF's viewport until the whole image and every annotation line lie inside it.
+
+    OHIF hangs a right breast against the viewport's right edge and writes an outline's lines to the
+    right of it, in a fixed font size: they run off the screen. Zooming shrinks the image but not the
+    text, so this measures, zooms or pans, renders, and measures again. Pan is in screen pixels.
+    Returns the final :func:`layout`.
+    """
+    for _ in range(attempts):
+        now = layout(page)
+        boxes = np.array([now["image"]] + [b for _, b in now["lines"]], dtype=float)
+        content = np.r_[boxes[:, :2].min(axis=0), boxes[:, 2:].max(axis=0)]
+        room = np.asarray(now["viewport"], dtype=float) + [MARGIN_PX, MARGIN_PX, -MARGIN_PX, -MARGIN_PX]
+        if (content[:2] >= room[:2]).all() and (content[2:] <= room[2:]).all():
+            return now
+        too_big = (content[2:] - content[:2]) > (room[2:] - room[:2])
+        shift = (room[:2] + room[2:]) / 2 - (content[:2] + content[2:]) / 2
+        page.evaluate("""([zoom, dx, dy]) => {
+            const viewport = window.cornerstone.getEnabledElements()[0].viewport;
+            if (zoom !== 1) { viewport.setZoom(viewport.getZoom() * zoom); }
+            else { const [x, y] = viewport.getPan(); viewport.setPan([x + dx, y + dy]); }
+            viewport.render(); }""", [0.85 if too_big.any() else 1, float(shift[0]), float(shift[1])])
+        page.wait_for_timeout(300)  # the SVG layer is redrawn on the next rendered frame
+    return layout(page)
+
+
+def inside(box, outer) -> bool:
+    """Whether ``box`` (left, top, right, bottom) lies in ``outer``."""
+    return box[0] >= outer[0] and box[1] >= outer[1] and box[2] <= outer[2] and box[3] <= outer[3]
+
+
 def saturation(png: Path) -> np.ndarray:
     from PIL import Image
 
@@ -207,24 +266,29 @@ def test_ohif_shows_the_sr_score_and_decision(viewer_study, browser):
     try:
         page.wait_for_function("() => document.body.innerText.includes('Actionable calcification cluster score')",
                                timeout=120_000)
-        # zoomed out a little: OHIF hangs a right breast against the viewport's right edge, and the
-        # lines beside an outline near that edge would run off the screen
-        page.evaluate("""() => { const viewport = window.cornerstone.getEnabledElements()[0].viewport;
-                                 viewport.setZoom(viewport.getZoom() * 0.5); viewport.render(); }""")
-        page.wait_for_timeout(1500)
+        page.wait_for_timeout(1000)  # the SR's outlines are drawn on the next frames
+        shown = fit_annotations(page)
+        page.wait_for_timeout(500)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         png = ARTIFACTS / "sr-measurements.png"
         page.screenshot(path=str(png))
-        text = page.inner_text("body")
-        box = page.evaluate("""() => { const r = window.cornerstone.getEnabledElements()[0].viewport.canvas
-                                       .getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }""")
+        assert shown == layout(page), "the viewport moved after it was measured"
     finally:
         page.close()
-    # the ROIs of the SR's image are drawn with their lines; OHIF formats numbers with 2 decimals
-    shown = [(score, decision) for score, decision in expected
-             if f"Actionable calcification cluster score: {score:.2f}" in text]
-    assert shown, f"no score of {expected} on screen"
-    for score, decision in shown:
-        assert f"Decision at operating point: {decision}" in text
-    assert "Threshold Value: " in text
-    save_for_docs(png, "ohif-sr-measurements.png", tuple(int(v) for v in box))
+    lines = [text for text, _ in shown["lines"]]
+    assert lines, "OHIF drew no annotation text"
+    # every line, digits included, on screen: none is cut by the viewport's edges
+    cut = [(text, box) for text, box in shown["lines"] if not inside(box, shown["viewport"])]
+    assert not cut, f"annotation lines outside the viewport {shown['viewport']}: {cut}"
+    assert inside(shown["image"], shown["viewport"])
+    # the ROIs of the SR's image are drawn with their lines: the score with 2 decimals and the
+    # decision; unitless numbers without OHIF's unit code "1" (app-config.js), a count as an integer
+    scored = [(score, decision) for score, decision in expected
+              if f"Actionable calcification cluster score: {score:.2f}" in lines]
+    assert scored, f"no score of {expected} among the lines {lines}"
+    for score, decision in scored:
+        assert f"Decision at operating point: {decision}" in lines
+    assert any(text.startswith("Threshold Value: 0.") and text.endswith(tuple("0123456789")) for text in lines)
+    counts = [text for text in lines if text.startswith("Number of calcifications: ")]
+    assert counts and all(text.split(": ")[1].isdigit() for text in counts), counts
+    save_for_docs(png, "ohif-sr-measurements.png", tuple(int(v) for v in shown["viewport"]))

@@ -13,6 +13,10 @@ window.config = {
   // OHIF draws a TID 1500 group's Image Region with its numbers only (count, score, threshold);
   // this adds the group's coded evaluations (calcnode's "Decision at operating point" and
   // "Analysis status") to the lines beside the outline, read from the SR OHIF has loaded.
+  // It also rewrites the lines of the unitless numbers (UCUM "1", the DICOM unit of a count or a
+  // score): OHIF 3.13 prints every number as "<value with 2 decimals> <unit code>", so a count of
+  // 3 read "3.00 1", and a value of 0 lost its digits (" 1"). A count is shown as an integer,
+  // another unitless number with 2 decimals, neither with the "1".
   customizationService: [
     {
       onBeforeSRAddMeasurement: {
@@ -28,6 +32,17 @@ window.config = {
             .flatMap(item => asArray(item.ContentSequence));
           const group = groups.find(g =>
             asArray(g.ContentSequence).some(c => c.UID === measurement.TrackingUniqueIdentifier));
+          const COUNTS = ['111038'];  // (111038, DCM, "Number of calcifications")
+          for (const item of asArray(group?.ContentSequence)) {
+            const concept = asArray(item.ConceptNameCodeSequence)[0];
+            const measured = asArray(item.MeasuredValueSequence)[0];
+            const unit = asArray(measured?.MeasurementUnitsCodeSequence)[0]?.CodeValue;
+            const line = measurement.labels.find(l => l.label === concept?.CodeMeaning);
+            if (item.ValueType === 'NUM' && unit === '1' && line && measured.NumericValue !== undefined) {
+              const value = Number(measured.NumericValue);
+              line.value = COUNTS.includes(concept.CodeValue) ? String(Math.round(value)) : value.toFixed(2);
+            }
+          }
           for (const item of asArray(group?.ContentSequence)) {
             const name = asArray(item.ConceptNameCodeSequence)[0]?.CodeMeaning;
             const shown = measurement.labels.some(line => line.label === name);  // called once per view
