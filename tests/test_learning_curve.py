@@ -142,3 +142,14 @@ def test_several_data_folders_read_their_own_labels_and_keep_their_patients_apar
     summary = json.loads(trained.stdout)["data"]
     assert summary["rois_used"] == len(usable) and summary["patients"] == report["data"]["patients"]
     assert summary["labels_file"] == f"{world.data.name}/labels.csv, other/labels.csv"
+
+
+def test_sizes_take_all_for_every_usable_roi():
+    """'all' is accepted beside integers (the largest point whatever the data hold); junk is refused."""
+    from dicom_node.commands.learning_curve import _sizes
+
+    assert _sizes("100,all") == [100, "all"]
+    with pytest.raises(SystemExit):
+        _sizes("1,all")
+    with pytest.raises(SystemExit):
+        _sizes("some")

@@ -11,14 +11,14 @@ from training.classifier.model import GRIDS, Settings
 from .train import _DATA_HELP, _LABELS_HELP, _config, _labels
 
 
-def _sizes(text: str) -> list[int]:
+def _sizes(text: str) -> list[int | str]:
     try:
-        sizes = [int(v) for v in text.split(",") if v.strip()]
+        sizes = [v.strip() if v.strip() == "all" else int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         sizes = []
-    if not sizes or min(sizes) < 2:
-        raise SystemExit(f"calcnode learning-curve: error: --sizes takes integers >= 2 separated by commas, "
-                         f"not {text!r}")
+    if not sizes or min((v for v in sizes if v != "all"), default=2) < 2:
+        raise SystemExit(f"calcnode learning-curve: error: --sizes takes integers >= 2 (or 'all') separated by "
+                         f"commas, not {text!r}")
     return sizes
 
 
@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--labels", action="append", metavar="CSV", help=_LABELS_HELP)
     p.add_argument("--sizes", default="100,200,450,1000,2000", type=_sizes, metavar="N,N,...",
                    help="numbers of usable ROIs (>= 2 calcifications) per subset (default %(default)s); a size "
-                        "larger than the usable ROIs is reported as skipped")
+                        "larger than the usable ROIs is reported as skipped; 'all' is every usable ROI")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the curve to")
     p.add_argument("--seg-model", metavar="PT",
                    help="segmentation CNN, at its own threshold (default: the shipped demonstration CNN)")

@@ -115,7 +115,8 @@ def learning_curve(opt: CurveOptions) -> dict:
     has_bayes = len(ts) > 0 and bool(np.isfinite(ts.bayes).all())
     s = opt.settings
     sizes, skipped, jobs = [], [], []  # skipped: sizes beyond the pool, subsets the folds cannot split
-    for n in sorted({int(v) for v in opt.sizes}):
+    # "all": every usable ROI (the largest point whatever the data hold)
+    for n in sorted({len(ts) if v == "all" else int(v) for v in opt.sizes}):
         if n > len(ts):
             skipped.append({"n": n, "reason": f"only {len(ts)} usable ROIs (of {len(data.extracted)} labelled: "
                                               f"{len(data.not_assessable)} not assessable, {len(data.failed)} "
