@@ -64,20 +64,20 @@ def test_learning_curve_reports_each_size_beside_the_bayes_auc_and_skips_what_th
     usable = _usable(world, [world.data], world.data / "labels.csv")
     pool = len(usable)
     out = tmp_path / "curve"
-    sizes = [pool - 4, pool, pool + 40]
+    sizes = [pool - 4, "all", pool + 40]   # "all": the whole pool
     result = run("learning-curve", "--data", world.data, "--sizes", ",".join(map(str, sizes)), "--out", out,
                  "--seg-model", world.bundle / SEGMENTATION_FILE, "--repeats", "2", *CURVE_ARGS)
     report = json.loads((out / "learning_curve.json").read_text())
     assert json.loads(result.stdout)["skipped"] == report["skipped"]
     assert report["not_for_clinical_use"] is True and "NOT FOR CLINICAL USE" in report["notice"]
-    assert report["sizes_requested"] == sizes
+    assert report["sizes_requested"] == [pool - 4, pool + 40, "all"]
     assert report["data"]["rois_used"] == pool
     # the size beyond the data is reported, with the reason
     beyond = [k for k in report["skipped"] if k["n"] == pool + 40]
     assert beyond and f"only {pool} usable ROIs" in beyond[0]["reason"] and "repeat" not in beyond[0]
     by_n = {e["n"]: e for e in report["curve"]}
     assert pool in by_n and by_n[pool]["repeats"] == 1  # the whole pool is drawn once
-    assert set(by_n) | {k["n"] for k in report["skipped"]} == set(sizes)
+    assert set(by_n) | {k["n"] for k in report["skipped"]} == {pool - 4, pool, pool + 40}
     for entry in report["curve"]:
         for r in entry["runs"]:
             for key in ("auc", "bayes_auc", "mean_std_auc"):

@@ -170,7 +170,7 @@ def learning_curve(opt: CurveOptions) -> dict:
                                            "failed": [f"{e.labelled.key}: {e.error}" for e in data.failed]},
         "settings": s.to_json() | {"bootstrap": opt.n_boot, "repeats": opt.repeats or "default: 3 below 1000 "
                                                                                     "ROIs, 1 from 1000"},
-        "sizes_requested": sorted({int(v) for v in opt.sizes}),
+        "sizes_requested": sorted({v for v in opt.sizes if v != "all"}) + (["all"] if "all" in opt.sizes else []),
         "curve": curve,
         "skipped": sorted(skipped, key=lambda k: (k["n"], k.get("repeat", -1))),
         "figures": {"curve": "learning_curve.png", "table": "learning_curve.md", "subsets": SUBSETS_FILE},
