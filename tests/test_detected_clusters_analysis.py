@@ -200,3 +200,32 @@ def test_one_operating_point_for_the_seg_the_detector_and_the_classifier():
     trained_on = default_cluster_model().info["segmentation_model"]
     assert trained_on == {"weights_sha256": shipped.sha256,
                           "prediction_threshold": float(shipped.params.prediction_threshold)}
+
+
+REAL_HELD_OUT = ROOT.parent / "shared" / "interop" / "real-tissue" / "nyu_gmic_0_L-MLO.png"
+
+
+def test_a_real_normal_view_gives_no_score_and_the_srs_say_no_cluster(tmp_path):
+    """The real screening view held out of every training (L-MLO of ../shared/interop/real-tissue:
+    not a hard negative of the CNN, not a negative of the cluster model) as a 12-bit MG image at the
+    0.07 mm the evaluations assume: no cluster, no score, no "actionable", and both SRs say so."""
+    if not REAL_HELD_OUT.is_file():
+        pytest.skip(f"{REAL_HELD_OUT} absent (the interoperability fixtures are not here)")
+    from PIL import Image
+
+    from dicom_factory import mg_dataset, write
+
+    pixels = np.asarray(Image.open(REAL_HELD_OUT)).astype(np.uint16)
+    assert pixels.max() <= 4095  # 12-bit values, as the evaluations read them
+    image = write(mg_dataset(pixels=pixels, laterality="L", view="MLO"), tmp_path / "MG_LMLO.dcm")
+    out = tmp_path / "out"
+    proc = subprocess.run(CALCNODE + ["analyze", str(image), "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["MG_LMLO.dcm: no calcification cluster detected"]
+    files = {p.name.split("-", 1)[0]: p for p in out.glob("*.dcm")}
+    need_tool(DSRDUMP)
+    for kind in ("SR", "CADSR"):
+        text = subprocess.run([DSRDUMP, "+Pl", str(files[kind])], capture_output=True, text=True).stdout
+        assert "No calcification cluster detected" in text, kind
+        assert "Actionable (high-risk or malignant)" not in text and "Single Image Finding" not in text
