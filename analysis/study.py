@@ -243,6 +243,29 @@ def cluster_roi_id(cluster_id: int) -> str:
     return f"cluster-{int(cluster_id)}"
 
 
+def _detect_views(images: Sequence, model, hdog_params, cluster_model: ClusterModel | None,
+                  cluster_params: ClusterParams, threads: int | None) -> dict:
+    """:func:`_detect` of each of ``images`` (by SOP Instance UID), ``threads`` views at once.
+
+    A full-size view costs ~3.5 s, much of it in single-threaded NumPy/SciPy passes that release
+    the GIL: two views in two threads took 10.3 s instead of 14.9 s for a 4-view study on 2 cores
+    (same results). With one view (or one thread) nothing is started and the caller detects inline.
+    """
+    if threads is None:
+        import torch  # already loaded by the CNN; its thread count is this process's share of cores
+
+        threads = torch.get_num_threads()
+    threads = max(1, min(int(threads), len(images)))
+    if threads == 1:
+        return {}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="detect-view") as pool:
+        futures = {im.sop_instance_uid: pool.submit(_detect, im, model, hdog_params, cluster_model, cluster_params)
+                   for im in images}
+        return {uid: future.result() for uid, future in futures.items()}
+
+
 def _detect(image, model, hdog_params, cluster_model: ClusterModel | None,
             cluster_params: ClusterParams) -> _Detection:
     """Segment the whole breast once and detect its calcification clusters (docs/method.md §3.7);
@@ -433,7 +456,8 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
                    no_roi: str = "detect", point_radius_mm: float = DEFAULT_POINT_RADIUS_MM,
                    default_pixel_spacing_mm: float | None = None,
                    cluster_model: ClusterModel | str | Path | None = SHIPPED,
-                   cluster_params: ClusterParams = ClusterParams()) -> StudyAnalysis:
+                   cluster_params: ClusterParams = ClusterParams(),
+                   view_threads: int | None = None) -> StudyAnalysis:
     """See the module docstring. ``images``: paths (or datasets) of one study's mammograms;
     ``roi_files``: GSPS/SEG paths; ``seg_model``: SegmentationModel, a path, or None (the
     bundle's); ``bundle``: ClassifierBundle, a path, or None (the shipped demonstration bundle);
@@ -442,7 +466,10 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
     ``cluster_model`` (``no_roi="detect"``): a :class:`analysis.clusters.ClusterModel`, its file,
     :data:`SHIPPED` (the shipped model, or the documented rule when there is none) or None (the
     rule); ``cluster_params``: the grouping rule's parameters (mm). The cluster model's identity
-    and the rule's parameters are recorded in the result's parameters.
+    and the rule's parameters are recorded in the result's parameters. ``view_threads``: how many
+    views without ROI are searched for clusters at once (threads; the whole-breast segmentations
+    are independent, so the results do not depend on it); None: as many as torch's compute threads
+    in this process (the node's worker sets them to its share of the cores), 1: one after the other.
 
     Raises :class:`InputError` when no image can be used at all (nothing to report on) and
     ``ValueError`` when the images belong to several studies.
@@ -536,6 +563,11 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
                 problems.append(str(error))
                 warnings.append(f"ROI not analysed: {error}")
 
+    detections = _detect_views(
+        [im for im in loaded if not by_image.get(im.sop_instance_uid) and no_roi == "detect"
+         and im.geometry.pixel_spacing_mm is not None
+         and coarse_spacing_reason(im.geometry.pixel_spacing_mm, hdog_params) is None],
+        model, hdog_params, cluster_model, cluster_params, view_threads)
     scores: dict = {}
     image_results = []
     threshold = bundle.threshold
@@ -556,7 +588,7 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
         detection = None
         if not rois and no_roi == "detect":
             detection = _Detection("detection_failed", [], None, coarse) if coarse is not None else \
-                _detect(image, model, hdog_params, cluster_model, cluster_params)
+                detections.get(uid) or _detect(image, model, hdog_params, cluster_model, cluster_params)
             if detection.failure is not None and coarse is None:
                 warnings.append(f"image {uid}: no cluster detection: {detection.failure}")
             entries, labels, seg_failure = detection.entries, detection.labels, None
@@ -616,11 +648,12 @@ def analyze_study(images: Sequence, roi_files: Sequence = (), seg_model=None,
                   no_roi: str = "detect", point_radius_mm: float = DEFAULT_POINT_RADIUS_MM,
                   default_pixel_spacing_mm: float | None = None,
                   cluster_model: ClusterModel | str | Path | None = SHIPPED,
-                  cluster_params: ClusterParams = ClusterParams()):
+                  cluster_params: ClusterParams = ClusterParams(), view_threads: int | None = None):
     """The :class:`analysis.results.StudyResult` of one study (see :func:`study_analysis`)."""
     return study_analysis(images, roi_files, seg_model, bundle, executor=executor, no_roi=no_roi,
                           point_radius_mm=point_radius_mm, default_pixel_spacing_mm=default_pixel_spacing_mm,
-                          cluster_model=cluster_model, cluster_params=cluster_params).result
+                          cluster_model=cluster_model, cluster_params=cluster_params,
+                          view_threads=view_threads).result
 
 
 __all__ = ["analyze_study", "study_analysis", "analyze_roi", "RoiAnalysis", "StudyAnalysis",

@@ -229,3 +229,16 @@ def test_a_real_normal_view_gives_no_score_and_the_srs_say_no_cluster(tmp_path):
         text = subprocess.run([DSRDUMP, "+Pl", str(files[kind])], capture_output=True, text=True).stdout
         assert "No calcification cluster detected" in text, kind
         assert "Actionable (high-risk or malignant)" not in text and "Single Image Finding" not in text
+
+
+def test_views_searched_in_parallel_give_the_same_results(positive, detected):
+    """Two views without ROI searched one after the other or at once (threads): the same label
+    images, clusters and scores."""
+    serial = study_analysis(positive, [], view_threads=1).result
+    parallel = study_analysis(positive, [], view_threads=2).result
+    assert len(serial.images) == len(parallel.images) == 2
+    for a, b in zip(serial.images, parallel.images):
+        assert a.sop_instance_uid == b.sop_instance_uid and a.cluster_detection == b.cluster_detection
+        assert np.array_equal(a.label_image, b.label_image)
+        assert [(r.roi_id, r.score, r.calcification_labels) for r in a.rois] == \
+            [(r.roi_id, r.score, r.calcification_labels) for r in b.rois]
