@@ -249,7 +249,7 @@ def _detect_views(images: Sequence, model, hdog_params, cluster_model: ClusterMo
 
     A full-size view costs ~3.5 s, much of it in single-threaded NumPy/SciPy passes that release
     the GIL: two views in two threads took 10.3 s instead of 14.9 s for a 4-view study on 2 cores
-    (same results). With one view (or one thread) nothing is started and the caller detects inline.
+    (same results). With one view (or one thread) they run one after the other, no thread started.
     """
     if threads is None:
         import torch  # already loaded by the CNN; its thread count is this process's share of cores
@@ -257,7 +257,7 @@ def _detect_views(images: Sequence, model, hdog_params, cluster_model: ClusterMo
         threads = torch.get_num_threads()
     threads = max(1, min(int(threads), len(images)))
     if threads == 1:
-        return {}
+        return {im.sop_instance_uid: _detect(im, model, hdog_params, cluster_model, cluster_params) for im in images}
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="detect-view") as pool:
@@ -563,10 +563,13 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
                 problems.append(str(error))
                 warnings.append(f"ROI not analysed: {error}")
 
+    # an image too coarse for the method: nothing segmented, every ROI reports why (as an image
+    # without spacing does: a "failed" ROI whose reason says the spacing, the limit and why)
+    coarse_of = {im.sop_instance_uid: coarse_spacing_reason(im.geometry.pixel_spacing_mm, hdog_params)
+                 if im.geometry.pixel_spacing_mm is not None else None for im in loaded}
     detections = _detect_views(
-        [im for im in loaded if not by_image.get(im.sop_instance_uid) and no_roi == "detect"
-         and im.geometry.pixel_spacing_mm is not None
-         and coarse_spacing_reason(im.geometry.pixel_spacing_mm, hdog_params) is None],
+        [im for im in loaded if no_roi == "detect" and not by_image.get(im.sop_instance_uid)
+         and coarse_of[im.sop_instance_uid] is None],
         model, hdog_params, cluster_model, cluster_params, view_threads)
     scores: dict = {}
     image_results = []
@@ -580,15 +583,12 @@ def study_analysis(images: Sequence, roi_files: Sequence = (), seg_model=None,
             warnings.append(f"image {uid} has no ROI: not analysed (no_roi = skip)")
             continue
 
-        # an image too coarse for the method: nothing segmented, every ROI reports why (as an image
-        # without spacing does: a "failed" ROI whose reason says the spacing, the limit and why)
-        coarse = coarse_spacing_reason(spacing, hdog_params) if spacing is not None else None
+        coarse = coarse_of[uid]
         if coarse is not None:
             warnings.append(f"image {uid} not analysed: {coarse}")
         detection = None
         if not rois and no_roi == "detect":
-            detection = _Detection("detection_failed", [], None, coarse) if coarse is not None else \
-                detections.get(uid) or _detect(image, model, hdog_params, cluster_model, cluster_params)
+            detection = _Detection("detection_failed", [], None, coarse) if coarse is not None else detections[uid]
             if detection.failure is not None and coarse is None:
                 warnings.append(f"image {uid}: no cluster detection: {detection.failure}")
             entries, labels, seg_failure = detection.entries, detection.labels, None

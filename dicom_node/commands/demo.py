@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import socket
 import sys
 import threading
 import time
@@ -124,12 +123,6 @@ def _roi_lines(sr_path: Path) -> list[dict]:
     return rows
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _say(text: str) -> None:
     print(f"calcnode demo: {text}", file=sys.stderr, flush=True)
 
@@ -151,10 +144,12 @@ def run(args) -> int:
     if out.exists() and any(out.iterdir()):
         print(f"calcnode demo: error: {out} is not empty; give a new folder", file=sys.stderr)
         return 2
+    from ..viewer.pacs import free_port
+
     base = load_config(args.config)
     config = replace(
         base,
-        node=replace(base.node, host="127.0.0.1", port=_free_port(), ae_title="CALCNODE", state_dir=out / "state",
+        node=replace(base.node, host="127.0.0.1", port=free_port(), ae_title="CALCNODE", state_dir=out / "state",
                      allowed_calling_ae_titles=()),
         logging=replace(base.logging, format="text", level="WARNING"),
         assembly=replace(base.assembly, stable_seconds=1.0),

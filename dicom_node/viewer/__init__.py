@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..batch.inputs import folder_files
 from .pacs import ViewerPacs
 from .server import ViewerServer
 
@@ -24,11 +25,7 @@ def dicom_files(paths) -> list[Path]:
     """The files named, and those inside the folders named (recursively, hidden ones left out)."""
     found: list[Path] = []
     for given in map(Path, paths):
-        if given.is_dir():
-            found += sorted(p for p in given.rglob("*") if p.is_file()
-                            and not any(part.startswith(".") for part in p.relative_to(given).parts))
-        else:
-            found.append(given)
+        found += folder_files(given) if given.is_dir() else [given]
     return found
 
 
