@@ -81,8 +81,8 @@ demo-seg-model: seg-train-data
 # evaluation: evaluate-seg (the model) and seg-ceiling (what the data allow at all). ~10 minutes.
 seg-test-data: $(STAMP)
 	rm -rf data/seg-test data/seg-test-bg
-	$(BIN)/calcnode synth --out data/seg-test --cases 8 --seed 201 --types $(SYNTH_TYPES) --tissue smooth --quiet
-	$(BIN)/calcnode synth --out data/seg-test-bg --cases 3 --seed 202 --types $(SYNTH_TYPES) --tissue smooth \
+	$(BIN)/calcnode synth --out data/seg-test --cases 32 --seed 201 --types $(SYNTH_TYPES) --tissue smooth --quiet
+	$(BIN)/calcnode synth --out data/seg-test-bg --cases 12 --seed 202 --types $(SYNTH_TYPES) --tissue smooth \
 	    --max-clusters 3 --quiet --background $(INTEROP_MG)/MG1_J2KI.dcm \
 	    $(INTEROP_MG)/cbis_ddsm/benign_1-130.dcm $(INTEROP_MG)/cbis_ddsm/malignant_1-280.dcm
 

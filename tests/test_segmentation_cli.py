@@ -67,6 +67,10 @@ def test_evaluate_seg_reports_both_stages(trained, small_data, tmp_path):
     for stage, point in (("hdog", hdog), ("hdog_cnn", cnn)):
         found = sum(row[f"{stage}_sensitivity"] * row["objects"] for row in by_type.values())
         assert found == pytest.approx(point["sensitivity"] * report["truth_objects"], abs=0.01)
+    # every calcification the product misses at its operating point has exactly one cause
+    for row in by_type.values():
+        missed = row["objects"] - round(row["hdog_cnn_sensitivity"] * row["objects"])
+        assert sum(row.get("hdog_cnn_missed_by_cause", {}).values()) == missed
     with Image.open(tmp_path / "froc.png") as png:
         assert png.size[0] > 300
 

@@ -203,9 +203,68 @@ def found_by_type(images: list[ImageMatches], thresholds: dict[str, float]) -> d
             row["objects"] += 1
             for stage in thresholds:
                 row[stage] += k in found[stage]
-    return {kind: {"objects": row["objects"],
-                   **{f"{stage}_sensitivity": round(row[stage] / row["objects"], 4) for stage in thresholds}}
-            for kind, row in sorted(counts.items())}
+    out = {}
+    for kind, row in sorted(counts.items()):
+        out[kind] = {"objects": row["objects"],
+                     **{f"{stage}_sensitivity": round(row[stage] / row["objects"], 4) for stage in thresholds}}
+        if "hdog_cnn" in thresholds:
+            out[kind]["hdog_cnn_sensitivity_95ci"] = wilson_interval(row["hdog_cnn"], row["objects"])
+    return out
+
+
+def wilson_interval(found: int, n: int, z: float = 1.96) -> list[float]:
+    """Wilson score interval (95 % for z = 1.96) of a proportion ``found / n``.
+
+    Per calcification, as if they were independent: calcifications of one cluster share their
+    tissue, so the true uncertainty is somewhat wider. It still shows when a set is too small to
+    tell a per-type figure from its target (8 held-out cases were: docs/segmentation.md)."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = found / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(float(max(centre - half, 0.0)), 4), round(float(min(centre + half, 1.0)), 4)]
+
+
+MISS_CAUSES = ("no_candidate", "not_outlined", "below_threshold", "kept_unmatched")
+
+
+def miss_cause(m: ImageMatches, k: int, threshold: float) -> str | None:
+    """Why truth object ``k`` of image ``m`` is missed by the outlined objects with score >=
+    ``threshold`` (None: it is found). The first stage that loses it:
+
+    * ``no_candidate``: no HDoG candidate pixel on it;
+    * ``not_outlined``: a candidate lies on it, but no outlined object (the network's prediction
+      >= ``outline_level``) overlaps or matches it;
+    * ``below_threshold``: outlined objects overlap or match it, none of them is kept;
+    * ``kept_unmatched``: a kept object overlaps it, but none passes the match rule (a fragment
+      of a long particle, or an object much larger than it).
+    """
+    st = m.stages["hdog_cnn"]
+    keep = st.score >= threshold
+    if any(k in st.matched[c] for c in np.nonzero(keep)[0]):
+        return None
+    candidates = m.stages["hdog"].best_iou
+    if not (candidates.size and (candidates[:, k] > 0).any()):
+        return "no_candidate"
+    touching = (st.best_iou[:, k] > 0) if st.best_iou.size else np.zeros(len(st.score), bool)
+    touching |= np.array([k in matched for matched in st.matched], bool)
+    if not touching.any():
+        return "not_outlined"
+    return "kept_unmatched" if (touching & keep).any() else "below_threshold"
+
+
+def misses_by_type(images: list[ImageMatches], threshold: float) -> dict:
+    """Per calcification type, how many truth objects the outlined objects with score >=
+    ``threshold`` miss, by :func:`miss_cause`."""
+    counts: dict[str, dict] = {}
+    for m in images:
+        for k, kind in enumerate(m.truth_kinds):
+            cause = miss_cause(m, k, threshold)
+            if cause is not None:
+                row = counts.setdefault(kind or "unknown", dict.fromkeys(MISS_CAUSES, 0))
+                row[cause] += 1
+    return counts
 
 
 def sensitivity_at(points: list[dict], max_fp_per_cm2: float) -> dict:
@@ -391,6 +450,8 @@ def evaluate_segmentation(model_path: str | Path, data_dirs: list[str | Path], o
             at_best = found_by_type(images, {"hdog_cnn": best})
             for kind, row in at_best.items():
                 by_type[kind]["hdog_cnn_best_at_1_fp_per_cm2_sensitivity"] = row["hdog_cnn_sensitivity"]
+        for kind, row in misses_by_type(images, op).items():
+            by_type[kind]["hdog_cnn_missed_by_cause"] = row
         report["by_type"] = _with_ceiling(by_type, ceiling)
         if ceiling:
             report["ideal_observer"] = {"overall": ceiling.get("overall"), "rois": ceiling.get("rois"),
