@@ -70,7 +70,9 @@ def test_evaluate_seg_reports_both_stages(trained, small_data, tmp_path):
     # every calcification the product misses at its operating point has exactly one cause
     for row in by_type.values():
         missed = row["objects"] - round(row["hdog_cnn_sensitivity"] * row["objects"])
-        assert sum(row.get("hdog_cnn_missed_by_cause", {}).values()) == missed
+        assert sum(row["hdog_cnn_missed_by_cause"].values()) == missed
+        low, high = row["hdog_cnn_sensitivity_95ci"]
+        assert low <= row["hdog_cnn_sensitivity"] <= high
     with Image.open(tmp_path / "froc.png") as png:
         assert png.size[0] > 300
 

@@ -450,8 +450,9 @@ def evaluate_segmentation(model_path: str | Path, data_dirs: list[str | Path], o
             at_best = found_by_type(images, {"hdog_cnn": best})
             for kind, row in at_best.items():
                 by_type[kind]["hdog_cnn_best_at_1_fp_per_cm2_sensitivity"] = row["hdog_cnn_sensitivity"]
-        for kind, row in misses_by_type(images, op).items():
-            by_type[kind]["hdog_cnn_missed_by_cause"] = row
+        misses = misses_by_type(images, op)
+        for kind, row in by_type.items():
+            row["hdog_cnn_missed_by_cause"] = misses.get(kind, dict.fromkeys(MISS_CAUSES, 0))
         report["by_type"] = _with_ceiling(by_type, ceiling)
         if ceiling:
             report["ideal_observer"] = {"overall": ceiling.get("overall"), "rois": ceiling.get("rois"),
