@@ -229,9 +229,9 @@ def wilson_interval(found: int, n: int, z: float = 1.96) -> list[float]:
 MISS_CAUSES = ("no_candidate", "not_outlined", "below_threshold", "kept_unmatched")
 
 
-def miss_cause(m: ImageMatches, k: int, threshold: float) -> str | None:
-    """Why truth object ``k`` of image ``m`` is missed by the outlined objects with score >=
-    ``threshold`` (None: it is found). The first stage that loses it:
+def miss_causes(m: ImageMatches, threshold: float) -> list[str | None]:
+    """Per truth object of ``m``, why the outlined objects with score >= ``threshold`` miss it
+    (None: it is found, as :func:`found_at` says). The first stage that loses it:
 
     * ``no_candidate``: no HDoG candidate pixel on it;
     * ``not_outlined``: a candidate lies on it, but no outlined object (the network's prediction
@@ -241,26 +241,38 @@ def miss_cause(m: ImageMatches, k: int, threshold: float) -> str | None:
       of a long particle, or an object much larger than it).
     """
     st = m.stages["hdog_cnn"]
-    keep = st.score >= threshold
-    if any(k in st.matched[c] for c in np.nonzero(keep)[0]):
-        return None
+    found, _ = found_at(st, threshold)
     candidates = m.stages["hdog"].best_iou
-    if not (candidates.size and (candidates[:, k] > 0).any()):
-        return "no_candidate"
-    touching = (st.best_iou[:, k] > 0) if st.best_iou.size else np.zeros(len(st.score), bool)
-    touching |= np.array([k in matched for matched in st.matched], bool)
-    if not touching.any():
-        return "not_outlined"
-    return "kept_unmatched" if (touching & keep).any() else "below_threshold"
+    on_candidate = (candidates > 0).any(axis=0) if candidates.size else np.zeros(m.n_truth, bool)
+    # (objects, truth): the outlined object overlaps or matches the truth object
+    touching = st.best_iou > 0 if st.best_iou.size else np.zeros((len(st.score), m.n_truth), bool)
+    for c, matched in enumerate(st.matched):
+        touching[c, list(matched)] = True
+    kept_touching = touching[st.score >= threshold].any(axis=0)
+    causes: list[str | None] = []
+    for k in range(m.n_truth):
+        if k in found:
+            causes.append(None)
+        elif not on_candidate[k]:
+            causes.append("no_candidate")
+        elif not touching[:, k].any():
+            causes.append("not_outlined")
+        else:
+            causes.append("kept_unmatched" if kept_touching[k] else "below_threshold")
+    return causes
+
+
+def miss_cause(m: ImageMatches, k: int, threshold: float) -> str | None:
+    """:func:`miss_causes` of truth object ``k`` alone."""
+    return miss_causes(m, threshold)[k]
 
 
 def misses_by_type(images: list[ImageMatches], threshold: float) -> dict:
     """Per calcification type, how many truth objects the outlined objects with score >=
-    ``threshold`` miss, by :func:`miss_cause`."""
+    ``threshold`` miss, by :func:`miss_causes`."""
     counts: dict[str, dict] = {}
     for m in images:
-        for k, kind in enumerate(m.truth_kinds):
-            cause = miss_cause(m, k, threshold)
+        for kind, cause in zip(m.truth_kinds, miss_causes(m, threshold)):
             if cause is not None:
                 row = counts.setdefault(kind or "unknown", dict.fromkeys(MISS_CAUSES, 0))
                 row[cause] += 1
