@@ -140,3 +140,23 @@ def test_cli_defaults_match_the_training_settings():
     from analysis.segmentation.cnn import SelectionParams
     from dicom_node.commands.segmentation_training import DEFAULT_OUTLINE_LEVEL
     assert DEFAULT_OUTLINE_LEVEL == SelectionParams.outline_level
+
+
+def test_fine_tuning_with_a_larger_width_widens_the_model(trained, small_data, tmp_path):
+    wide = tmp_path / "wide.pt"
+    run("train-seg", "--data", small_data, "--out", wide, "--max-epochs", 1, "--seed", 3,
+        "--init", trained, "--width", 12)
+    model = SegmentationModel.load(wide)
+    assert model.net.width == 12
+    assert model.info["init"]["width"] == 8 and model.info["init"]["widened_to"] == 12
+    assert model.info["init"]["sha256"] == SegmentationModel.load(trained).sha256
+    # without --width, fine-tuning keeps the model's own width; a narrower one is refused
+    same = tmp_path / "same.pt"
+    run("train-seg", "--data", small_data, "--out", same, "--max-epochs", 1, "--seed", 3, "--init", wide)
+    fine_tuned = SegmentationModel.load(same)
+    assert fine_tuned.net.width == 12 and fine_tuned.info["init"]["widened_to"] is None
+    # the init recorded is the model started from, not the weights it became
+    assert fine_tuned.info["init"]["sha256"] == model.sha256 != fine_tuned.sha256
+    result = run("train-seg", "--data", small_data, "--out", tmp_path / "narrow.pt", "--max-epochs", 1,
+                 "--init", wide, "--width", 8, check=False)
+    assert result.returncode != 0 and "cannot be fine-tuned at width 8" in result.stderr

@@ -38,8 +38,10 @@ def register(subparsers) -> None:
     train.add_argument("--max-epochs", type=int, default=DEFAULT_MAX_EPOCHS)
     train.add_argument("--patience", type=int, default=DEFAULT_PATIENCE)
     train.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
-    train.add_argument("--width", type=int, default=DEFAULT_WIDTH,
-                       help="channels of the first layers (compute grows with its square)")
+    train.add_argument("--width", type=int, metavar="N",
+                       help=f"channels of the first layers (compute grows with its square; default "
+                            f"{DEFAULT_WIDTH}, or with --init the model's own; a larger one widens that "
+                            f"model without changing its output first)")
     train.add_argument("--outline-level", type=_outline_level, default=DEFAULT_OUTLINE_LEVEL,
                        metavar="P|none",
                        help="cut candidates to their pixels with prediction >= P before the 30 %% rule "
@@ -47,7 +49,7 @@ def register(subparsers) -> None:
     train.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE, metavar="RATE",
                        help=f"Adam's initial learning rate (default {DEFAULT_LEARNING_RATE:g})")
     train.add_argument("--init", metavar="MODEL",
-                       help="start from this model's weights (fine-tuning; --width is then the model's)")
+                       help="start from this model's weights (fine-tuning; see --width)")
     train.add_argument("--patches-per-epoch", type=int, metavar="N",
                        help="a fresh random N of the data sets' patches each epoch (default: all)")
     train.add_argument("--negatives-per-epoch", type=int, default=DEFAULT_NEGATIVES_PER_EPOCH, metavar="N",
@@ -101,7 +103,8 @@ def run_train(args) -> int:
     from training.segmentation.train import NegativeSampling, TrainSettings, train_segmentation
 
     settings = TrainSettings(seed=args.seed, max_epochs=args.max_epochs, patience=args.patience,
-                             workers=args.workers, width=args.width, learning_rate=args.learning_rate,
+                             workers=args.workers, width=args.width or _init_width(args.init),
+                             learning_rate=args.learning_rate,
                              patches_per_epoch=args.patches_per_epoch)
     try:
         train_segmentation(args.data, args.out, settings, SelectionParams(outline_level=args.outline_level),
@@ -110,6 +113,17 @@ def run_train(args) -> int:
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"calcnode train-seg: {exc}") from None
     return 0
+
+
+def _init_width(init: str | None) -> int:
+    """The width of the model to fine-tune (``DEFAULT_WIDTH`` without one)."""
+    if init is None:
+        return DEFAULT_WIDTH
+    from analysis.segmentation.cnn import SegmentationModel
+    try:
+        return SegmentationModel.load(init).net.width
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"calcnode train-seg: {exc}") from None
 
 
 def _model_dirs(models: list[str], out: Path) -> list[Path]:

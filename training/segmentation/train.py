@@ -19,7 +19,9 @@ as much as the epoch). ``TrainSettings.patches_per_epoch`` draws a fresh random 
 sets' own patches each epoch; with both, the share of real tissue in an epoch is set exactly.
 
 Training may start from an existing model's weights (``init``): the shipped model is fine-tuned
-rather than trained again from scratch, which takes a third of the epochs on two shared cores.
+rather than trained again from scratch, which takes a third of the epochs on two shared cores. With a
+larger ``TrainSettings.width`` than the model's, the model is first widened without changing its
+function (:mod:`training.segmentation.widen`).
 
 The decision threshold is then calibrated on the validation images' ROIs: HDoGReg's 10^-3.5
 belongs to its own network's output scale (with this network nearly every candidate passes it),
@@ -48,6 +50,7 @@ from ..model_files import save_segmentation_model
 from .evaluate import SUPPORT_THRESHOLDS, collect_matches, froc, sensitivity_at
 from .negatives import DEFAULT_NEGATIVE_SPACING_MM, load_negative, negative_paths
 from .patches import KINDS, Patches, image_patches, negative_view_patches
+from .widen import widen
 
 
 CALIBRATION_FP_PER_CM2 = 1.0
@@ -76,7 +79,7 @@ class TrainSettings:
     lr_patience: int = 2        # epochs without improvement before the learning rate is halved
     batch_size: int = 64
     learning_rate: float = 2e-3
-    width: int = 8
+    width: int = 8              # with ``init``: the model's own width, or a larger one to widen it to
     workers: int = 2
     patches_per_epoch: int | None = None  # the data sets' patches per epoch: None = all
 
@@ -205,6 +208,16 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
     model to ``out`` and returns it."""
     torch.manual_seed(settings.seed)
     torch.set_num_threads(2)
+    base = SegmentationModel.load(init) if init is not None else None
+    # the init's identity now: training changes base.net in place when it is not widened
+    base_sha256 = base.sha256 if base is not None else None
+    if base is not None:  # refused before the patches are made (minutes on a large set)
+        if base.params.input_normalisation != params.input_normalisation:
+            raise ValueError(f"{init}: input scaling {base.params.input_normalisation!r}, "
+                             f"training uses {params.input_normalisation!r}")
+        if settings.width < base.net.width:
+            raise ValueError(f"{init}: a width-{base.net.width} network cannot be fine-tuned at "
+                             f"width {settings.width}")
     items = [i for d in data_dirs for i in scan_dataset(d, require_truth=True)]
     if len(items) < 2:
         raise ValueError(f"need at least 2 images with truth (*_labels.npz) in {', '.join(map(str, data_dirs))}; "
@@ -226,12 +239,9 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
                       for view in (load_negative(p, negative_spacing_mm) for p in negative_files)]
 
     net = ProximityNet(width=settings.width)
-    if init is not None:
-        base = SegmentationModel.load(init)
-        if base.params.input_normalisation != params.input_normalisation:
-            raise ValueError(f"{init}: input scaling {base.params.input_normalisation!r}, "
-                             f"training uses {params.input_normalisation!r}")
-        net = base.net  # its width is the model's own
+    if base is not None:
+        # a larger width: more room, starting from the model's own function
+        net = widen(base.net, settings.width, seed=settings.seed) if settings.width > base.net.width else base.net
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
     # Halving the rate on a plateau lets the net settle on the faint (amorphous) particles that
     # a constant rate keeps jumping over: the validation loss was still falling at epoch 25.
@@ -293,7 +303,9 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
                                        if (neg.kind == i).any()}},
         "negative_views": negative_views,
         "negative_sampling": asdict(sampling) if negative_views else None,
-        "init": {"model": str(init), "sha256": base.sha256} if init is not None else None,
+        "init": ({"model": str(init), "sha256": base_sha256, "width": base.net.width,
+                  "widened_to": net.width if net.width != base.net.width else None}
+                 if init is not None else None),
         "settings": asdict(settings),
         "best_epoch": best_epoch,
         "best_validation_loss": round(float(best_loss), 5),
