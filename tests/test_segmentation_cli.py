@@ -160,3 +160,31 @@ def test_fine_tuning_with_a_larger_width_widens_the_model(trained, small_data, t
     result = run("train-seg", "--data", small_data, "--out", tmp_path / "narrow.pt", "--max-epochs", 1,
                  "--init", wide, "--width", 8, check=False)
     assert result.returncode != 0 and "cannot be fine-tuned at width 8" in result.stderr
+
+
+def test_calibrate_seg_sets_the_operating_point_on_the_given_images(small_data, tmp_path):
+    from dicom_node.commands.segmentation_training import DEFAULT_CALIBRATION_FP_PER_CM2
+    from training.segmentation.train import CALIBRATION_FP_PER_CM2
+    assert DEFAULT_CALIBRATION_FP_PER_CM2 == CALIBRATION_FP_PER_CM2
+
+    shipped = SegmentationModel.load(DEFAULT_SEGMENTATION_MODEL)  # a model that finds particles here
+    points = {}
+    for rate in (0.2, 50.0):
+        out = tmp_path / f"calibrated-{rate}.pt"
+        result = run("calibrate-seg", "--model", DEFAULT_SEGMENTATION_MODEL, "--data", small_data, "--out", out,
+                     "--max-fp-per-cm2", rate)
+        report = json.loads(result.stdout)
+        model = SegmentationModel.load(out)
+        assert model.params.prediction_threshold == report["prediction_threshold"]
+        calibration = model.info["threshold_calibration"]
+        assert calibration["data"] == [str(small_data)] and calibration["max_fp_per_cm2"] == rate
+        assert calibration["previous"]["threshold"] == shipped.params.prediction_threshold
+        assert model.sha256 == shipped.sha256  # the weights are the same
+        assert calibration["fp_per_cm2"] <= rate
+        points[rate] = calibration
+    # more false positives allowed: a threshold no stricter, a sensitivity no lower
+    assert points[50.0]["threshold"] < points[0.2]["threshold"]
+    assert points[50.0]["sensitivity"] >= points[0.2]["sensitivity"] > 0
+    bad = run("calibrate-seg", "--model", DEFAULT_SEGMENTATION_MODEL, "--data", tmp_path, "--out",
+              tmp_path / "x.pt", check=False)
+    assert bad.returncode != 0 and "calibrate-seg:" in bad.stderr and not (tmp_path / "x.pt").exists()

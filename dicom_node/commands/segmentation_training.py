@@ -15,6 +15,7 @@ DEFAULT_OUTLINE_LEVEL = 0.7  # analysis.segmentation.cnn.SelectionParams.outline
 DEFAULT_LEARNING_RATE = 2e-3  # training.segmentation.train.TrainSettings.learning_rate
 DEFAULT_NEGATIVES_PER_EPOCH = 4000  # training.segmentation.train.NegativeSampling.per_epoch
 DEFAULT_NEGATIVE_SPACING_MM = 0.07  # training.segmentation.negatives.DEFAULT_NEGATIVE_SPACING_MM
+DEFAULT_CALIBRATION_FP_PER_CM2 = 1.0  # training.segmentation.train.CALIBRATION_FP_PER_CM2
 NEGATIVES_HELP = ("views with NO calcification (DICOM MG files, 16-bit PNG views such as "
                   "../shared/interop/real-tissue/*.png, or folders of them); a STEM_benign_lesion_mask.png "
                   "beside a PNG marks a region left out")
@@ -75,6 +76,20 @@ def register(subparsers) -> None:
                           help="where segmentation_metrics.json and froc.png go")
     evaluate.set_defaults(func=run_evaluate)
 
+    calibrate = subparsers.add_parser(
+        "calibrate-seg", help="set a selection CNN's operating point on a fixed set of images with truth",
+        description="Calibrate the prediction threshold of a trained selection CNN on the ROIs of "
+                    "--data (the most sensitive threshold with at most --max-fp-per-cm2 false "
+                    "objects per cm² of ROI) and write the model with it to --out; the weights stay "
+                    "the same.")
+    calibrate.add_argument("--model", required=True, metavar="MODEL")
+    calibrate.add_argument("--data", action="append", required=True, metavar="DIR")
+    calibrate.add_argument("--out", required=True, metavar="MODEL",
+                           help="the calibrated model file (.pt); may be --model itself")
+    calibrate.add_argument("--max-fp-per-cm2", type=float, default=DEFAULT_CALIBRATION_FP_PER_CM2, metavar="RATE",
+                           help=f"false objects per cm² of ROI allowed (default {DEFAULT_CALIBRATION_FP_PER_CM2:g})")
+    calibrate.set_defaults(func=run_calibrate)
+
     ceiling = subparsers.add_parser(
         "seg-ceiling", help="how detectable a simulated set's calcifications are at all (ideal-observer bound)",
         description="The sensitivity that the prewhitening matched filter, told each particle's exact "
@@ -112,6 +127,21 @@ def run_train(args) -> int:
                            sampling=NegativeSampling(per_epoch=args.negatives_per_epoch))
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"calcnode train-seg: {exc}") from None
+    return 0
+
+
+def run_calibrate(args) -> int:
+    from training.segmentation.train import recalibrate
+
+    if args.max_fp_per_cm2 <= 0:
+        raise SystemExit("calcnode calibrate-seg: --max-fp-per-cm2 must be > 0")
+    try:
+        model = recalibrate(args.model, args.data, args.out, args.max_fp_per_cm2)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"calcnode calibrate-seg: {exc}") from None
+    print(json.dumps({"model": str(args.out), "prediction_threshold": model.params.prediction_threshold,
+                      "calibration": model.info["threshold_calibration"]}, indent=2))
+    print(f"calibrate-seg: wrote {args.out}. {model.info.get('notice', '')}", file=sys.stderr)
     return 0
 
 
