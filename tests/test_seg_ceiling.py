@@ -108,3 +108,32 @@ def test_seg_ceiling_refuses_a_folder_it_cannot_use(tmp_path):
                          capture_output=True, text=True)
     assert run.returncode != 0
     assert "dataset.json" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.interop
+def test_seg_ceiling_measures_a_background_inserted_set(interop, tmp_path):
+    """An inserted real view is prepared again exactly as the simulator prepared it: image minus
+    that background is only the particles, so the bound covers the real-background insertions that
+    evaluate-seg counts too (at the view's own spacing)."""
+    import pydicom
+    from scipy import ndimage
+
+    from training.synth.dataset import calcification_free_image
+
+    data = tmp_path / "inserted"
+    config = SynthConfig(cases=1, seed=5, type_weights=ALL_TYPES, backgrounds=(str(interop / "mg" / "MG1_J2KI.dcm"),))
+    generate_dataset(config, data, workers=1, progress=False)
+    (image,) = sorted((data / "dicom").rglob("MG_*.dcm"))
+    (labels_file,) = sorted((data / "truth").rglob("*_labels.npz"))
+    ds = pydicom.dcmread(image)
+    labels = np.load(labels_file)["labels"]
+    diff = ds.pixel_array.astype(float) - calcification_free_image(config, 0, "?", "?")
+    near = ndimage.binary_dilation(labels > 0, iterations=6)
+    assert labels.any() and np.abs(diff[~near]).max() <= 1.0 and diff[near].max() > 20
+    out = tmp_path / "ceiling.json"
+    run = subprocess.run([sys.executable, "-m", "dicom_node.cli", "seg-ceiling", "--data", str(data),
+                          "--fp-per-cm2", "1", "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    assert report["skipped"] == [] and report["overall"]["particles"] >= 3
+    assert all(row["dprime_p25_p50_p75"][0] > 0 for row in report["by_type"].values())

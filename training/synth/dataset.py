@@ -166,10 +166,17 @@ def image_rng(config: SynthConfig, case_index: int, image_index: int) -> np.rand
 
 def calcification_free_image(config: SynthConfig, case_index: int, laterality: str, view: str) -> np.ndarray:
     """The image ``calcnode synth`` wrote for (case, laterality, view) before its calcifications were
-    added: the anatomy drawn again from the image's own random stream, mirrored and quantised as
-    the written image (float64, 12-bit values). Not for background-inserted sets."""
+    added, mirrored and quantised as the written image (float64, 12-bit values): the anatomy drawn
+    again from the image's own random stream, or, in a background-inserted set, the case's real
+    view prepared again (:func:`~training.synth.backgrounds.load_background` is deterministic;
+    ``laterality`` and ``view`` are then the ones the written image states, and are not needed)."""
     if config.backgrounds:
-        raise ValueError("a background-inserted set's background is a real image: it cannot be drawn again")
+        from .backgrounds import load_background
+
+        (_, _, bg_path), = _image_plan(config, case_index)
+        bg = load_background(bg_path, config.background_spacing_mm)
+        image = np.clip(bg.anatomy.image, 0, 4095)
+        return np.rint(image[:, ::-1] if bg.flipped else image).astype(np.float64)
     plan = _image_plan(config, case_index)
     index = plan.index((laterality, view, None))
     anat = anatomy_mod.make_anatomy((config.rows, config.columns), config.pixel_spacing_mm, view,
