@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.segmentation.evaluate import (ImageMatches, StageMatches, miss_cause, misses_by_type,
-                                           wilson_interval)
+from training.segmentation.evaluate import (ImageMatches, StageMatches, case_bootstrap_interval, miss_cause,
+                                           misses_by_type, wilson_interval)
 
 
 def _image() -> ImageMatches:
@@ -51,3 +51,34 @@ def test_wilson_interval_matches_the_textbook_values():
     # more objects, narrower interval around the same proportion
     narrow, wide = wilson_interval(300, 1000), wilson_interval(3, 10)
     assert narrow[1] - narrow[0] < wide[1] - wide[0]
+
+
+def _patient(case: str, found: int, missed: int, kind: str = "fine_linear_branching") -> ImageMatches:
+    """One image of ``case``: ``found`` calcifications matched by kept objects, ``missed`` not."""
+    n = found + missed
+    cnn = StageMatches(score=np.full(found, 0.99), matched=[{k} for k in range(found)],
+                       best_iou=np.zeros((found, n)))
+    hdog = StageMatches(score=np.ones(0), matched=[], best_iou=np.zeros((0, n)))
+    return ImageMatches(n_truth=n, area_cm2=1.0, stages={"hdog": hdog, "hdog_cnn": cnn, "hdog_cnn_whole": cnn},
+                        truth_kinds=[kind] * n, case=case)
+
+
+def test_the_patient_bootstrap_is_wider_than_wilson_when_one_patient_dominates():
+    # 19 patients with 5 of 5 found, and one dense cluster of 40 calcifications with 10 found:
+    # 105 of 135 (0.78). Wilson counts 135 independent particles; whether that one patient is
+    # drawn moves the figure between ~0.65 and 1.
+    images = [_patient(f"p{k}", 5, 0) for k in range(19)] + [_patient("dense", 10, 30)]
+    lo, hi = case_bootstrap_interval(images, 0.9)["fine_linear_branching"]
+    w_lo, w_hi = wilson_interval(105, 135)
+    assert lo <= 105 / 135 <= hi
+    assert hi - lo > 2 * (w_hi - w_lo)
+    assert hi == 1.0  # draws without the dense patient find everything
+    # independent patients of equal size: close to Wilson
+    even = [_patient(f"q{k}", 4 if k % 4 else 3, 0 if k % 4 else 1) for k in range(40)]
+    lo, hi = case_bootstrap_interval(even, 0.9)["fine_linear_branching"]
+    w_lo, w_hi = wilson_interval(150, 160)
+    assert abs((hi - lo) - (w_hi - w_lo)) < 0.05
+    # two images of one patient are one unit: an interval is the same as with the images merged
+    split = [_patient("a", 2, 1), _patient("a", 1, 1), _patient("b", 3, 0), _patient("c", 0, 3)]
+    merged = [_patient("a", 3, 2), _patient("b", 3, 0), _patient("c", 0, 3)]
+    assert case_bootstrap_interval(split, 0.9) == case_bootstrap_interval(merged, 0.9)

@@ -73,6 +73,9 @@ def test_evaluate_seg_reports_both_stages(trained, small_data, tmp_path):
         assert sum(row["hdog_cnn_missed_by_cause"].values()) == missed
         low, high = row["hdog_cnn_sensitivity_95ci"]
         assert low <= row["hdog_cnn_sensitivity"] <= high
+        low, high = row["hdog_cnn_sensitivity_95ci_by_patient"]
+        assert 0 <= low <= high <= 1
+    assert report["patients"] == 3  # the small set's three cases
     with Image.open(tmp_path / "froc.png") as png:
         assert png.size[0] > 300
 

@@ -24,8 +24,8 @@ cluster's simulator ROI at 1 false positive per cm²: a particle counts as found
 probability of finding it, ``Phi(d' - z*)``, is at least 1/2 (its d' reaches the search threshold).
 This is independent of our segmentation: a cluster nobody could see is not counted as a miss, a
 cluster the observer sees but our segmentation misses is. :func:`add_observer_truth` adds it to the
-truth of the views of a ``calcnode synth`` folder (only sets whose background can be drawn again;
-elsewhere it stays unknown, ``None``).
+truth of the views of a ``calcnode synth`` folder (elsewhere, a folder without ``dataset.json``, it
+stays unknown, ``None``).
 """
 from __future__ import annotations
 
@@ -130,8 +130,8 @@ def collect(views, seg_model, params: ClusterParams = ClusterParams(), progress:
 def add_observer_truth(views: list[ViewCandidates], root: str | Path, progress: bool = True) -> int:
     """Mark each truth cluster of ``views`` (collected from the ``calcnode synth`` folder ``root``)
     with ``n_observer`` (its calcifications the ideal observer finds) and ``visible`` (module
-    docstring). Returns the number of views annotated; 0 for a set whose background cannot be
-    drawn again (the fields stay ``None``)."""
+    docstring). Returns the number of views annotated; 0 for a folder that is not a ``calcnode synth``
+    set (the fields stay ``None``)."""
     from training.segmentation.ceiling import image_observers, particles_found
 
     by_name = {v.name: v for v in views}
@@ -152,7 +152,7 @@ def add_observer_truth(views: list[ViewCandidates], root: str | Path, progress: 
             done += 1
             if progress:
                 print(f"\rideal observer: {done} views", end="", file=sys.stderr, flush=True)
-    except ValueError as exc:   # a background-inserted set: its background cannot be drawn again
+    except ValueError as exc:   # not a calcnode synth folder: no background to draw again
         print(f"ideal observer skipped for {root}: {exc}", file=sys.stderr)
         return 0
     if progress and done:
