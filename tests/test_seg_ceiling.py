@@ -137,3 +137,11 @@ def test_seg_ceiling_measures_a_background_inserted_set(interop, tmp_path):
     report = json.loads(out.read_text())
     assert report["skipped"] == [] and report["overall"]["particles"] >= 3
     assert all(row["dprime_p25_p50_p75"][0] > 0 for row in report["by_type"].values())
+    # moved away from its real views, the set is skipped with the reason, not a traceback
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["config"]["backgrounds"] = [str(tmp_path / "gone.dcm")]
+    (data / "dataset.json").write_text(json.dumps(meta))
+    run = subprocess.run([sys.executable, "-m", "dicom_node.cli", "seg-ceiling", "--data", str(data)],
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "not found" in run.stderr and "gone.dcm" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -166,6 +166,9 @@ def image_observers(root: str | Path):
     if not meta.is_file():
         raise ValueError(f"{root}: no dataset.json - the bound needs a calcnode synth folder")
     config = SynthConfig.from_json(json.loads(meta.read_text())["config"])
+    missing = [b for b in config.backgrounds if not Path(b).is_file()]
+    if missing:  # the set was inserted into real views that are not where it was made
+        raise ValueError(f"{root}: the real views it was inserted into are not found ({', '.join(missing)})")
     for item in scan_dataset(root, require_truth=True):
         if not item.roi_paths:
             continue
