@@ -175,15 +175,19 @@ def calcification_free_image(config: SynthConfig, case_index: int, laterality: s
 
         (_, _, bg_path), = _image_plan(config, case_index)
         bg = load_background(bg_path, config.background_spacing_mm)
-        image = np.clip(bg.anatomy.image, 0, 4095)
-        return np.rint(image[:, ::-1] if bg.flipped else image).astype(np.float64)
+        return _written_values(bg.anatomy.image, mirror=bg.flipped)
     plan = _image_plan(config, case_index)
     index = plan.index((laterality, view, None))
     anat = anatomy_mod.make_anatomy((config.rows, config.columns), config.pixel_spacing_mm, view,
                                     image_rng(config, case_index, index), with_distractors=config.distractors,
                                     tissue=config.tissue)
-    image = np.clip(anat.image, 0, 4095)
-    return np.rint(image[:, ::-1] if laterality == "R" else image).astype(np.float64)
+    return _written_values(anat.image, mirror=laterality == "R")
+
+
+def _written_values(image: np.ndarray, mirror: bool) -> np.ndarray:
+    """The 12-bit values ``calcnode synth`` stores for ``image`` (float64), mirrored left-right
+    when ``mirror`` (a right breast, or a real view stored with the chest wall on the right)."""
+    return np.rint(np.clip(image[:, ::-1] if mirror else image, 0, 4095)).astype(np.float64)
 
 
 def _n_clusters(rng: np.random.Generator, max_clusters: int) -> int:
@@ -307,7 +311,7 @@ def _generate_image(config, case_index, image_index, lat, view, bg_path, cluster
     if mirror:
         anat.image = anat.image[:, ::-1]
         labels = labels[:, ::-1]
-    pixels = np.rint(np.clip(anat.image, 0, 4095)).astype(np.uint16)
+    pixels = _written_values(anat.image, mirror=False).astype(np.uint16)  # mirrored above
     labels = np.ascontiguousarray(labels)
     _measure(labels, particles_out, spacing, cols, mirror)
 
