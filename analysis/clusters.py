@@ -15,7 +15,14 @@ limit of a larger number within 2 cm; in CAD and in the older literature a *clus
 calcifications within 1 cm² (e.g. Kopans; the DDSM/INbreast cluster annotations). Here:
 
 1. **Members.** The segmented calcifications (labels of ``segmentation.labels``) whose centroid
-   lies in the breast mask.
+   lies in the breast mask. A cluster model may set its own ``member_threshold``, a selection CNN
+   support score below the operating point: the members are then the selection's objects above
+   it (:func:`analysis.segmentation.pipeline.at_threshold`, no network run again). Finding a
+   cluster is a search, and a faint cluster shows more of its calcifications to a more sensitive
+   threshold; the cluster stage's own evidence removes the false groups that come with them. What
+   is *reported* stays at the operating point: :mod:`analysis.study` analyses the outline as an
+   ROI, with the calcifications the SEG shows and the classifier scores (docs/clusters.md
+   "Members below the operating point").
 2. **Linking.** Two calcifications are joined when their centroids are at most ``link_mm``
    (default 5 mm, half of the 1 cm of BI-RADS' "grouped") apart in mm (pixel spacing applied per
    axis); a candidate cluster is a connected component of that graph (single linkage). A linear
@@ -120,7 +127,8 @@ class DetectedCluster:
     """One detected calcification cluster of a view.
 
     ``cluster_id``: 1..n, ordered by confidence (descending). ``member_labels``: the labels of the
-    segmentation's label image that make it up (ascending). ``centroid_rc``: mean of the members'
+    member label image that make it up (ascending): the segmentation's, or with a model's
+    ``member_threshold`` that of :func:`analysis.segmentation.pipeline.at_threshold`. ``centroid_rc``: mean of the members'
     centroids, pixel indices (row, column). ``outline_xy``: float (N, 2), N >= 3, a closed polygon in
     the DICOM PIXEL convention (column, row), pixel centres at +0.5, first vertex not repeated.
     ``area_mm2``: the outline's area. ``confidence``: in [0, 1]. ``features``: the cluster-level
@@ -419,7 +427,10 @@ class ClusterModel:
     ``p = sigmoid(intercept + sum_k coef_k * (g_k(x_k) - mean_k) / scale_k)`` with ``g_k`` the
     feature's transform (``"log1p"`` for counts, areas and distances, else identity) and the
     features of ``feature_names`` (a subset of :data:`FEATURE_NAMES`). A cluster is kept when
-    ``p >= threshold``. ``info``: how it was made (data, seeds, NOT FOR CLINICAL USE).
+    ``p >= threshold``. ``member_threshold``: the selection CNN's support score at which a
+    calcification counts as a *member* (module docstring, "Members"); None: the segmentation's own
+    operating point. It is part of the model, because the features were learnt on members found at
+    it. ``info``: how it was made (data, seeds, NOT FOR CLINICAL USE).
     """
 
     feature_names: tuple[str, ...]
@@ -433,8 +444,12 @@ class ClusterModel:
     version: str = "1"
     not_for_clinical_use: bool = True
     info: Mapping[str, Any] = field(default_factory=dict)
+    member_threshold: float | None = None
 
     def __post_init__(self):
+        if self.member_threshold is not None and not (
+                isinstance(self.member_threshold, (int, float)) and 0.0 <= float(self.member_threshold) <= 1.0):
+            raise ValueError(f"cluster model member_threshold {self.member_threshold!r} is outside [0, 1]")
         k = len(self.feature_names)
         unknown = set(self.feature_names) - set(FEATURE_NAMES)
         if unknown:
@@ -465,11 +480,14 @@ class ClusterModel:
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
     def to_dict(self) -> dict:
-        return {"format": MODEL_FORMAT, "name": self.name, "version": self.version,
-                "not_for_clinical_use": self.not_for_clinical_use,
-                "feature_names": list(self.feature_names), "transforms": list(self.transforms),
-                "mean": list(self.mean), "scale": list(self.scale), "coef": list(self.coef),
-                "intercept": self.intercept, "threshold": self.threshold, "info": dict(self.info)}
+        out = {"format": MODEL_FORMAT, "name": self.name, "version": self.version,
+               "not_for_clinical_use": self.not_for_clinical_use,
+               "feature_names": list(self.feature_names), "transforms": list(self.transforms),
+               "mean": list(self.mean), "scale": list(self.scale), "coef": list(self.coef),
+               "intercept": self.intercept, "threshold": self.threshold, "info": dict(self.info)}
+        if self.member_threshold is not None:  # absent: a model file written before members had their own
+            out["member_threshold"] = float(self.member_threshold)
+        return out
 
     def to_bytes(self) -> bytes:
         """The model file (canonical JSON: same model, same bytes); ``training.clusters`` writes it."""
@@ -489,7 +507,9 @@ class ClusterModel:
                        coef=tuple(map(float, blob["coef"])), intercept=float(blob["intercept"]),
                        threshold=float(blob["threshold"]), name=str(blob["name"]),
                        version=str(blob["version"]), not_for_clinical_use=bool(blob["not_for_clinical_use"]),
-                       info=dict(blob.get("info", {})))
+                       info=dict(blob.get("info", {})),
+                       member_threshold=None if blob.get("member_threshold") is None
+                       else float(blob["member_threshold"]))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"calcnode cluster model lacks or mistypes {exc}") from None
 
@@ -532,12 +552,18 @@ class ClusterCandidate:
 
 
 def candidate_clusters(segmentation: "Segmentation", pixels: np.ndarray, spacing_mm: tuple[float, float],
-                       breast_mask: np.ndarray | None, params: ClusterParams = ClusterParams()
-                       ) -> list[ClusterCandidate]:
+                       breast_mask: np.ndarray | None, params: ClusterParams = ClusterParams(),
+                       member_threshold: float | None = None) -> list[ClusterCandidate]:
     """Every group of the view's calcifications that passes the grouping rule, with its outline
     and :data:`FEATURE_NAMES` (module docstring). ``breast_mask``: bool (rows, cols), members must
-    have their centroid in it (None: every calcification)."""
+    have their centroid in it (None: every calcification). ``member_threshold``: members are the
+    selection's objects with support >= it (:func:`analysis.segmentation.pipeline.at_threshold`;
+    ``member_labels`` then refer to that label image), None: ``segmentation``'s own calcifications."""
     spacing = (float(spacing_mm[0]), float(spacing_mm[1]))
+    if member_threshold is not None:
+        from analysis.segmentation.pipeline import at_threshold  # loads torch: only when asked
+
+        segmentation = at_threshold(segmentation, pixels, spacing, member_threshold)
     m = _members(segmentation, np.asarray(pixels, np.float32), spacing, breast_mask, params)
     if len(m.labels) < params.min_count:
         return []
@@ -599,6 +625,7 @@ def detect_clusters(segmentation: "Segmentation", pixels: np.ndarray, spacing_mm
         calcifications whose centroid is outside are ignored. None: all count.
     params : the grouping rule's parameters (mm).
     model : the trained cluster model; None: :func:`rule_confidence` and :data:`RULE_THRESHOLD`.
+        Its ``member_threshold`` (when set) decides which calcifications are members.
     keep_all : return every candidate whatever its confidence (evaluation sweeps).
 
     Returns
@@ -606,7 +633,8 @@ def detect_clusters(segmentation: "Segmentation", pixels: np.ndarray, spacing_mm
     The clusters with ``confidence >= threshold`` (all with ``keep_all``), ``cluster_id`` 1..n in
     order of decreasing confidence (ties: larger clusters first, then position).
     """
-    candidates = candidate_clusters(segmentation, pixels, spacing_mm, breast_mask, params)
+    candidates = candidate_clusters(segmentation, pixels, spacing_mm, breast_mask, params,
+                                    None if model is None else model.member_threshold)
     confidence = score_candidates(candidates, model)
     threshold = RULE_THRESHOLD if model is None else float(model.threshold)
     order = sorted(range(len(candidates)),

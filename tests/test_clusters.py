@@ -3,6 +3,7 @@ and ``calcnode evaluate-clusters`` / ``train-clusters`` on a tiny simulated set.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import math
 from types import SimpleNamespace
 
@@ -26,7 +27,8 @@ def fake_segmentation(shape, positions, size=3, score=0.8, value=0.7):
         labels[r:r + size, c:c + size] = i + 1
         pixels[r:r + size, c:c + size] = value
     selection = SimpleNamespace(objects=labels.copy(), scores=np.full(len(positions), score), kept=labels > 0)
-    seg = SimpleNamespace(labels=labels, particles=particle_table(labels, pixels, SPACING), selection=selection)
+    seg = SimpleNamespace(labels=labels, particles=particle_table(labels, pixels, SPACING), selection=selection,
+                          candidates=None)
     return seg, pixels
 
 
@@ -171,6 +173,24 @@ def test_detect_clusters_respects_breast_mask_threshold_and_order():
     assert detect_clusters(empty, px, SPACING, None) == []
 
 
+def test_a_models_member_threshold_decides_the_members():
+    """Members below the operating point: three specks of which only one is kept at the operating
+    point (score 0.95) make no cluster from the segmentation's own calcifications, and one cluster of
+    three when the model counts members from support 0.8 up (at_threshold, no network run)."""
+    positions = [(100, 100), (110, 120), (120, 105), (300, 300)]
+    seg, pixels = fake_segmentation((400, 400), positions)
+    seg.selection.scores = np.array([0.95, 0.85, 0.82, 0.5])
+    seg.labels = np.where(seg.selection.objects == 1, 1, 0).astype(np.int32)   # kept at 0.9
+    seg.particles = particle_table(seg.labels, pixels, SPACING)
+    everything = np.ones((400, 400), bool)
+    loose = replace(_model(threshold=0.0), member_threshold=0.8)
+    assert detect_clusters(seg, pixels, SPACING, everything, model=_model(threshold=0.0)) == []
+    found = detect_clusters(seg, pixels, SPACING, everything, model=loose)
+    assert [c.n_calcifications for c in found] == [3]
+    assert points_in_polygon(found[0].outline_xy, np.array([[101.5, 101.5], [121.5, 111.5], [106.5, 121.5]])).all()
+    assert detect_clusters(seg, pixels, SPACING, everything, model=replace(loose, member_threshold=0.9)) == []
+
+
 def test_detected_cluster_validates():
     outline = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     with pytest.raises(ValueError):
@@ -193,6 +213,12 @@ def test_cluster_model_bytes_round_trip_and_scores(tmp_path):
     model = _model()
     again = ClusterModel.from_bytes(model.to_bytes())
     assert again == model and again.sha256 == model.sha256
+    # a model without its own member threshold writes no key: files written before it keep their bytes
+    assert "member_threshold" not in json.loads(model.to_bytes()) and model.member_threshold is None
+    loose = replace(model, member_threshold=0.9)
+    assert ClusterModel.from_bytes(loose.to_bytes()) == loose and loose.sha256 != model.sha256
+    with pytest.raises(ValueError, match="member_threshold"):
+        replace(model, member_threshold=1.5)
     p = model.predict([{"n_calcifications": 10, "linearity": 0.1}, {"n_calcifications": 3, "linearity": 0.99}])
     assert p[0] > 0.9 and p[1] < 0.1
     (tmp_path / "m.json").write_bytes(model.to_bytes())
@@ -335,6 +361,30 @@ def test_evaluate_clusters_writes_json_and_png(tiny_set):
                  "--out", str(out2), "--quiet"]) == 0
     again = json.loads((out2 / "cluster_metrics.json").read_text())
     assert again["simulated"]["froc"] == sim["froc"]
+
+
+def test_train_clusters_records_its_member_threshold_and_evaluation_follows_it(tiny_set, capsys):
+    """--member-threshold is stored in the model; evaluate-clusters then searches for members as the
+    model was trained to, and refuses candidates collected at another threshold."""
+    from dicom_node.cli import main
+
+    data, neg, root = tiny_set
+    model = root / "loose.json"
+    assert main(["train-clusters", "--data", str(data), "--negatives", str(neg), "--member-threshold", "0.5",
+                 "--out", str(model), "--quiet", "--save-candidates", str(root / "loose.json.cands")]) == 0
+    assert ClusterModel.load(model).member_threshold == 0.5
+    assert "members at 0.5" in capsys.readouterr().out
+    assert json.loads((root / "loose.json.cands").read_text())["member_threshold"] == 0.5
+    # candidates collected at the operating point do not fit this model
+    assert main(["evaluate-clusters", "--data", str(data), "--model", "rule", "--out", str(root / "e2"),
+                 "--quiet", "--save-candidates", str(root / "op.cands")]) == 0
+    assert main(["evaluate-clusters", "--candidates", str(root / "op.cands"), "--model", str(model),
+                 "--out", str(root / "e3"), "--quiet"]) == 2
+    assert "selection threshold the segmentation model's own, not 0.5" in capsys.readouterr().err
+    assert main(["evaluate-clusters", "--candidates", str(root / "loose.json.cands"), "--model", str(model),
+                 "--out", str(root / "e4"), "--quiet"]) == 0
+    assert main(["train-clusters", "--data", str(data), "--member-threshold", "2", "--out",
+                 str(root / "x.json")]) == 2
 
 
 def test_evaluate_clusters_refuses_missing_inputs(tiny_set, tmp_path, capsys):

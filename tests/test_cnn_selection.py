@@ -321,3 +321,35 @@ def test_particle_table_equals_scipy_measurements():
         np.testing.assert_array_equal(table["area_px"], areas)
         np.testing.assert_array_equal(table["area_mm2"], areas * spacing[0] * spacing[1])
         np.testing.assert_array_equal(table["max_intensity"], ndimage.maximum(pixels, labels, index).astype(np.float32))
+
+
+def test_at_threshold_keeps_the_selection_objects_above_another_threshold():
+    """at_threshold re-decides the selection without running the network: at the model's own
+    threshold it gives exactly segment()'s calcifications, lower it keeps a superset (every
+    calcification of the operating point stays, whole), and a non-score is refused."""
+    from analysis.segmentation.pipeline import at_threshold, segment
+    from training.clusters.collect import DEFAULT_SEGMENTATION_MODEL
+
+    model = SegmentationModel.load(DEFAULT_SEGMENTATION_MODEL)
+    rng = np.random.default_rng(11)
+    pixels = (0.35 + rng.normal(0, 0.012, (320, 320))).astype(np.float32)
+    rows, cols = np.mgrid[:320, :320]
+    for k in range(40):   # specks from clearly visible to barely there
+        r, c = rng.integers(15, 305, 2)
+        amp = 0.02 + 0.1 * (k % 8) / 7
+        pixels += (amp * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * 1.5 ** 2))).astype(np.float32)
+    spacing = (0.07, 0.07)
+    seg = segment(np.clip(pixels, 0, 1), spacing, np.ones(pixels.shape, bool), model)
+    scores = seg.selection.scores
+    assert len(scores) > len(seg) > 0   # some objects scored below the operating point
+    same = at_threshold(seg, np.clip(pixels, 0, 1), spacing, model.params.prediction_threshold)
+    np.testing.assert_array_equal(same.labels, seg.labels)
+    np.testing.assert_array_equal(same.particles, seg.particles)
+    lower = at_threshold(seg, np.clip(pixels, 0, 1), spacing, float(np.min(scores)))
+    assert len(lower) > len(seg)
+    for label in range(1, len(seg) + 1):   # each operating-point calcification lies in one lower one
+        inside = np.unique(lower.labels[seg.labels == label])
+        assert len(inside) == 1 and inside[0] > 0
+    assert len(at_threshold(seg, np.clip(pixels, 0, 1), spacing, 1.0)) <= len(seg)
+    with pytest.raises(ValueError, match="support score"):
+        at_threshold(seg, pixels, spacing, 1.5)

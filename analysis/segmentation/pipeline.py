@@ -148,3 +148,39 @@ def segment(pixels: np.ndarray, spacing_mm: tuple[float, float], region: np.ndar
         labels[extent] = ndimage.label(kept[extent], structure=_EIGHT)[0]
     return Segmentation(labels=labels, particles=particle_table(labels, pixels, spacing_mm, extent),
                         candidates=candidates, selection=selection)
+
+
+def at_threshold(segmentation: Segmentation, pixels: np.ndarray, spacing_mm: tuple[float, float],
+                 threshold: float) -> Segmentation:
+    """The calcifications the same image would have with the selection CNN's prediction threshold
+    set to ``threshold`` (a support score in [0, 1]) instead of the model's own.
+
+    No network runs again: the selection's scored objects (``segmentation.selection``) are kept
+    when their score is >= ``threshold``, holes filled, labelled with 8-connectivity, as
+    :func:`segment` does. Used by the cluster detector, whose members may be searched for at a
+    more sensitive threshold than the operating point the SEG and the classifier use
+    (docs/clusters.md "Members below the operating point"). ``candidates`` and ``selection`` are
+    shared with ``segmentation``.
+    """
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"a selection threshold is a support score in [0, 1], got {threshold!r}")
+    selection = segmentation.selection
+    keep = np.flatnonzero(np.asarray(selection.scores) >= threshold) + 1
+    objects = selection.objects
+    kept = np.zeros(objects.shape, bool)
+    extent = nonzero_extent(objects)
+    if extent is not None and keep.size:
+        kept[extent] = np.isin(objects[extent], keep)
+        # fill each kept piece's holes in its own box, as the selection fills them in its crops
+        pieces, _ = ndimage.label(kept[extent], structure=_EIGHT)
+        for box in ndimage.find_objects(pieces):
+            r, c = (slice(extent[0].start + box[0].start, extent[0].start + box[0].stop),
+                    slice(extent[1].start + box[1].start, extent[1].start + box[1].stop))
+            kept[r, c] = ndimage.binary_fill_holes(kept[r, c])
+    labels = np.zeros(objects.shape, np.int32)
+    extent = nonzero_extent(kept)
+    if extent is not None:
+        labels[extent] = ndimage.label(kept[extent], structure=_EIGHT)[0]
+    return Segmentation(labels=labels, particles=particle_table(labels, pixels, spacing_mm, extent),
+                        candidates=segmentation.candidates, selection=selection)

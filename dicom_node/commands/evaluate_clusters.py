@@ -37,6 +37,10 @@ def register(subparsers) -> None:
     train.add_argument("--version", default="1")
     train.add_argument("--target-fp", type=float, default=0.1, metavar="RATE",
                        help="false marks per training image at the operating threshold (default 0.1)")
+    train.add_argument("--member-threshold", type=float, metavar="SCORE",
+                       help="selection CNN support score at which a calcification counts as a cluster "
+                            "member, in [0, 1] (default: the segmentation model's own threshold); stored "
+                            "in the model (docs/clusters.md)")
     train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser(
@@ -53,11 +57,15 @@ def register(subparsers) -> None:
     evaluate.set_defaults(func=run_evaluate)
 
 
-def _gather(args, prog: str):
+def _gather(args, prog: str, member_threshold: float | None):
     from training.clusters.pipeline import gather, load_candidates, save_candidates
 
     if args.candidates:
-        sim, real = load_candidates(args.candidates)
+        sim, real, saved = load_candidates(args.candidates)
+        if saved != member_threshold:
+            print(f"calcnode {prog}: error: {args.candidates} holds members at selection threshold "
+                  f"{_describe(saved)}, not {_describe(member_threshold)}", file=sys.stderr)
+            return None
     else:
         if not args.data and not args.negatives:
             print(f"calcnode {prog}: error: give --data DIR and/or --negatives, or --candidates JSON",
@@ -71,14 +79,23 @@ def _gather(args, prog: str):
             if not Path(n).exists():
                 print(f"calcnode {prog}: error: {n}: not found", file=sys.stderr)
                 return None
-        sim, real = gather(args.data, args.negatives, args.seg_model, args.real_spacing, not args.quiet)
+        sim, real = gather(args.data, args.negatives, args.seg_model, args.real_spacing, not args.quiet,
+                           member_threshold=member_threshold)
     if args.save_candidates:
-        save_candidates(args.save_candidates, sim, real)
+        save_candidates(args.save_candidates, sim, real, member_threshold)
     return sim, real
 
 
+def _describe(member_threshold: float | None) -> str:
+    return "the segmentation model's own" if member_threshold is None else f"{member_threshold:g}"
+
+
 def run_train(args) -> int:
-    gathered = _gather(args, "train-clusters")
+    if args.member_threshold is not None and not 0.0 <= args.member_threshold <= 1.0:
+        print(f"calcnode train-clusters: error: --member-threshold {args.member_threshold:g} is not a support "
+              "score in [0, 1]", file=sys.stderr)
+        return 2
+    gathered = _gather(args, "train-clusters", args.member_threshold)
     if gathered is None:
         return 2
     sim, real = gathered
@@ -88,12 +105,14 @@ def run_train(args) -> int:
     try:
         model = train(sim, real, args.out, seed=args.seed, name=args.name, version=args.version,
                       training_data=f"{len(sim)} simulated + {len(real)} real normal views ({data})",
-                      target_fp_per_image=args.target_fp, seg_model_path=getattr(args, "seg_model", None))
+                      target_fp_per_image=args.target_fp, seg_model_path=getattr(args, "seg_model", None),
+                      member_threshold=args.member_threshold)
     except ValueError as exc:
         print(f"calcnode train-clusters: error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}: {model.info['samples']} candidate clusters ({model.info['positives']} true), "
-          f"threshold {model.threshold:.3f}; NOT FOR CLINICAL USE")
+          f"threshold {model.threshold:.3f}, members at {_describe(model.member_threshold)} selection "
+          "threshold; NOT FOR CLINICAL USE")
     return 0
 
 
@@ -105,7 +124,14 @@ def run_evaluate(args) -> int:
         print(f"calcnode evaluate-clusters: error: {model}: no such model file (use --model rule for the "
               "rule-based confidence)", file=sys.stderr)
         return 2
-    gathered = _gather(args, "evaluate-clusters")
+    from analysis.clusters import ClusterModel
+
+    try:  # the members are searched for as the model was trained to find them
+        member_threshold = ClusterModel.load(model).member_threshold if model is not None else None
+    except ValueError as exc:
+        print(f"calcnode evaluate-clusters: error: {exc}", file=sys.stderr)
+        return 2
+    gathered = _gather(args, "evaluate-clusters", member_threshold)
     if gathered is None:
         return 2
     sim, real = gathered

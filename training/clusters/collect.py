@@ -84,13 +84,18 @@ def load_segmentation_model(path: str | Path | None = None):
     return SegmentationModel.load(Path(path) if path else DEFAULT_SEGMENTATION_MODEL)
 
 
-def collect_view(view: View, seg_model, params: ClusterParams = ClusterParams()) -> ViewCandidates:
-    """Segment ``view`` and label its candidate clusters (module docstring)."""
-    from analysis.segmentation.pipeline import segment
+def collect_view(view: View, seg_model, params: ClusterParams = ClusterParams(),
+                 member_threshold: float | None = None) -> ViewCandidates:
+    """Segment ``view`` and label its candidate clusters (module docstring). ``member_threshold``:
+    the cluster members' selection threshold (:class:`analysis.clusters.ClusterModel`), None: the
+    segmentation model's own; "detectable" is judged on those members."""
+    from analysis.segmentation.pipeline import at_threshold, segment
 
     start = time.process_time()
     mask = breast_mask(view.pixels, view.spacing_mm)
     seg = segment(view.pixels, view.spacing_mm, None, seg_model)
+    if member_threshold is not None:
+        seg = at_threshold(seg, view.pixels, view.spacing_mm, member_threshold)
     candidates = candidate_clusters(seg, view.pixels, view.spacing_mm, mask, params)
     truth = []
     for cluster in view.clusters:
@@ -113,11 +118,12 @@ def collect_view(view: View, seg_model, params: ClusterParams = ClusterParams())
                           seconds=round(time.process_time() - start, 2))
 
 
-def collect(views, seg_model, params: ClusterParams = ClusterParams(), progress: bool = True) -> list[ViewCandidates]:
+def collect(views, seg_model, params: ClusterParams = ClusterParams(), progress: bool = True,
+            member_threshold: float | None = None) -> list[ViewCandidates]:
     """:func:`collect_view` over an iterable of views."""
     out = []
     for i, view in enumerate(views, 1):
-        out.append(collect_view(view, seg_model, params))
+        out.append(collect_view(view, seg_model, params, member_threshold))
         if progress:
             v = out[-1]
             print(f"\r[{i}] {v.name}: {len(v.candidates)} candidates, {len(v.truth)} truth clusters, "
