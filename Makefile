@@ -57,7 +57,8 @@ REAL_TRAIN := $(REAL_TISSUE)/nyu_gmic_0_L-CC.png $(REAL_TISSUE)/nyu_gmic_0_R-CC.
 REAL_HELD_OUT := $(REAL_TISSUE)/nyu_gmic_0_L-MLO.png
 SYNTH_TYPES := amorphous:3,punctate,fine_pleomorphic,fine_linear_branching
 seg-train-data: $(STAMP)
-	rm -rf data/seg-train data/seg-train-bg data/seg-train-2 data/seg-train-real
+	rm -rf data/seg-train data/seg-train-bg data/seg-train-2 data/seg-train-real data/seg-train-3 \
+	    data/seg-train-4 data/seg-train-real-2
 	$(BIN)/calcnode synth --out data/seg-train --cases 30 --seed 101 --types $(SYNTH_TYPES) --tissue smooth --quiet
 	$(BIN)/calcnode synth --out data/seg-train-2 --cases 20 --seed 103 --types $(SYNTH_TYPES) --tissue smooth --quiet
 	$(BIN)/calcnode synth --out data/seg-train-bg --cases 30 --seed 102 --types $(SYNTH_TYPES) --tissue smooth \
@@ -65,17 +66,30 @@ seg-train-data: $(STAMP)
 	    $(INTEROP_MG)/cbis_ddsm/benign_1-130.dcm $(INTEROP_MG)/cbis_ddsm/malignant_1-280.dcm
 	$(BIN)/calcnode synth --out data/seg-train-real --cases 12 --seed 104 --types $(SYNTH_TYPES) --tissue smooth \
 	    --max-clusters 3 --quiet --background $(REAL_TRAIN) --background-spacing 0.07
+	$(BIN)/calcnode synth --out data/seg-train-real-2 --cases 30 --seed 106 --types $(SYNTH_TYPES) --tissue smooth \
+	    --max-clusters 3 --quiet --background $(REAL_TRAIN) --background-spacing 0.07
+	$(BIN)/calcnode synth --out data/seg-train-3 --cases 400 --seed 105 --types $(SYNTH_TYPES) --tissue smooth \
+	    --lateralities L --quiet
+	$(BIN)/calcnode synth --out data/seg-train-4 --cases 250 --seed 107 --types amorphous --tissue smooth \
+	    --lateralities L --quiet
 
-# Fine-tuned from the 2026-12-03 model (SEG_BASE, made by this target's previous version: synthetic
-# data only, 40 epochs from scratch, ~40 min on 2 idle cores) on the same data plus the real tissue:
-# 6 epochs of 10,000 of the data sets' patches and 4,000 of the real views' (half the hardest).
-SEG_BASE := analysis/segmentation/weights/demo-seg-cnn-2026-12-03.pt
-demo-seg-model: seg-train-data
+# Fine-tuned from the previous shipped model (SEG_BASE: the first real-tissue fine-tune, made by this
+# target's previous version from the 2026-12-03 weights, which were trained from scratch on simulated
+# data; both kept in weights/, docs/segmentation.md "Training") on ~1,570 images: the earlier data
+# plus 650 simulated cases (a quarter amorphous-only) and 30 more insertions into the real training
+# views. 10 epochs of 20,000 of the data sets' patches and 4,000 of the real views' (half the
+# hardest), ~20 min on 2 idle cores after ~10 min of patches. The threshold is then calibrated on the
+# validation set (seg-val-data, never trained on): <= 1 false positive per cm² of ROI there.
+SEG_BASE := analysis/segmentation/weights/demo-seg-cnn-2026-12-06-real.pt
+SEG_MODEL := analysis/segmentation/weights/demo-seg-cnn.pt
+demo-seg-model: seg-train-data seg-val-data
 	$(BIN)/calcnode train-seg --data data/seg-train --data data/seg-train-bg --data data/seg-train-2 \
-	    --data data/seg-train-real --negatives $(REAL_TRAIN) --negative-spacing 0.07 --seed 0 \
-	    --init $(SEG_BASE) --learning-rate 5e-4 --max-epochs 6 --patience 3 \
-	    --patches-per-epoch 10000 --negatives-per-epoch 4000 \
-	    --out analysis/segmentation/weights/demo-seg-cnn.pt
+	    --data data/seg-train-real --data data/seg-train-real-2 --data data/seg-train-3 --data data/seg-train-4 \
+	    --negatives $(REAL_TRAIN) --negative-spacing 0.07 --seed 0 \
+	    --init $(SEG_BASE) --learning-rate 5e-4 --max-epochs 10 \
+	    --patches-per-epoch 20000 --negatives-per-epoch 4000 --out data/seg-model-uncalibrated.pt
+	$(BIN)/calcnode calibrate-seg --model data/seg-model-uncalibrated.pt --data data/seg-val --data data/seg-val-bg \
+	    --out $(SEG_MODEL)
 
 # A segmentation test set: $(1) simulated cases (seed $(2)) in data/$(3), and $(4) insertions into
 # the interop set's three real mammograms (seed $(5)) in data/$(3)-bg.

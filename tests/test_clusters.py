@@ -372,8 +372,12 @@ def test_train_clusters_records_its_member_threshold_and_evaluation_follows_it(t
     model = root / "loose.json"
     assert main(["train-clusters", "--data", str(data), "--negatives", str(neg), "--member-threshold", "0.5",
                  "--out", str(model), "--quiet", "--save-candidates", str(root / "loose.json.cands")]) == 0
-    assert ClusterModel.load(model).member_threshold == 0.5
-    assert "members at 0.5" in capsys.readouterr().out
+    loaded = ClusterModel.load(model)
+    assert loaded.member_threshold == 0.5
+    oof = loaded.info["out_of_fold_at_threshold"]
+    assert 0 <= oof["visible_found"] <= oof["visible_clusters"] <= oof["clusters"] and oof["found"] <= oof["clusters"]
+    printed = capsys.readouterr().out
+    assert "members at 0.5" in printed and f"{oof['found']}/{oof['clusters']} clusters" in printed
     assert json.loads((root / "loose.json.cands").read_text())["member_threshold"] == 0.5
     # candidates collected at the operating point do not fit this model
     assert main(["evaluate-clusters", "--data", str(data), "--model", "rule", "--out", str(root / "e2"),

@@ -110,8 +110,11 @@ def run_train(args) -> int:
     except ValueError as exc:
         print(f"calcnode train-clusters: error: {exc}", file=sys.stderr)
         return 1
+    oof = model.info["out_of_fold_at_threshold"]
     print(f"wrote {args.out}: {model.info['samples']} candidate clusters ({model.info['positives']} true), "
-          f"threshold {model.threshold:.3f}, members at {_describe(model.member_threshold)} selection "
+          f"threshold {model.threshold:.3f} (out of fold: {oof['found']}/{oof['clusters']} clusters, "
+          f"{oof['visible_found']}/{oof['visible_clusters']} visible, {oof['false_marks_per_image']} "
+          f"false marks/image), members at {_describe(model.member_threshold)} selection "
           "threshold; NOT FOR CLINICAL USE")
     return 0
 

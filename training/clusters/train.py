@@ -139,12 +139,22 @@ def train_cluster_model(views: Sequence[ViewCandidates], *, seed: int = 0, c_reg
         conf.append(c)
     threshold = choose_threshold(views, conf, target_fp_per_image)
     model = _fit(feats, y, w, c_reg, seed)
+    # what that threshold does out of fold: the figures to choose the training settings on (the
+    # member threshold among them) without looking at a held-out set
+    at = operating(views, conf, threshold)
+    truth = [t for v in views for t in v.truth]
+    found = np.array(at["found"], bool)
+    visible = np.array([bool(t.get("visible")) for t in truth], bool)
+    out_of_fold = {"clusters": len(truth), "found": int(found.sum()),
+                   "visible_clusters": int(visible.sum()), "visible_found": int(found[visible].sum()),
+                   "false_marks_per_image": round(sum(at["false_marks"]) / max(len(views), 1), 4)}
     meta = {"not_for_clinical_use": "NOT FOR CLINICAL USE: demonstration model trained on simulated views "
                                     "and real normal tissue",
             "samples": int(len(y)), "positives": int(y.sum()), "views": len(views),
             "real_views": int(sum(v.source == "real" for v in views)),
             "seed": seed, "C": c_reg, "real_weight": real_weight, "folds": folds,
             "target_fp_per_image": target_fp_per_image, "threshold_from": "out-of-fold probabilities",
+            "out_of_fold_at_threshold": out_of_fold,
             **(info or {})}
     return ClusterModel(feature_names=model.feature_names, transforms=model.transforms, mean=model.mean,
                         scale=model.scale, coef=model.coef, intercept=model.intercept,
