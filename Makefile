@@ -130,8 +130,8 @@ demo-classifier: $(STAMP)
 	rm -rf data/cls-train
 	$(BIN)/calcnode synth --out data/cls-train --cases 170 --seed 201 --lateralities L --tissue smooth --quiet
 	$(BIN)/calcnode train --data data/cls-train --seed 0 \
-	    --name calcnode-demo --version 1.2.0 \
-	    --out analysis/models/calcnode-demo-1.2.0 --report analysis/models/calcnode-demo-1.2.0-report
+	    --name calcnode-demo --version 1.3.0 \
+	    --out analysis/models/calcnode-demo-1.3.0 --report analysis/models/calcnode-demo-1.3.0-report
 
 # Its learning curve (docs/classifier.md#learning-curve; NOT FOR CLINICAL USE): nested-CV AUC on
 # patient-grouped subsets of ~100 to 2000 usable ROIs of data/cls-train plus two more simulator sets
@@ -147,8 +147,8 @@ classifier-learning-curve: $(STAMP)
 	test -f data/cls-curve-2/labels.csv || $(BIN)/calcnode synth --out data/cls-curve-2 --cases 250 --seed 212 \
 	    --lateralities L --tissue smooth --quiet
 	$(BIN)/calcnode learning-curve --data data/cls-train --data data/cls-curve --data data/cls-curve-2 --sizes $(CURVE_SIZES) --seed 0 \
-	    --seg-model analysis/models/calcnode-demo-1.2.0/segmentation-cnn.pt --workers 2 \
-	    --out analysis/models/calcnode-demo-1.2.0-report/learning-curve
+	    --seg-model analysis/models/calcnode-demo-1.3.0/segmentation-cnn.pt --workers 2 \
+	    --out analysis/models/calcnode-demo-1.3.0-report/learning-curve
 
 # The shipped demonstration cluster model (views without ROI; NOT FOR CLINICAL USE): simulated
 # 2000 x 1600 views at 0.07 mm (1-3 clusters per affected breast, a quarter of the cases without any)

@@ -237,8 +237,8 @@ def test_the_shipped_bundle_loads_and_its_segmentation_identity_matches():
     assert bundle.hdog_params == HDoGParams()
     assert bundle.segmentation_info["settings"] == segmentation_settings()
     identity = segmentation_identity(bundle.segmentation_model(), bundle.hdog_params)
-    assert identity == bundle.segmentation_sha256 == "3dfef8e7635888ea08d7cb9e9221df0c8bebf09c8c20bfd25ba93f9852d022e2"
-    assert bundle.sha256 == "4a79cc1f8a71731c7bc4b653590ffad52794440bd38587d3870dde12bee00423"
+    assert identity == bundle.segmentation_sha256 == "977ed76a2b11c900bb701c21195e5da3b8fabf7d0c1149a595cfff1bf1328130"
+    assert bundle.sha256 == "0393548849ae25560e0987801f045476c92de4967c2afde2495281a5114cdd90"
     # one operating point: the bundle segments at its CNN's own calibrated threshold, as the SEG,
     # `calcnode segment` and the cluster detector do
     from analysis.segmentation.cnn import SegmentationModel
