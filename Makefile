@@ -153,14 +153,15 @@ classifier-learning-curve: $(STAMP)
 # The shipped demonstration cluster model (views without ROI; NOT FOR CLINICAL USE): simulated
 # 2000 x 1600 views at 0.07 mm (1-3 clusters per affected breast, a quarter of the cases without any)
 # and the right-breast real normal views as negatives; the left-breast real views are held out for
-# evaluate-demo-clusters. Fixed seeds. About 6 minutes on 2 cores (2026-12-06). See docs/clusters.md.
+# evaluate-demo-clusters. Fixed seeds: 100 simulated cases (36 + 64). About 12 minutes on 2 cores. See docs/clusters.md.
 REAL_TISSUE := ../shared/interop/real-tissue
 CLUSTER_SYNTH := --size 2000x1600 --max-clusters 3 --negative-fraction 0.25 --types $(SYNTH_TYPES) --quiet
 CLUSTER_MODEL := analysis/models/calcnode-clusters-demo-1/cluster-model.json
 demo-cluster-model: $(STAMP)
-	rm -rf data/cluster-train
+	rm -rf data/cluster-train data/cluster-train-2
 	$(BIN)/calcnode synth --out data/cluster-train --cases 36 --seed 301 $(CLUSTER_SYNTH)
-	$(BIN)/calcnode train-clusters --data data/cluster-train --seed 0 --quiet \
+	$(BIN)/calcnode synth --out data/cluster-train-2 --cases 64 --seed 303 $(CLUSTER_SYNTH)
+	$(BIN)/calcnode train-clusters --data data/cluster-train --data data/cluster-train-2 --seed 0 --quiet \
 	    --negatives $(REAL_TISSUE)/nyu_gmic_0_R-CC.png $(REAL_TISSUE)/nyu_gmic_0_R-MLO.png \
 	    --out $(CLUSTER_MODEL)
 
