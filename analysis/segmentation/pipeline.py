@@ -141,7 +141,12 @@ def segment(pixels: np.ndarray, spacing_mm: tuple[float, float], region: np.ndar
         region = np.asarray(breast, bool)  # what hdog_candidates would compute for region=None
     candidates = hdog_candidates(pixels, spacing_mm, region, hdog_params)
     selection = select_candidates(pixels, float(np.mean(spacing_mm)), candidates.labels, model, predictions)
-    kept = selection.kept
+    return _labelled(selection.kept, pixels, spacing_mm, candidates, selection)
+
+
+def _labelled(kept: np.ndarray, pixels: np.ndarray, spacing_mm: tuple[float, float], candidates: Candidates,
+              selection: Selection) -> Segmentation:
+    """The :class:`Segmentation` whose calcifications are the 8-connected pieces of ``kept``."""
     labels = np.zeros(kept.shape, np.int32)
     extent = nonzero_extent(kept)
     if extent is not None:
@@ -178,9 +183,4 @@ def at_threshold(segmentation: Segmentation, pixels: np.ndarray, spacing_mm: tup
             r, c = (slice(extent[0].start + box[0].start, extent[0].start + box[0].stop),
                     slice(extent[1].start + box[1].start, extent[1].start + box[1].stop))
             kept[r, c] = ndimage.binary_fill_holes(kept[r, c])
-    labels = np.zeros(objects.shape, np.int32)
-    extent = nonzero_extent(kept)
-    if extent is not None:
-        labels[extent] = ndimage.label(kept[extent], structure=_EIGHT)[0]
-    return Segmentation(labels=labels, particles=particle_table(labels, pixels, spacing_mm, extent),
-                        candidates=segmentation.candidates, selection=selection)
+    return _labelled(kept, pixels, spacing_mm, segmentation.candidates, selection)
