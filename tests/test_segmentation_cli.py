@@ -191,3 +191,27 @@ def test_calibrate_seg_sets_the_operating_point_on_the_given_images(small_data, 
     bad = run("calibrate-seg", "--model", DEFAULT_SEGMENTATION_MODEL, "--data", tmp_path, "--out",
               tmp_path / "x.pt", check=False)
     assert bad.returncode != 0 and "calibrate-seg:" in bad.stderr and not (tmp_path / "x.pt").exists()
+
+
+def test_calibrate_seg_sets_the_outline_level_it_calibrates_for(small_data, tmp_path):
+    shipped = SegmentationModel.load(DEFAULT_SEGMENTATION_MODEL)
+    levels = {}
+    for level in ("0.5", "none"):
+        out = tmp_path / f"outline-{level}.pt"
+        run("calibrate-seg", "--model", DEFAULT_SEGMENTATION_MODEL, "--data", small_data, "--out", out,
+            "--outline-level", level)
+        model = SegmentationModel.load(out)
+        calibration = model.info["threshold_calibration"]
+        assert model.params.outline_level == calibration["outline_level"] == (None if level == "none" else 0.5)
+        assert calibration["previous"]["outline_level"] == shipped.params.outline_level
+        assert model.sha256 == shipped.sha256
+        levels[level] = model.params.prediction_threshold
+    # the level decides which pieces are scored, so each gets a threshold of its own
+    assert levels["0.5"] != levels["none"]
+    # without the option the model's own level stays
+    kept = tmp_path / "kept.pt"
+    run("calibrate-seg", "--model", DEFAULT_SEGMENTATION_MODEL, "--data", small_data, "--out", kept)
+    assert SegmentationModel.load(kept).params.outline_level == shipped.params.outline_level
+    bad = run("calibrate-seg", "--model", DEFAULT_SEGMENTATION_MODEL, "--data", small_data, "--out",
+              tmp_path / "y.pt", "--outline-level", "1.5", check=False)
+    assert bad.returncode != 0 and "(0, 1)" in bad.stderr and not (tmp_path / "y.pt").exists()

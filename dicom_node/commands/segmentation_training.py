@@ -88,6 +88,9 @@ def register(subparsers) -> None:
                            help="the calibrated model file (.pt); may be --model itself")
     calibrate.add_argument("--max-fp-per-cm2", type=float, default=DEFAULT_CALIBRATION_FP_PER_CM2, metavar="RATE",
                            help=f"false objects per cm² of ROI allowed (default {DEFAULT_CALIBRATION_FP_PER_CM2:g})")
+    calibrate.add_argument("--outline-level", type=_outline_level, metavar="LEVEL", default=argparse.SUPPRESS,
+                           help="also set the outline level (prediction units in (0, 1), or 'none' for "
+                                "whole candidates) before calibrating; default: keep the model's")
     calibrate.set_defaults(func=run_calibrate)
 
     ceiling = subparsers.add_parser(
@@ -136,7 +139,9 @@ def run_calibrate(args) -> int:
     if args.max_fp_per_cm2 <= 0:
         raise SystemExit("calcnode calibrate-seg: --max-fp-per-cm2 must be > 0")
     try:
-        model = recalibrate(args.model, args.data, args.out, args.max_fp_per_cm2)
+        # absent unless given (argparse.SUPPRESS): 'none' is a value of its own
+        extra = {"outline_level": args.outline_level} if hasattr(args, "outline_level") else {}
+        model = recalibrate(args.model, args.data, args.out, args.max_fp_per_cm2, **extra)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"calcnode calibrate-seg: {exc}") from None
     print(json.dumps({"model": str(args.out), "prediction_threshold": model.params.prediction_threshold,

@@ -342,9 +342,10 @@ def collect_matches(items: list[DatasetImage], model: SegmentationModel, label: 
 
 
 # Dense at both ends: HDoGReg's 10^-3.5 lives at the low end, and a well-trained net puts most true
-# calcifications within 10^-2 of 1.
+# calcifications within 10^-2 of 1. Near 1 the step is ~5 % of (1 - t) (~0.0014 at 0.97): with tight
+# outlines the operating point sits there, and a coarser step cost the calibration ~0.15 FP/cm².
 SUPPORT_THRESHOLDS = np.unique(np.concatenate([[0.0], np.logspace(-4, np.log10(0.99), 80),
-                                               1.0 - np.logspace(-4, -1, 40)]))
+                                               1.0 - np.logspace(-4, -1, 150)]))
 
 
 def iou_summary(images: list[ImageMatches], stage: str, threshold: float) -> dict:

@@ -72,10 +72,18 @@ def calibrate_threshold(model: SegmentationModel, items: list[DatasetImage],
                                       "validation_images": len(images), **best}
 
 
+_KEEP = object()
+
+
 def recalibrate(model_path: str | Path, data_dirs: list[str | Path], out: str | Path,
-                max_fp_per_cm2: float = CALIBRATION_FP_PER_CM2) -> SegmentationModel:
+                max_fp_per_cm2: float = CALIBRATION_FP_PER_CM2,
+                outline_level: float | None | object = _KEEP) -> SegmentationModel:
     """The model of ``model_path`` with its threshold calibrated on ``data_dirs`` instead of its
     training run's validation split, written to ``out`` (``calcnode calibrate-seg``).
+
+    ``outline_level``, when given, replaces the model's outline level (a float in (0, 1), or None
+    for HDoGReg's whole candidates) before the threshold is calibrated: the level decides which
+    pieces are scored, so the threshold belongs to it. The weights are the same either way.
 
     Why: the validation split is drawn from the training data, so each retraining calibrates on
     other images, and on a held-out set the same 1 FP/cm² came out anywhere from 0.8 to 1.3
@@ -84,6 +92,12 @@ def recalibrate(model_path: str | Path, data_dirs: list[str | Path], out: str | 
     the previous calibration stays in the model's info.
     """
     model = SegmentationModel.load(model_path)
+    previous_params = model.params
+    if outline_level is not _KEEP:
+        if outline_level is not None and not 0 < float(outline_level) < 1:
+            raise ValueError(f"outline level {outline_level} is not in (0, 1)")
+        model = SegmentationModel(net=model.net, params=replace(model.params, outline_level=outline_level),
+                                  info=model.info)
     items = [i for d in data_dirs for i in scan_dataset(d, require_truth=True)]
     if not any(i.roi_paths for i in items):
         raise ValueError(f"no image with ROIs and truth in {', '.join(map(str, data_dirs))}")
@@ -91,7 +105,9 @@ def recalibrate(model_path: str | Path, data_dirs: list[str | Path], out: str | 
     previous = model.info.get("threshold_calibration")
     info = {**model.info,
             "threshold_calibration": {**calibration, "data": [str(d) for d in data_dirs],
-                                      "previous": {"threshold": model.params.prediction_threshold,
+                                      "outline_level": model.params.outline_level,
+                                      "previous": {"threshold": previous_params.prediction_threshold,
+                                                   "outline_level": previous_params.outline_level,
                                                    "calibration": previous}}}
     calibrated = SegmentationModel(net=model.net, params=replace(model.params, prediction_threshold=threshold),
                                    info=info)
