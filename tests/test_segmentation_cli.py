@@ -141,8 +141,21 @@ def test_cli_defaults_match_the_training_settings():
     assert (DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS, DEFAULT_WIDTH) == (
         TrainSettings.max_epochs, TrainSettings.patience, TrainSettings.workers, TrainSettings.width)
     from analysis.segmentation.cnn import SelectionParams
-    from dicom_node.commands.segmentation_training import DEFAULT_OUTLINE_LEVEL
+    from dicom_node.commands.segmentation_training import DEFAULT_OUTLINE_LEVEL, DEFAULT_PROXIMITY_RADIUS_MM
     assert DEFAULT_OUTLINE_LEVEL == SelectionParams.outline_level
+    assert DEFAULT_PROXIMITY_RADIUS_MM == SelectionParams.proximity_radius_mm
+
+
+def test_train_seg_teaches_the_proximity_radius_it_is_given(trained, small_data, tmp_path):
+    sharp = tmp_path / "sharp.pt"
+    run("train-seg", "--data", small_data, "--out", sharp, "--max-epochs", 1, "--seed", 3, "--init", trained,
+        "--proximity-radius", 0.35)
+    model = SegmentationModel.load(sharp)
+    assert model.params.proximity_radius_mm == 0.35
+    assert SegmentationModel.load(trained).params.proximity_radius_mm == 0.7
+    bad = run("train-seg", "--data", small_data, "--out", tmp_path / "bad.pt", "--proximity-radius", 0,
+              check=False)
+    assert bad.returncode != 0 and "> 0 mm" in bad.stderr and not (tmp_path / "bad.pt").exists()
 
 
 def test_fine_tuning_with_a_larger_width_widens_the_model(trained, small_data, tmp_path):

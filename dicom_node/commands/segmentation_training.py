@@ -12,6 +12,7 @@ from common.durable import make_dirs, write_text
 # Defaults shown in --help; the training code (torch) is imported only when a command runs.
 DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_WORKERS, DEFAULT_WIDTH = 40, 6, 2, 8
 DEFAULT_OUTLINE_LEVEL = 0.7  # analysis.segmentation.cnn.SelectionParams.outline_level
+DEFAULT_PROXIMITY_RADIUS_MM = 0.7  # analysis.segmentation.cnn.SelectionParams.proximity_radius_mm
 DEFAULT_LEARNING_RATE = 2e-3  # training.segmentation.train.TrainSettings.learning_rate
 DEFAULT_NEGATIVES_PER_EPOCH = 4000  # training.segmentation.train.NegativeSampling.per_epoch
 DEFAULT_NEGATIVE_SPACING_MM = 0.07  # training.segmentation.negatives.DEFAULT_NEGATIVE_SPACING_MM
@@ -47,6 +48,9 @@ def register(subparsers) -> None:
                        metavar="P|none",
                        help="cut candidates to their pixels with prediction >= P before the 30 %% rule "
                             f"(default {DEFAULT_OUTLINE_LEVEL}); 'none': HDoGReg's whole candidates")
+    train.add_argument("--proximity-radius", type=_positive_mm, default=DEFAULT_PROXIMITY_RADIUS_MM, metavar="MM",
+                       help="x of the proximity target K(d): how far from a calcification the network is "
+                            f"taught a non-zero value, in mm (default {DEFAULT_PROXIMITY_RADIUS_MM:g}, HDoGReg's)")
     train.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE, metavar="RATE",
                        help=f"Adam's initial learning rate (default {DEFAULT_LEARNING_RATE:g})")
     train.add_argument("--init", metavar="MODEL",
@@ -106,6 +110,13 @@ def register(subparsers) -> None:
     ceiling.set_defaults(func=run_ceiling)
 
 
+def _positive_mm(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0 mm")
+    return value
+
+
 def _outline_level(text: str) -> float | None:
     if text.lower() == "none":
         return None
@@ -125,7 +136,8 @@ def run_train(args) -> int:
                              learning_rate=args.learning_rate,
                              patches_per_epoch=args.patches_per_epoch)
     try:
-        train_segmentation(args.data, args.out, settings, SelectionParams(outline_level=args.outline_level),
+        train_segmentation(args.data, args.out, settings, SelectionParams(outline_level=args.outline_level,
+                                                                      proximity_radius_mm=args.proximity_radius),
                            negatives=args.negatives, negative_spacing_mm=args.negative_spacing, init=args.init,
                            sampling=NegativeSampling(per_epoch=args.negatives_per_epoch))
     except (ValueError, FileNotFoundError) as exc:
