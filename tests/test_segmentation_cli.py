@@ -218,8 +218,9 @@ def test_calibrate_seg_sets_the_outline_level_it_calibrates_for(small_data, tmp_
         assert model.params.outline_level == calibration["outline_level"] == (None if level == "none" else 0.5)
         assert calibration["previous"]["outline_level"] == shipped.params.outline_level
         assert model.sha256 == shipped.sha256
-        levels[level] = model.params.prediction_threshold
-    # the level decides which pieces are scored, so each gets a threshold of its own
+        levels[level] = (calibration["threshold"], calibration["sensitivity"], calibration["fp_per_cm2"])
+        assert model.params.prediction_threshold == calibration["threshold"]
+    # the level decides which pieces are scored, so the calibration's FROC point is its own
     assert levels["0.5"] != levels["none"]
     # without the option the model's own level stays
     kept = tmp_path / "kept.pt"
