@@ -64,6 +64,11 @@ class SelectionParams:
     # patches). See normalise_local.
     input_normalisation: str = "local"
 
+    def __post_init__(self):
+        # refused here, so every way in (train-seg, calibrate-seg, a model file) gets the same check
+        if self.outline_level is not None and not 0 < float(self.outline_level) < 1:
+            raise ValueError(f"outline level {self.outline_level} is not in (0, 1)")
+
 
 def proximity_target(calc_mask: np.ndarray, spacing_mm: float, radius_mm: float = 0.7,
                      a: float = 1.0) -> np.ndarray:

@@ -93,9 +93,7 @@ def recalibrate(model_path: str | Path, data_dirs: list[str | Path], out: str | 
     """
     model = SegmentationModel.load(model_path)
     previous_params = model.params
-    if outline_level is not _KEEP:
-        if outline_level is not None and not 0 < float(outline_level) < 1:
-            raise ValueError(f"outline level {outline_level} is not in (0, 1)")
+    if outline_level is not _KEEP:  # SelectionParams refuses a level outside (0, 1)
         model = SegmentationModel(net=model.net, params=replace(model.params, outline_level=outline_level),
                                   info=model.info)
     items = [i for d in data_dirs for i in scan_dataset(d, require_truth=True)]
