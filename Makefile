@@ -73,20 +73,22 @@ seg-train-data: $(STAMP)
 	$(BIN)/calcnode synth --out data/seg-train-4 --cases 250 --seed 107 --types amorphous --tissue smooth \
 	    --lateralities L --quiet
 
-# Fine-tuned from the previous shipped model (SEG_BASE: the first real-tissue fine-tune, made by this
-# target's previous version from the 2026-12-03 weights, which were trained from scratch on simulated
-# data; both kept in weights/, docs/segmentation.md "Training") on ~1,570 images: the earlier data
-# plus 650 simulated cases (a quarter amorphous-only) and 30 more insertions into the real training
-# views. 10 epochs of 20,000 of the data sets' patches and 4,000 of the real views' (half the
-# hardest), ~20 min on 2 idle cores after ~10 min of patches. The threshold is then calibrated on the
-# validation set (seg-val-data, never trained on): <= 1 false positive per cm² of ROI there.
-SEG_BASE := analysis/segmentation/weights/demo-seg-cnn-2026-12-06-real.pt
+# Fine-tuned from the previous shipped model (SEG_BASE: model C, made by this target's previous
+# version from the first real-tissue fine-tune, itself from the 2026-12-03 weights trained from
+# scratch on simulated data; all kept in weights/, docs/segmentation.md "Training") on ~1,570 images:
+# the earlier data plus 650 simulated cases (a quarter amorphous-only) and 42 insertions into the
+# real training views. Taught a sharper proximity target than HDoGReg's (x = 0.35 mm instead of
+# 0.7 mm, docs/segmentation.md "A sharper proximity target"): up to 30 epochs of 20,000 of the data
+# sets' patches and 4,000 of the real views' (half the hardest), ~15 min on 2 idle cores after
+# ~7 min of patches. The threshold is then calibrated on the validation set (seg-val-data, never
+# trained on): <= 1 false positive per cm² of ROI there.
+SEG_BASE := analysis/segmentation/weights/demo-seg-cnn-2026-12-06-c.pt
 SEG_MODEL := analysis/segmentation/weights/demo-seg-cnn.pt
 demo-seg-model: seg-train-data seg-val-data
 	$(BIN)/calcnode train-seg --data data/seg-train --data data/seg-train-bg --data data/seg-train-2 \
 	    --data data/seg-train-real --data data/seg-train-real-2 --data data/seg-train-3 --data data/seg-train-4 \
 	    --negatives $(REAL_TRAIN) --negative-spacing 0.07 --seed 0 \
-	    --init $(SEG_BASE) --learning-rate 5e-4 --max-epochs 10 \
+	    --init $(SEG_BASE) --proximity-radius 0.35 --learning-rate 5e-4 --max-epochs 30 \
 	    --patches-per-epoch 20000 --negatives-per-epoch 4000 --out data/seg-model-uncalibrated.pt
 	$(BIN)/calcnode calibrate-seg --model data/seg-model-uncalibrated.pt --data data/seg-val --data data/seg-val-bg \
 	    --out $(SEG_MODEL)
@@ -130,8 +132,8 @@ demo-classifier: $(STAMP)
 	rm -rf data/cls-train
 	$(BIN)/calcnode synth --out data/cls-train --cases 170 --seed 201 --lateralities L --tissue smooth --quiet
 	$(BIN)/calcnode train --data data/cls-train --seed 0 \
-	    --name calcnode-demo --version 1.3.0 \
-	    --out analysis/models/calcnode-demo-1.3.0 --report analysis/models/calcnode-demo-1.3.0-report
+	    --name calcnode-demo --version 1.4.0 \
+	    --out analysis/models/calcnode-demo-1.4.0 --report analysis/models/calcnode-demo-1.4.0-report
 
 # Its learning curve (docs/classifier.md#learning-curve; NOT FOR CLINICAL USE): nested-CV AUC on
 # patient-grouped subsets of ~100 to 2000 usable ROIs of data/cls-train plus two more simulator sets
@@ -147,13 +149,15 @@ classifier-learning-curve: $(STAMP)
 	test -f data/cls-curve-2/labels.csv || $(BIN)/calcnode synth --out data/cls-curve-2 --cases 250 --seed 212 \
 	    --lateralities L --tissue smooth --quiet
 	$(BIN)/calcnode learning-curve --data data/cls-train --data data/cls-curve --data data/cls-curve-2 --sizes $(CURVE_SIZES) --seed 0 \
-	    --seg-model analysis/models/calcnode-demo-1.3.0/segmentation-cnn.pt --workers 2 \
-	    --out analysis/models/calcnode-demo-1.3.0-report/learning-curve
+	    --seg-model analysis/models/calcnode-demo-1.4.0/segmentation-cnn.pt --workers 2 \
+	    --out analysis/models/calcnode-demo-1.4.0-report/learning-curve
 
 # The shipped demonstration cluster model (views without ROI; NOT FOR CLINICAL USE): simulated
 # 2000 x 1600 views at 0.07 mm (1-3 clusters per affected breast, a quarter of the cases without any)
 # and the right-breast real normal views as negatives; the left-breast real views are held out for
-# evaluate-demo-clusters. Fixed seeds: 100 simulated cases (36 + 64). About 12 minutes on 2 cores. See docs/clusters.md.
+# evaluate-demo-clusters. Fixed seeds: 100 simulated cases (36 + 64). Members are the calcifications
+# with CNN support >= 0.99, above the operating point (chosen out of fold on the training views,
+# docs/clusters.md "Members at their own threshold"). About 12 minutes on 2 cores. See docs/clusters.md.
 REAL_TISSUE := ../shared/interop/real-tissue
 CLUSTER_SYNTH := --size 2000x1600 --max-clusters 3 --negative-fraction 0.25 --types $(SYNTH_TYPES) --quiet
 CLUSTER_MODEL := analysis/models/calcnode-clusters-demo-1/cluster-model.json
@@ -162,7 +166,7 @@ demo-cluster-model: $(STAMP)
 	$(BIN)/calcnode synth --out data/cluster-train --cases 36 --seed 301 $(CLUSTER_SYNTH)
 	$(BIN)/calcnode synth --out data/cluster-train-2 --cases 64 --seed 303 $(CLUSTER_SYNTH)
 	$(BIN)/calcnode train-clusters --data data/cluster-train --data data/cluster-train-2 --seed 0 --quiet \
-	    --negatives $(REAL_TISSUE)/nyu_gmic_0_R-CC.png $(REAL_TISSUE)/nyu_gmic_0_R-MLO.png \
+	    --negatives $(REAL_TISSUE)/nyu_gmic_0_R-CC.png $(REAL_TISSUE)/nyu_gmic_0_R-MLO.png --member-threshold 0.99 \
 	    --out $(CLUSTER_MODEL)
 
 # Its held-out evaluation: another seed (160 views), and the two left-breast real views. About 6 minutes.

@@ -16,13 +16,15 @@ calcifications within 1 cm² (e.g. Kopans; the DDSM/INbreast cluster annotations
 
 1. **Members.** The segmented calcifications (labels of ``segmentation.labels``) whose centroid
    lies in the breast mask. A cluster model may set its own ``member_threshold``, a selection CNN
-   support score below the operating point: the members are then the selection's objects above
-   it (:func:`analysis.segmentation.pipeline.at_threshold`, no network run again). Finding a
-   cluster is a search, and a faint cluster shows more of its calcifications to a more sensitive
-   threshold; the cluster stage's own evidence removes the false groups that come with them. What
+   support score other than the operating point: the members are then the selection's objects at
+   or above it (:func:`analysis.segmentation.pipeline.at_threshold`, no network run again). Below
+   the operating point, a faint cluster shows more of its calcifications, and the cluster stage's
+   own evidence must remove the false groups that come with them; above it, fewer isolated false
+   objects over the whole breast link into false groups (the shipped model's choice,
+   docs/clusters.md). What
    is *reported* stays at the operating point: :mod:`analysis.study` analyses the outline as an
    ROI, with the calcifications the SEG shows and the classifier scores (docs/clusters.md
-   "Members below the operating point").
+   "Members at their own threshold").
 2. **Linking.** Two calcifications are joined when their centroids are at most ``link_mm``
    (default 5 mm, half of the 1 cm of BI-RADS' "grouped") apart in mm (pixel spacing applied per
    axis); a candidate cluster is a connected component of that graph (single linkage). A linear

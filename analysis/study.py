@@ -349,7 +349,7 @@ def cluster_parameters(cluster_model: ClusterModel | None, params: ClusterParams
         out = {"cluster_model": f"{cluster_model.name} {cluster_model.version}",
                "cluster_model_sha256": cluster_model.sha256,
                "cluster_threshold": float(cluster_model.threshold)}
-        if cluster_model.member_threshold is not None:  # members searched for below the operating point
+        if cluster_model.member_threshold is not None:  # members searched for at the model's own threshold
             out["cluster_member_threshold"] = float(cluster_model.member_threshold)
     out.update({"cluster_link_mm": float(params.link_mm), "cluster_min_count": int(params.min_count),
                 "cluster_window_mm2": float(params.window_mm2), "cluster_margin_mm": float(params.margin_mm)})

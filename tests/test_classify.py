@@ -237,8 +237,8 @@ def test_the_shipped_bundle_loads_and_its_segmentation_identity_matches():
     assert bundle.hdog_params == HDoGParams()
     assert bundle.segmentation_info["settings"] == segmentation_settings()
     identity = segmentation_identity(bundle.segmentation_model(), bundle.hdog_params)
-    assert identity == bundle.segmentation_sha256 == "977ed76a2b11c900bb701c21195e5da3b8fabf7d0c1149a595cfff1bf1328130"
-    assert bundle.sha256 == "0393548849ae25560e0987801f045476c92de4967c2afde2495281a5114cdd90"
+    assert identity == bundle.segmentation_sha256 == "18c893033a8c013d5485848930fd6564f2e85d541f56b0b6156bb076058a34cd"
+    assert bundle.sha256 == "5fca99178c51303dab96cfc6fbf231030091cb86d8ca276c70312a2d07b23d18"
     # one operating point: the bundle segments at its CNN's own calibrated threshold, as the SEG,
     # `calcnode segment` and the cluster detector do
     from analysis.segmentation.cnn import SegmentationModel

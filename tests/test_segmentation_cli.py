@@ -153,6 +153,10 @@ def test_train_seg_teaches_the_proximity_radius_it_is_given(trained, small_data,
     model = SegmentationModel.load(sharp)
     assert model.params.proximity_radius_mm == 0.35
     assert SegmentationModel.load(trained).params.proximity_radius_mm == 0.7
+    # fine-tuning without the option keeps the target the model was taught, as it keeps its width
+    again = tmp_path / "again.pt"
+    run("train-seg", "--data", small_data, "--out", again, "--max-epochs", 1, "--seed", 3, "--init", sharp)
+    assert SegmentationModel.load(again).params.proximity_radius_mm == 0.35
     bad = run("train-seg", "--data", small_data, "--out", tmp_path / "bad.pt", "--proximity-radius", 0,
               check=False)
     assert bad.returncode != 0 and "> 0 mm" in bad.stderr and not (tmp_path / "bad.pt").exists()

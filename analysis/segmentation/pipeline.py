@@ -162,9 +162,9 @@ def at_threshold(segmentation: Segmentation, pixels: np.ndarray, spacing_mm: tup
 
     No network runs again: the selection's scored objects (``segmentation.selection``) are kept
     when their score is >= ``threshold``, holes filled, labelled with 8-connectivity, as
-    :func:`segment` does. Used by the cluster detector, whose members may be searched for at a
-    more sensitive threshold than the operating point the SEG and the classifier use
-    (docs/clusters.md "Members below the operating point"). ``candidates`` and ``selection`` are
+    :func:`segment` does. Used by the cluster detector, whose members may be searched for at
+    another threshold than the operating point the SEG and the classifier use (docs/clusters.md
+    "Members at their own threshold"). ``candidates`` and ``selection`` are
     shared with ``segmentation``.
     """
     threshold = float(threshold)

@@ -48,9 +48,10 @@ def register(subparsers) -> None:
                        metavar="P|none",
                        help="cut candidates to their pixels with prediction >= P before the 30 %% rule "
                             f"(default {DEFAULT_OUTLINE_LEVEL}); 'none': HDoGReg's whole candidates")
-    train.add_argument("--proximity-radius", type=_positive_mm, default=DEFAULT_PROXIMITY_RADIUS_MM, metavar="MM",
+    train.add_argument("--proximity-radius", type=_positive_mm, metavar="MM",
                        help="x of the proximity target K(d): how far from a calcification the network is "
-                            f"taught a non-zero value, in mm (default {DEFAULT_PROXIMITY_RADIUS_MM:g}, HDoGReg's)")
+                            f"taught a non-zero value, in mm (default {DEFAULT_PROXIMITY_RADIUS_MM:g}, HDoGReg's, "
+                            "or with --init the model's own, so that fine-tuning keeps the target it was taught)")
     train.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE, metavar="RATE",
                        help=f"Adam's initial learning rate (default {DEFAULT_LEARNING_RATE:g})")
     train.add_argument("--init", metavar="MODEL",
@@ -131,13 +132,15 @@ def run_train(args) -> int:
 
     from training.segmentation.train import NegativeSampling, TrainSettings, train_segmentation
 
+    init_width, init_radius = _init_settings(args.init)
+    radius = args.proximity_radius if args.proximity_radius is not None else init_radius
     settings = TrainSettings(seed=args.seed, max_epochs=args.max_epochs, patience=args.patience,
-                             workers=args.workers, width=args.width or _init_width(args.init),
+                             workers=args.workers, width=args.width or init_width,
                              learning_rate=args.learning_rate,
                              patches_per_epoch=args.patches_per_epoch)
     try:
         train_segmentation(args.data, args.out, settings, SelectionParams(outline_level=args.outline_level,
-                                                                      proximity_radius_mm=args.proximity_radius),
+                                                                      proximity_radius_mm=radius),
                            negatives=args.negatives, negative_spacing_mm=args.negative_spacing, init=args.init,
                            sampling=NegativeSampling(per_epoch=args.negatives_per_epoch))
     except (ValueError, FileNotFoundError) as exc:
@@ -162,15 +165,16 @@ def run_calibrate(args) -> int:
     return 0
 
 
-def _init_width(init: str | None) -> int:
-    """The width of the model to fine-tune (``DEFAULT_WIDTH`` without one)."""
+def _init_settings(init: str | None) -> tuple[int, float]:
+    """Width and proximity radius (mm) of the model to fine-tune (the defaults without one)."""
     if init is None:
-        return DEFAULT_WIDTH
+        return DEFAULT_WIDTH, DEFAULT_PROXIMITY_RADIUS_MM
     from analysis.segmentation.cnn import SegmentationModel
     try:
-        return SegmentationModel.load(init).net.width
+        model = SegmentationModel.load(init)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"calcnode train-seg: {exc}") from None
+    return model.net.width, model.params.proximity_radius_mm
 
 
 def _model_dirs(models: list[str], out: Path) -> list[Path]:
