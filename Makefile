@@ -139,7 +139,7 @@ demo-classifier: $(STAMP)
 # patient-grouped subsets of ~100 to 2000 usable ROIs of data/cls-train plus two more simulator sets
 # (data/cls-curve, data/cls-curve-2: other seeds, the same settings; made here if missing), beside the Bayes-optimal AUC on the same ROIs, with the
 # CNN and operating point the bundle carries. Written into the bundle's report, which it belongs to.
-# Sizes beyond the usable ROIs are listed as skipped. Needs ~40 minutes of 2 cores.
+# Sizes beyond the usable ROIs are listed as skipped. ~10 minutes of data, then ~11 of 2 idle cores.
 CURVE_SIZES := 100,200,450,1000,2000,all
 classifier-learning-curve: $(STAMP)
 	test -f data/cls-train/labels.csv || $(BIN)/calcnode synth --out data/cls-train --cases 170 --seed 201 \
