@@ -68,6 +68,8 @@ class SelectionParams:
         # refused here, so every way in (train-seg, calibrate-seg, a model file) gets the same check
         if self.outline_level is not None and not 0 < float(self.outline_level) < 1:
             raise ValueError(f"outline level {self.outline_level} is not in (0, 1)")
+        if not float(self.proximity_radius_mm) > 0:
+            raise ValueError(f"proximity radius {self.proximity_radius_mm} mm is not > 0 mm")
 
 
 def proximity_target(calc_mask: np.ndarray, spacing_mm: float, radius_mm: float = 0.7,

@@ -48,7 +48,7 @@ def register(subparsers) -> None:
                        metavar="P|none",
                        help="cut candidates to their pixels with prediction >= P before the 30 %% rule "
                             f"(default {DEFAULT_OUTLINE_LEVEL}); 'none': HDoGReg's whole candidates")
-    train.add_argument("--proximity-radius", type=_positive_mm, metavar="MM",
+    train.add_argument("--proximity-radius", type=float, metavar="MM",
                        help="x of the proximity target K(d): how far from a calcification the network is "
                             f"taught a non-zero value, in mm (default {DEFAULT_PROXIMITY_RADIUS_MM:g}, HDoGReg's, "
                             "or with --init the model's own, so that fine-tuning keeps the target it was taught)")
@@ -109,13 +109,6 @@ def register(subparsers) -> None:
                          help="false positives per cm² of ROI allowed (repeatable; default 0.5, 1, 2)")
     ceiling.add_argument("--out", metavar="JSON", help="also write the report here")
     ceiling.set_defaults(func=run_ceiling)
-
-
-def _positive_mm(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be > 0 mm")
-    return value
 
 
 def _outline_level(text: str) -> float | None:
