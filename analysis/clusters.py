@@ -91,6 +91,9 @@ FEATURE_NAMES = (
     "cnn_mean",                # mean over members of the selection CNN's support score
     "cnn_min",
     "cnn_max",
+    "cnn_evidence_mean",       # mean over members of -log10(1 - support), capped at 6 (support 0.99 -> 2)
+    "cnn_evidence_top3",       # the same, mean of the 3 best-supported members (the grouping rule's count)
+    "cnn_evidence_sum",        # its sum over members: the cluster's total CNN evidence
     "contrast_mean",           # mean member peak minus its local background median, [0, 1] image units
     "cnr_mean",                # mean member contrast over its local background noise (robust SD)
     "cnr_max",
@@ -378,6 +381,19 @@ def layout_features(points_mm: np.ndarray, params: ClusterParams) -> dict[str, f
             "nn_distance_mm": nn}
 
 
+#: The support whose evidence is the cap: float32 scores reach 1.0 exactly.
+EVIDENCE_CAP = 6.0
+
+
+def support_evidence(support: np.ndarray) -> np.ndarray:
+    """``-log10(1 - support)``, capped at :data:`EVIDENCE_CAP`: the selection CNN's support on the
+    scale where its operating points differ. Kept objects' supports are all within a few hundredths
+    of 1 (the operating point is 0.9639, cluster members are searched at up to 0.99), where a linear
+    feature cannot tell 0.97 (evidence 1.5) from 0.999 (3)."""
+    s = np.clip(np.asarray(support, float), 0.0, 1.0)
+    return np.minimum(-np.log10(np.maximum(1.0 - s, 10.0 ** -EVIDENCE_CAP)), EVIDENCE_CAP)
+
+
 def cluster_features(points_mm: np.ndarray, area_mm2: float, member_area_mm2: np.ndarray,
                      cnn: np.ndarray, contrast: np.ndarray, cnr: np.ndarray, edge_distance_mm: float,
                      params: ClusterParams = ClusterParams()) -> dict[str, float]:
@@ -386,10 +402,13 @@ def cluster_features(points_mm: np.ndarray, area_mm2: float, member_area_mm2: np
     areas = np.asarray(member_area_mm2, float)
     cnn = np.asarray(cnn, float)
     cnn = np.where(np.isfinite(cnn), cnn, 0.0)
+    evidence = support_evidence(cnn)
     f.update({
         "density_per_cm2": f["n_calcifications"] / max(area_mm2 / 100.0, 1e-6),
         "area_mm2": float(area_mm2),
         "cnn_mean": float(cnn.mean()), "cnn_min": float(cnn.min()), "cnn_max": float(cnn.max()),
+        "cnn_evidence_mean": float(evidence.mean()), "cnn_evidence_sum": float(evidence.sum()),
+        "cnn_evidence_top3": float(np.sort(evidence)[::-1][:3].mean()),
         "contrast_mean": float(np.mean(contrast)), "cnr_mean": float(np.mean(cnr)),
         "cnr_max": float(np.max(cnr)),
         "object_area_mean_mm2": float(areas.mean()),
@@ -422,17 +441,27 @@ def rule_confidence(features: Mapping[str, float]) -> float:
     return float(min(max(count * shape * support, 0.0), 1.0))
 
 
+LEARNERS = ("logistic", "lightgbm")
+
+
 @dataclass(frozen=True)
 class ClusterModel:
-    """A logistic regression on standardised, transformed cluster features.
+    """A cluster scorer on transformed cluster features: a logistic regression or gradient-boosted
+    trees (LightGBM).
 
-    ``p = sigmoid(intercept + sum_k coef_k * (g_k(x_k) - mean_k) / scale_k)`` with ``g_k`` the
-    feature's transform (``"log1p"`` for counts, areas and distances, else identity) and the
-    features of ``feature_names`` (a subset of :data:`FEATURE_NAMES`). A cluster is kept when
-    ``p >= threshold``. ``member_threshold``: the selection CNN's support score at which a
-    calcification counts as a *member* (module docstring, "Members"); None: the segmentation's own
-    operating point. It is part of the model, because the features were learnt on members found at
-    it. ``info``: how it was made (data, seeds, NOT FOR CLINICAL USE).
+    ``feature_names``: a subset of :data:`FEATURE_NAMES`; ``transforms``: per feature, ``"log1p"``
+    (counts, areas, distances) or ``"identity"``, applied before either learner.
+
+    * ``learner="logistic"``: ``p = sigmoid(intercept + sum_k coef_k * (g_k(x_k) - mean_k) / scale_k)``
+      with ``g_k`` the transform (a missing value takes the training mean).
+    * ``learner="lightgbm"``: ``p`` is the LightGBM booster ``booster_text`` (LightGBM's own text
+      format, its feature names equal to ``feature_names``) on the transformed features (a missing
+      value goes where LightGBM learnt to send it); ``mean``, ``scale`` and ``coef`` are empty.
+
+    A cluster is kept when ``p >= threshold``. ``member_threshold``: the selection CNN's support
+    score at which a calcification counts as a *member* (module docstring, "Members"); None: the
+    segmentation's own operating point. It is part of the model, because the features were learnt
+    on members found at it. ``info``: how it was made (data, seeds, NOT FOR CLINICAL USE).
     """
 
     feature_names: tuple[str, ...]
@@ -447,37 +476,72 @@ class ClusterModel:
     not_for_clinical_use: bool = True
     info: Mapping[str, Any] = field(default_factory=dict)
     member_threshold: float | None = None
+    learner: str = "logistic"
+    booster_text: str | None = None
 
     def __post_init__(self):
         if self.member_threshold is not None and not (
                 isinstance(self.member_threshold, (int, float)) and 0.0 <= float(self.member_threshold) <= 1.0):
             raise ValueError(f"cluster model member_threshold {self.member_threshold!r} is outside [0, 1]")
+        if self.learner not in LEARNERS:
+            raise ValueError(f"cluster model learner {self.learner!r} is not one of {LEARNERS}")
         k = len(self.feature_names)
         unknown = set(self.feature_names) - set(FEATURE_NAMES)
         if unknown:
             raise ValueError(f"cluster model uses unknown features {sorted(unknown)}")
-        if not all(len(getattr(self, a)) == k for a in ("transforms", "mean", "scale", "coef")):
-            raise ValueError("cluster model: feature_names, transforms, mean, scale and coef differ in length")
+        if len(self.transforms) != k:
+            raise ValueError("cluster model: feature_names and transforms differ in length")
         if set(self.transforms) - {"log1p", "identity"}:
             raise ValueError(f"cluster model: unknown transforms {sorted(set(self.transforms))}")
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise ValueError(f"cluster model threshold {self.threshold!r} is outside [0, 1]")
+        if self.learner == "lightgbm":
+            if not self.booster_text:
+                raise ValueError("cluster model: a lightgbm model needs its booster_text")
+            names = list(self._booster().feature_name())
+            if names != list(self.feature_names):
+                raise ValueError(f"cluster model: the booster's features {names} differ from feature_names")
+            return
+        if self.booster_text is not None:
+            raise ValueError("cluster model: a logistic model has no booster_text")
+        if not all(len(getattr(self, a)) == k for a in ("mean", "scale", "coef")):
+            raise ValueError("cluster model: feature_names, transforms, mean, scale and coef differ in length")
         if not all(math.isfinite(v) for v in (*self.mean, *self.coef, self.intercept)) or \
                 not all(math.isfinite(s) and s > 0 for s in self.scale):
             raise ValueError("cluster model: non-finite coefficients or non-positive scale")
 
-    def design(self, features: Sequence[Mapping[str, float]]) -> np.ndarray:
-        """The standardised design matrix (n, k) of some clusters' features."""
+    def _booster(self):
+        booster = self.__dict__.get("_booster_cache")
+        if booster is None:
+            import lightgbm as lgb  # deferred: about a second to import, needed only for this learner
+
+            try:
+                booster = lgb.Booster(model_str=self.booster_text)
+            except Exception as exc:  # LightGBM raises its own error type on a bad model text
+                raise ValueError(f"cluster model: the LightGBM booster cannot be read ({exc})") from None
+            object.__setattr__(self, "_booster_cache", booster)
+        return booster
+
+    def transformed(self, features: Sequence[Mapping[str, float]]) -> np.ndarray:
+        """The (n, k) matrix of some clusters' features after their transforms (NaN where missing)."""
         x = np.array([[float(f[name]) for name in self.feature_names] for f in features], float).reshape(
             -1, len(self.feature_names))
         for j, t in enumerate(self.transforms):
             if t == "log1p":
                 x[:, j] = np.log1p(np.clip(x[:, j], 0.0, None))
+        return np.where(np.isfinite(x), x, np.nan)
+
+    def design(self, features: Sequence[Mapping[str, float]]) -> np.ndarray:
+        """The logistic model's standardised design matrix (n, k)."""
+        x = self.transformed(features)
         x = np.where(np.isfinite(x), x, np.asarray(self.mean)[None])
         return (x - np.asarray(self.mean)) / np.asarray(self.scale)
 
     def predict(self, features: Sequence[Mapping[str, float]]) -> np.ndarray:
         """P(true cluster) per cluster, in [0, 1]."""
+        if self.learner == "lightgbm":
+            x = self.transformed(features)
+            return np.asarray(self._booster().predict(x), float).reshape(-1) if len(x) else np.zeros(0)
         z = self.design(features) @ np.asarray(self.coef) + self.intercept
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
@@ -489,6 +553,9 @@ class ClusterModel:
                "intercept": self.intercept, "threshold": self.threshold, "info": dict(self.info)}
         if self.member_threshold is not None:  # absent: a model file written before members had their own
             out["member_threshold"] = float(self.member_threshold)
+        if self.learner != "logistic":         # absent: a logistic model (every file before LightGBM)
+            out["learner"] = self.learner
+            out["booster_text"] = self.booster_text
         return out
 
     def to_bytes(self) -> bytes:
@@ -511,7 +578,8 @@ class ClusterModel:
                        version=str(blob["version"]), not_for_clinical_use=bool(blob["not_for_clinical_use"]),
                        info=dict(blob.get("info", {})),
                        member_threshold=None if blob.get("member_threshold") is None
-                       else float(blob["member_threshold"]))
+                       else float(blob["member_threshold"]),
+                       learner=str(blob.get("learner", "logistic")), booster_text=blob.get("booster_text"))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"calcnode cluster model lacks or mistypes {exc}") from None
 

@@ -12,7 +12,7 @@ import pytest
 
 from analysis.clusters import (FEATURE_NAMES, RULE_THRESHOLD, ClusterModel, ClusterParams, DetectedCluster,
                                cluster_outline, detect_clusters, group_points, layout_features, max_in_disk,
-                               points_in_polygon, polygon_area, rule_confidence)
+                               points_in_polygon, polygon_area, rule_confidence, support_evidence)
 from analysis.segmentation.pipeline import particle_table
 
 SPACING = (0.1, 0.1)
@@ -133,6 +133,13 @@ def test_outline_margin_in_mm_for_unequal_spacing():
     assert ys.max() - 51 == pytest.approx(10.0, rel=0.05)   # 1 mm / 0.1 mm rows
 
 
+def test_support_evidence_spreads_the_supports_near_one():
+    e = support_evidence(np.array([0.0, 0.9, 0.99, 0.999, 1.0, np.float32(0.9999999)]))
+    assert e[:4] == pytest.approx([0.0, 1.0, 2.0, 3.0])
+    assert e[4] == e[5] == 6.0                      # capped: float32 supports reach 1.0 exactly
+    assert np.all(np.diff(support_evidence(np.linspace(0, 1, 101))) >= 0)
+
+
 # ---- detect_clusters -----------------------------------------------------------------------
 
 def test_detect_clusters_groups_segmented_calcifications():
@@ -146,6 +153,8 @@ def test_detect_clusters_groups_segmented_calcifications():
     assert c.centroid_rc == pytest.approx((110.0 + 1, 108.33 + 1), abs=0.01)
     assert set(c.features) == set(FEATURE_NAMES)
     assert c.features["cnn_mean"] == pytest.approx(0.8)
+    assert c.features["cnn_evidence_mean"] == pytest.approx(-math.log10(0.2))
+    assert c.features["cnn_evidence_sum"] == pytest.approx(-3 * math.log10(0.2))
     assert c.features["contrast_mean"] == pytest.approx(0.4, abs=0.02)
     assert c.area_mm2 == pytest.approx(polygon_area(c.outline_xy) * 0.01)
     members = np.argwhere(np.isin(seg.labels, c.member_labels))
@@ -230,6 +239,30 @@ def test_cluster_model_bytes_round_trip_and_scores(tmp_path):
         ClusterModel(**{**model.__dict__, "feature_names": ("nope", "linearity")})
 
 
+def test_a_lightgbm_cluster_model_refuses_a_booster_that_does_not_fit():
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (200, 2))
+    booster = lgb.train({"objective": "binary", "verbose": -1, "num_threads": 1, "min_data_in_leaf": 5},
+                        lgb.Dataset(x, label=(x[:, 0] > 0.5).astype(int), feature_name=["n_calcifications", "linearity"]),
+                        num_boost_round=5)
+    common = dict(transforms=("log1p", "identity"), mean=(), scale=(), coef=(), intercept=0.0, threshold=0.5,
+                  learner="lightgbm")
+    model = ClusterModel(feature_names=("n_calcifications", "linearity"), booster_text=booster.model_to_string(),
+                         **common)
+    assert ClusterModel.from_bytes(model.to_bytes()) == model
+    assert json.loads(model.to_bytes())["learner"] == "lightgbm"
+    with pytest.raises(ValueError, match="differ from feature_names"):
+        ClusterModel(feature_names=("linearity", "n_calcifications"), booster_text=model.booster_text, **common)
+    with pytest.raises(ValueError, match="cannot be read"):
+        ClusterModel(feature_names=("n_calcifications", "linearity"), booster_text="tree\nnonsense", **common)
+    with pytest.raises(ValueError, match="needs its booster_text"):
+        ClusterModel(feature_names=("n_calcifications", "linearity"), booster_text=None, **common)
+    with pytest.raises(ValueError, match="learner"):
+        replace(model, learner="forest")
+
+
 def test_detect_clusters_uses_the_model_threshold():
     positions = [(50, 50), (55, 70), (70, 55), (62, 62), (58, 45), (60, 75)]
     seg, pixels = fake_segmentation((200, 200), positions)
@@ -276,9 +309,10 @@ def test_truth_clusters_from_particle_rows():
     assert clusters[1].particle_labels == (1, 2)
 
 
-def test_train_cluster_model_separates_and_sets_threshold(tmp_path):
+@pytest.mark.parametrize("learner", ["lightgbm", "logistic"])
+def test_train_cluster_model_separates_and_sets_threshold(tmp_path, learner):
     from training.clusters.collect import ViewCandidates
-    from training.clusters.train import train_cluster_model
+    from training.clusters.train import importance, train_cluster_model
 
     rng = np.random.default_rng(0)
     views = []
@@ -293,16 +327,46 @@ def test_train_cluster_model_separates_and_sets_threshold(tmp_path):
             cands.append({"features": f, "hits": [0] if true else [], "ignored": False})
         views.append(ViewCandidates(name=f"synthetic:s/truth/SYNTH{i // 2:04d}/{'LCC' if i % 2 else 'RCC'}",
                                     source="synthetic", truth=truth, candidates=cands))
-    model = train_cluster_model(views, seed=0, target_fp_per_image=0.1)
-    assert 0 < model.threshold <= 1
-    coef = dict(zip(model.feature_names, model.coef))
-    assert coef["n_calcifications"] > 0 and coef["linearity"] < 0
+    model = train_cluster_model(views, seed=0, target_fp_per_image=0.1, learner=learner)
+    assert model.learner == learner and 0 < model.threshold <= 1
+    weight = importance(model)
+    if learner == "logistic":
+        assert weight["n_calcifications"] > 0 and weight["linearity"] < 0
+    else:   # the two informative features carry most of the trees' gain
+        assert weight["n_calcifications"] + weight["linearity"] > 0.5 * sum(weight.values())
+    again = ClusterModel.from_bytes(model.to_bytes())   # the file gives the same scores
+    features = [c["features"] for v in views for c in v.candidates]
+    assert again == model and np.array_equal(again.predict(features), model.predict(features))
     assert "NOT FOR CLINICAL USE" in model.info["not_for_clinical_use"]
     from training.clusters.evaluate import evaluate
 
     report = evaluate(views, [], model, "test")
     op = report["simulated"]["operating_point"]
     assert op["sensitivity"]["all"]["sensitivity"] > 0.8 and op["fp_per_image"] <= 0.2
+
+
+def test_a_hit_holds_half_of_all_calcifications_or_half_of_those_the_observer_finds():
+    from training.clusters.collect import ViewCandidates, apply_observer
+
+    # a cluster of 6 calcifications on a row, 10 px apart; the observer finds the first 3 only
+    points = [[10.0 + 10 * k, 50.0] for k in range(6)]
+    square = lambda x0, x1: [[x0, 40.0], [x1, 40.0], [x1, 60.0], [x0, 60.0]]
+    truth = [{"cluster_id": "1", "kind": "amorphous", "n": 6, "labels": [1, 2, 3, 4, 5, 6], "points_xy": points,
+              "n_segmented": 3, "detectable": True}]
+    cands = [{"outline_xy": square(5, 35), "hits": [], "hits_all": []},    # the 3 seen: 3/6 of all, 3/3 seen
+             {"outline_xy": square(5, 25), "hits": [], "hits_all": []},    # 2 seen: 2/6, 2/3
+             {"outline_xy": square(35, 75), "hits": [0], "hits_all": [0]},  # the 3 unseen: 3/6 of all
+             {"outline_xy": square(200, 220), "hits": [], "hits_all": []}]  # elsewhere
+    view = ViewCandidates(name="synthetic:s/truth/SYNTH0001/LCC", source="synthetic", truth=truth, candidates=cands)
+    apply_observer(view, {1: 0.9, 2: 0.6, 3: 0.5, 4: 0.4, 5: 0.1, 6: 0.0})
+    assert truth[0]["observed_labels"] == [1, 2, 3] and truth[0]["n_observer"] == 3 and truth[0]["visible"]
+    assert [c["hits"] for c in cands] == [[0], [0], [0], []]
+    assert [c["hits_all"] for c in cands] == [[], [], [0], []]       # the first half alone, kept for reports
+    # truth collected before the rule (no points) keeps its hits
+    old = ViewCandidates(name="x", source="synthetic", truth=[{k: v for k, v in truth[0].items() if k != "points_xy"}],
+                         candidates=[{"outline_xy": square(5, 25), "hits": []}])
+    apply_observer(old, {1: 0.9, 2: 0.9, 3: 0.9})
+    assert old.candidates[0]["hits"] == [] and old.truth[0]["visible"]
 
 
 # ---- the commands on a tiny simulated set --------------------------------------------------
@@ -382,11 +446,17 @@ def test_train_clusters_records_its_member_threshold_and_evaluation_follows_it(t
     # candidates collected at the operating point do not fit this model
     assert main(["evaluate-clusters", "--data", str(data), "--model", "rule", "--out", str(root / "e2"),
                  "--quiet", "--save-candidates", str(root / "op.cands")]) == 0
+    # each candidate counts the operating point's calcifications in its outline (what its ROI analysis
+    # gets); with members at the operating point every member is one of them
+    op_cands = [c for v in json.loads((root / "op.cands").read_text())["simulated"] for c in v["candidates"]]
+    assert op_cands and all(c["n_operating_point"] >= c["features"]["n_calcifications"] for c in op_cands)
     assert main(["evaluate-clusters", "--candidates", str(root / "op.cands"), "--model", str(model),
                  "--out", str(root / "e3"), "--quiet"]) == 2
     assert "selection threshold the segmentation model's own, not 0.5" in capsys.readouterr().err
     assert main(["evaluate-clusters", "--candidates", str(root / "loose.json.cands"), "--model", str(model),
                  "--out", str(root / "e4"), "--quiet"]) == 0
+    k = json.loads((root / "e4" / "cluster_metrics.json").read_text())["simulated"]["kept_not_assessable"]
+    assert k is None or 0 <= k["hits_not_assessable"] <= min(k["hits"], k["not_assessable"]) <= k["kept"]
     assert main(["train-clusters", "--data", str(data), "--member-threshold", "2", "--out",
                  str(root / "x.json")]) == 2
 

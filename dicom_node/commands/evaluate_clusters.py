@@ -41,6 +41,9 @@ def register(subparsers) -> None:
                        help="selection CNN support score at which a calcification counts as a cluster "
                             "member, in [0, 1] (default: the segmentation model's own threshold); stored "
                             "in the model (docs/clusters.md)")
+    train.add_argument("--learner", choices=("lightgbm", "logistic"), default="lightgbm",
+                       help="the scorer: gradient-boosted trees (default) or a logistic regression "
+                            "(docs/clusters.md, \"The scorer\")")
     train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser(
@@ -106,7 +109,7 @@ def run_train(args) -> int:
         model = train(sim, real, args.out, seed=args.seed, name=args.name, version=args.version,
                       training_data=f"{len(sim)} simulated + {len(real)} real normal views ({data})",
                       target_fp_per_image=args.target_fp, seg_model_path=getattr(args, "seg_model", None),
-                      member_threshold=args.member_threshold)
+                      member_threshold=args.member_threshold, learner=args.learner)
     except ValueError as exc:
         print(f"calcnode train-clusters: error: {exc}", file=sys.stderr)
         return 1
@@ -115,7 +118,7 @@ def run_train(args) -> int:
           f"threshold {model.threshold:.3f} (out of fold: {oof['found']}/{oof['clusters']} clusters, "
           f"{oof['visible_found']}/{oof['visible_clusters']} visible, {oof['false_marks_per_image']} "
           f"false marks/image), members at {_describe(model.member_threshold)} selection "
-          "threshold; NOT FOR CLINICAL USE")
+          f"threshold, {model.learner}; NOT FOR CLINICAL USE")
     return 0
 
 
@@ -152,6 +155,16 @@ def run_evaluate(args) -> int:
         print(f"visible to the ideal observer: {s['visible_clusters']} clusters; sensitivity "
               f"{vis['sensitivity']} at the operating point, {vis_at['sensitivity']:.3f} at <= 0.2 false "
               "marks/image")
+    if s.get("visible_by_the_all_calcifications_rule"):
+        old = s["visible_by_the_all_calcifications_rule"]
+        print(f"  (if a hit had to hold half of all a cluster's calcifications, not only of those the ideal "
+              f"observer finds: {old['operating_point']['sensitivity']:.3f} at the operating point, "
+              f"{old['at_fp_rate']['sensitivity']:.3f} at <= 0.2 false marks/image)")
+    if s.get("kept_not_assessable"):
+        k = s["kept_not_assessable"]
+        print(f"kept at the operating point: {k['kept']} clusters, {k['not_assessable']} not assessable "
+              f"(< 2 calcifications at the segmentation's operating point; {k['hits_not_assessable']} of "
+              f"the {k['hits']} true ones)")
     if report["real"]["images"]:
         print(f"real: {report['real']['images']} views, "
               f"{report['real']['fp_per_image_at_operating_point']:.3f} false marks/view")

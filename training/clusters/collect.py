@@ -6,16 +6,28 @@ segmentation with the shipped selection CNN (``segment(..., region=None)``, as
 rule (:func:`analysis.clusters.candidate_clusters`) with its features.
 
 **Hit rule.** A candidate *hits* a truth cluster when its outline contains at least half of that
-cluster's calcifications (their pixel centroids, PIXEL convention). A candidate that hits no truth
-cluster is a false mark, unless its centre lies in the view's ignore region (a real view's benign
-lesion, :mod:`training.clusters.views`). A truth cluster is found at a threshold when a candidate
-with confidence >= the threshold hits it.
+cluster's calcifications (their pixel centroids, PIXEL convention), **or at least half of those of
+its calcifications the ideal observer finds** (below; since the eighth session, once
+:func:`add_observer_truth` has run). The second half of the rule is why: the target's truth is the
+clusters the ideal observer sees, by the calcifications it sees; a mark around exactly those is a
+correct mark, and asking the outline to also hold calcifications nobody could see asks more than the
+observer could do (an amorphous cluster of 9 with 3 visible could not be hit at all). For a cluster
+whose calcifications are all visible (most punctate, fine linear and fine pleomorphic ones) the two
+halves are the same. A candidate that hits no truth cluster is a false mark, unless its centre lies
+in the view's ignore region (a real view's benign lesion, :mod:`training.clusters.views`). A truth
+cluster is found at a threshold when a candidate with confidence >= the threshold hits it.
+``hits_all`` keeps the first half alone (the rule before the eighth session), so both can be reported.
 
 **Detectable.** A truth cluster is detectable when at least ``min_count`` (3) *and* at least half of
 its calcifications overlap a segmented calcification (a pixel in common): with fewer, the grouping
 rule or the hit rule cannot be met from what the segmentation found (except by chance inclusion).
 The segmentation's misses are not the cluster stage's, so sensitivities are reported for all
 clusters and for detectable ones.
+
+**Assessable.** ``n_operating_point``: the calcifications at the segmentation's operating point whose
+centroid lies in the candidate's outline, i.e. what the node's ROI analysis of that outline gets; with
+fewer than 2 a detected cluster is reported but not scored (docs/clusters.md, "Members at their own
+threshold"). It differs from the member count when the members are searched at another threshold.
 
 **Visible to the ideal observer** (the truth the cluster target is stated on). A truth cluster is
 *visible* when at least ``OBSERVER_MIN_PARTICLES`` (3) of its calcifications are found by the
@@ -94,6 +106,8 @@ def collect_view(view: View, seg_model, params: ClusterParams = ClusterParams(),
     start = time.process_time()
     mask = breast_mask(view.pixels, view.spacing_mm)
     seg = segment(view.pixels, view.spacing_mm, None, seg_model)
+    # the operating point's calcifications (what the SEG shows and the classifier scores), PIXEL points
+    at_operating_point = np.stack([seg.particles["col"], seg.particles["row"]], axis=1).astype(float) + 0.5
     if member_threshold is not None:
         seg = at_threshold(seg, view.pixels, view.spacing_mm, member_threshold)
     candidates = candidate_clusters(seg, view.pixels, view.spacing_mm, mask, params)
@@ -104,14 +118,19 @@ def collect_view(view: View, seg_model, params: ClusterParams = ClusterParams(),
             found = np.unique(view.truth_labels[(seg.labels > 0) & (view.truth_labels > 0)])
             segmented = int(np.isin(cluster.particle_labels, found).sum())
         truth.append({"cluster_id": cluster.cluster_id, "kind": cluster.kind, "n": len(cluster.points_xy),
-                      "labels": list(cluster.particle_labels), "n_segmented": segmented, "detectable": segmented >= max(params.min_count, math.ceil(HIT_FRACTION * len(cluster.points_xy)))})
+                      "labels": list(cluster.particle_labels),
+                      "points_xy": np.round(np.asarray(cluster.points_xy, float), 2).tolist(),
+                      "n_segmented": segmented, "detectable": segmented >= max(params.min_count, math.ceil(HIT_FRACTION * len(cluster.points_xy)))})
     points = [c.points_xy for c in view.clusters]
     out = []
     for c in candidates:
         r, col = int(round(c.centroid_rc[0])), int(round(c.centroid_rc[1]))
         ignored = bool(view.ignore is not None and view.ignore[min(max(r, 0), view.ignore.shape[0] - 1),
                                                               min(max(col, 0), view.ignore.shape[1] - 1)])
-        out.append({"features": dict(c.features), "hits": hits(c.outline_xy, points), "ignored": ignored,
+        n_op = int(points_in_polygon(c.outline_xy, at_operating_point).sum()) if len(at_operating_point) else 0
+        hit = hits(c.outline_xy, points)
+        out.append({"features": dict(c.features), "hits": hit, "hits_all": hit, "ignored": ignored,
+                    "n_operating_point": n_op,
                     "centroid_rc": list(c.centroid_rc), "area_mm2": c.area_mm2,
                     "outline_xy": np.round(c.outline_xy, 2).tolist()})
     return ViewCandidates(name=view.name, source=view.source, truth=truth, candidates=out,
@@ -133,10 +152,29 @@ def collect(views, seg_model, params: ClusterParams = ClusterParams(), progress:
     return out
 
 
+def apply_observer(view: ViewCandidates, found: dict[int, float]) -> None:
+    """Mark ``view``'s truth clusters with what the ideal observer finds (``found``: per particle
+    label, its probability of being found, :func:`training.segmentation.ceiling.particles_found`):
+    ``observed_labels``, ``n_observer`` and ``visible``; then add to each candidate's ``hits`` the
+    clusters of which it contains at least half of the observed calcifications (the hit rule's second
+    half, module docstring). Truth collected before the rule (no ``points_xy``) keeps its hits."""
+    observed_points = []
+    for t in view.truth:
+        labels = [int(label) for label in t.get("labels", ())]
+        seen = [found.get(label, 0.0) >= 0.5 for label in labels]
+        t["observed_labels"] = [label for label, s in zip(labels, seen) if s]
+        t["n_observer"], t["visible"] = len(t["observed_labels"]), len(t["observed_labels"]) >= OBSERVER_MIN_PARTICLES
+        points = np.asarray(t.get("points_xy", []), float).reshape(-1, 2)
+        observed_points.append(points[np.asarray(seen, bool)] if len(points) == len(labels) else np.zeros((0, 2)))
+    for c in view.candidates:
+        extra = hits(np.asarray(c["outline_xy"], float), observed_points)
+        c["hits"] = sorted(set(c["hits"]) | set(extra))
+
+
 def add_observer_truth(views: list[ViewCandidates], root: str | Path, progress: bool = True) -> int:
     """Mark each truth cluster of ``views`` (collected from the ``calcnode synth`` folder ``root``)
-    with ``n_observer`` (its calcifications the ideal observer finds) and ``visible`` (module
-    docstring). Returns the number of views annotated; 0 for a folder that is not a ``calcnode synth``
+    with ``n_observer`` (its calcifications the ideal observer finds) and ``visible``, and extend the
+    candidates' hits by the rule's second half (:func:`apply_observer`). Returns the number of views annotated; 0 for a folder that is not a ``calcnode synth``
     set (the fields stay ``None``)."""
     from training.segmentation.ceiling import image_observers, particles_found
 
@@ -151,10 +189,7 @@ def add_observer_truth(views: list[ViewCandidates], root: str | Path, progress: 
             view = by_name.get(synthetic_view_name(Path(root), truth_path))
             if view is None:
                 continue
-            found = particles_found(observers, OBSERVER_FP_PER_CM2)
-            for t in view.truth:
-                n = sum(found.get(int(label), 0.0) >= 0.5 for label in t.get("labels", ()))
-                t["n_observer"], t["visible"] = int(n), bool(n >= OBSERVER_MIN_PARTICLES)
+            apply_observer(view, particles_found(observers, OBSERVER_FP_PER_CM2))
             done += 1
             if progress:
                 print(f"\rideal observer: {done} views", end="", file=sys.stderr, flush=True)

@@ -87,6 +87,22 @@ def sensitivity_at(points: list[dict], fp_rate: float = FP_RATE_OF_INTEREST) -> 
     return max(ok, key=lambda p: (p["sensitivity"], -p["fp_per_image"]))
 
 
+def _first_half_only(sim: Sequence[ViewCandidates], conf: Sequence[np.ndarray], threshold: float) -> dict | None:
+    """Visible clusters' sensitivity when a hit must hold half of *all* the cluster's calcifications
+    (the hit rule before the eighth session; :mod:`training.clusters.collect`): at the operating
+    threshold and at <= 0.2 false marks per image. None for candidates collected before ``hits_all``."""
+    if not all("hits_all" in c for v in sim for c in v.candidates):
+        return None
+    views = [ViewCandidates(name=v.name, source=v.source, truth=v.truth,
+                            candidates=[{**c, "hits": c["hits_all"]} for c in v.candidates]) for v in sim]
+    op = operating(views, conf, threshold)
+    found = np.array(op["found"], bool)
+    visible = np.array([_visible(t) for t in _truth(views)], bool)
+    return {"operating_point": {"sensitivity": float(found[visible].mean()) if visible.any() else None,
+                                "fp_per_image": sum(op["false_marks"]) / max(len(views), 1)},
+            "at_fp_rate": sensitivity_at(froc(views, conf, _visible))}
+
+
 def evaluate(sim: Sequence[ViewCandidates], real: Sequence[ViewCandidates], model: ClusterModel | None,
              model_name: str) -> dict:
     """The evaluation report (module docstring)."""
@@ -112,6 +128,15 @@ def evaluate(sim: Sequence[ViewCandidates], real: Sequence[ViewCandidates], mode
         idx = [i for i, t in enumerate(truth) if pred(t)]
         return {"n": len(idx), "sensitivity": float(found[idx].mean()) if idx else None}
 
+    # kept clusters that the classifier cannot score: < 2 of the operating point's calcifications in
+    # the outline (collected since the eighth session; None for older candidate files)
+    kept = [(c, bool(c["hits"])) for v, conf in zip(sim, sim_conf) for c, p in zip(v.candidates, conf)
+            if p >= threshold and not (c["ignored"] and not c["hits"])]
+    counted = [(c["n_operating_point"], hit) for c, hit in kept if "n_operating_point" in c]
+    not_assessable = ({"kept": len(counted), "hits": sum(h for _, h in counted),
+                       "not_assessable": sum(n < 2 for n, _ in counted),
+                       "hits_not_assessable": sum(n < 2 and h for n, h in counted)}
+                      if kept and len(counted) == len(kept) else None)
     real_op = operating(real, real_conf, threshold)
     at_02 = sensitivity_at(curves["all"])
     t02 = at_02["threshold"]
@@ -119,7 +144,8 @@ def evaluate(sim: Sequence[ViewCandidates], real: Sequence[ViewCandidates], mode
     report = {
         "model": model_name,
         "note": "simulated views and real normal tissue; NOT FOR CLINICAL USE",
-        "hit_rule": "a detected outline containing >= 50 % of a truth cluster's calcifications (pixel centroids)",
+        "hit_rule": ("a detected outline containing >= 50 % of a truth cluster's calcifications, or >= 50 % of "
+                     "those the ideal observer finds (pixel centroids)"),
         "simulated": {
             "images": len(sim), "negative_images": len(negative), "truth_clusters": len(truth),
             "detectable_clusters": int(sum(t["detectable"] for t in truth)),
@@ -143,6 +169,8 @@ def evaluate(sim: Sequence[ViewCandidates], real: Sequence[ViewCandidates], mode
                                 **{f"{k} (detectable)": sens(lambda t, k=k: t["kind"] == k and t["detectable"])
                                    for k in kinds}},
             },
+            "kept_not_assessable": not_assessable,
+            "visible_by_the_all_calcifications_rule": _first_half_only(sim, sim_conf, threshold) if observed else None,
             "froc": curves,
         },
         "real": {

@@ -10,9 +10,13 @@ image's grey levels were scaled (the simulator's 12-bit display units against a 
 the model learnt "bright = not a cluster" from the real negatives, i.e. the source of the image,
 not the calcifications; the contrast-to-noise ratios (``cnr_*``) are scale-free and stay.
 
-Model: an L2-regularised logistic regression (scikit-learn, ``C`` default 0.3) on the features of
-:data:`MODEL_FEATURES` after their transform (``log1p`` for counts, areas, distances and ratios),
-standardised. It is small, deterministic and readable: its coefficients say which evidence counts.
+Model (``learner``): gradient-boosted trees (LightGBM, :data:`LIGHTGBM_PARAMS`: 200 trees of depth
+<= 3, learning rate 0.05, deterministic, one thread; the default since the eighth session), or an
+L2-regularised logistic regression (scikit-learn, ``C`` default 0.3, on standardised features), both
+on the features of :data:`MODEL_FEATURES` after their transform (``log1p`` for counts, areas,
+distances and ratios). The trees were chosen because the evidence interacts: a group of faint,
+weakly supported objects is a cluster when they are many and dense, not when they sit on a line,
+which a sum of per-feature terms cannot say (docs/clusters.md, "The scorer", has the comparison).
 
 Operating threshold: chosen on out-of-fold probabilities (5 folds grouped by case, so a case's
 CC and MLO, which share their clusters, are never split), as the lowest threshold whose false marks
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -45,6 +50,9 @@ MODEL_FEATURES = {
     "cnn_mean": "identity",
     "cnn_min": "identity",
     "cnn_max": "identity",
+    "cnn_evidence_mean": "identity",
+    "cnn_evidence_top3": "identity",
+    "cnn_evidence_sum": "log1p",
     "cnr_mean": "log1p",
     "cnr_max": "log1p",
     "object_area_mean_mm2": "log1p",
@@ -52,6 +60,13 @@ MODEL_FEATURES = {
     "edge_distance_mm": "log1p",
 }
 assert set(MODEL_FEATURES) <= set(FEATURE_NAMES)
+
+#: LightGBM's settings for ``learner="lightgbm"`` (fixed, not tuned per run): small trees, slow
+#: learning, and LightGBM's deterministic mode on one thread so the same data give the same bytes.
+LIGHTGBM_PARAMS = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 7, "max_depth": 3,
+                   "min_data_in_leaf": 20, "lambda_l2": 1.0, "deterministic": True,
+                   "force_col_wise": True, "num_threads": 1, "verbose": -1}
+LIGHTGBM_ROUNDS = 200
 
 
 def case_of(view_name: str) -> str:
@@ -74,23 +89,33 @@ def samples(views: Sequence[ViewCandidates], real_weight: float):
     return feats, np.array(y, int), np.array(w, float), np.array(where, int)
 
 
-def _fit(feats: list, y: np.ndarray, w: np.ndarray, c_reg: float, seed: int) -> ClusterModel:
-    from sklearn.linear_model import LogisticRegression
-
+def _fit(feats: list, y: np.ndarray, w: np.ndarray, c_reg: float, seed: int,
+         learner: str = "lightgbm") -> ClusterModel:
     names = tuple(MODEL_FEATURES)
     transforms = tuple(MODEL_FEATURES[n] for n in names)
-    x = np.array([[float(f[n]) for n in names] for f in feats], float).reshape(-1, len(names))
-    for j, t in enumerate(transforms):
-        if t == "log1p":
-            x[:, j] = np.log1p(np.clip(x[:, j], 0.0, None))
+    if len(set(y.tolist())) < 2:
+        raise ValueError("the training candidates are all of one class; more (or other) data are needed")
+    shape = ClusterModel(feature_names=names, transforms=transforms, mean=(0.0,) * len(names),
+                         scale=(1.0,) * len(names), coef=(0.0,) * len(names), intercept=0.0, threshold=0.5)
+    x = shape.transformed(feats)
+    if learner == "lightgbm":
+        import lightgbm as lgb
+
+        data = lgb.Dataset(x, label=y, weight=w, feature_name=list(names), free_raw_data=False)
+        booster = lgb.train({**LIGHTGBM_PARAMS, "seed": seed}, data, num_boost_round=LIGHTGBM_ROUNDS)
+        return ClusterModel(feature_names=names, transforms=transforms, mean=(), scale=(), coef=(),
+                            intercept=0.0, threshold=0.5, learner="lightgbm",
+                            booster_text=booster.model_to_string())
+    if learner != "logistic":
+        raise ValueError(f"unknown learner {learner!r}")
+    from sklearn.linear_model import LogisticRegression
+
     mean = np.nanmean(x, axis=0) if len(x) else np.zeros(len(names))
     mean = np.where(np.isfinite(mean), mean, 0.0)
     x = np.where(np.isfinite(x), x, mean[None])
     scale = x.std(axis=0) if len(x) else np.ones(len(names))
     scale = np.where(scale > 1e-9, scale, 1.0)
     z = (x - mean) / scale
-    if len(set(y.tolist())) < 2:
-        raise ValueError("the training candidates are all of one class; more (or other) data are needed")
     lr = LogisticRegression(C=c_reg, max_iter=5000, random_state=seed)
     lr.fit(z, y, sample_weight=w)
     return ClusterModel(feature_names=names, transforms=transforms, mean=tuple(map(float, mean)),
@@ -112,7 +137,7 @@ def choose_threshold(views: Sequence[ViewCandidates], conf: list[np.ndarray], ta
 
 def train_cluster_model(views: Sequence[ViewCandidates], *, seed: int = 0, c_reg: float = 0.3,
                         real_weight: float = 5.0, target_fp_per_image: float = 0.1, folds: int = 5,
-                        info: dict | None = None) -> ClusterModel:
+                        learner: str = "lightgbm", info: dict | None = None) -> ClusterModel:
     """Fit on all ``views`` and set the threshold from out-of-fold probabilities (module docstring)."""
     feats, y, w, where = samples(views, real_weight)
     cases = sorted({case_of(v.name) for v in views})
@@ -124,7 +149,7 @@ def train_cluster_model(views: Sequence[ViewCandidates], *, seed: int = 0, c_reg
         test = fold == k
         if not test.any() or len(set(y[~test].tolist())) < 2:
             continue
-        m = _fit([f for f, t in zip(feats, test) if not t], y[~test], w[~test], c_reg, seed)
+        m = _fit([f for f, t in zip(feats, test) if not t], y[~test], w[~test], c_reg, seed, learner)
         oof[test] = m.predict([f for f, t in zip(feats, test) if t])
     oof = np.where(np.isfinite(oof), oof, 0.0)
     conf: list[np.ndarray] = []
@@ -138,7 +163,7 @@ def train_cluster_model(views: Sequence[ViewCandidates], *, seed: int = 0, c_reg
             pos += 1
         conf.append(c)
     threshold = choose_threshold(views, conf, target_fp_per_image)
-    model = _fit(feats, y, w, c_reg, seed)
+    model = _fit(feats, y, w, c_reg, seed, learner)
     # what that threshold does out of fold: the figures to choose the training settings on (the
     # member threshold among them) without looking at a held-out set
     at = operating(views, conf, threshold)
@@ -152,17 +177,28 @@ def train_cluster_model(views: Sequence[ViewCandidates], *, seed: int = 0, c_reg
                                     "and real normal tissue",
             "samples": int(len(y)), "positives": int(y.sum()), "views": len(views),
             "real_views": int(sum(v.source == "real" for v in views)),
-            "seed": seed, "C": c_reg, "real_weight": real_weight, "folds": folds,
+            "seed": seed, "learner": learner,
+            **({"C": c_reg} if learner == "logistic" else
+               {"lightgbm_params": LIGHTGBM_PARAMS, "lightgbm_rounds": LIGHTGBM_ROUNDS}),
+            "real_weight": real_weight, "folds": folds,
             "target_fp_per_image": target_fp_per_image, "threshold_from": "out-of-fold probabilities",
             "out_of_fold_at_threshold": out_of_fold,
             **(info or {})}
-    return ClusterModel(feature_names=model.feature_names, transforms=model.transforms, mean=model.mean,
-                        scale=model.scale, coef=model.coef, intercept=model.intercept,
-                        threshold=float(min(max(threshold, 0.0), 1.0)), info=meta)
+    return replace(model, threshold=float(min(max(threshold, 0.0), 1.0)), info=meta)
+
+
+def importance(model: ClusterModel) -> dict[str, float]:
+    """What each feature contributes: the logistic coefficient (standardised units), or the trees'
+    total gain from splits on it (LightGBM's ``importance_type="gain"``)."""
+    if model.learner == "lightgbm":
+        gain = model._booster().feature_importance(importance_type="gain")
+        return {n: round(float(g), 3) for n, g in zip(model.feature_names, gain)}
+    return dict(zip(model.feature_names, model.coef))
 
 
 def describe(model: ClusterModel) -> list[str]:
-    """One line per feature, by |coefficient| (standardised units)."""
-    order = np.argsort(-np.abs(model.coef))
-    return [f"{model.feature_names[k]:>22} {model.coef[k]:+.3f}" for k in order
-            if math.isfinite(model.coef[k])]
+    """One line per feature, by importance (:func:`importance`), largest first."""
+    values = importance(model)
+    label = "gain" if model.learner == "lightgbm" else "coefficient"
+    order = sorted(values, key=lambda n: -abs(values[n]))
+    return [f"{n:>22} {label} {values[n]:+.3f}" for n in order if math.isfinite(values[n])]
