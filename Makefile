@@ -155,19 +155,22 @@ classifier-learning-curve: $(STAMP)
 # The shipped demonstration cluster model (views without ROI; NOT FOR CLINICAL USE): simulated
 # 2000 x 1600 views at 0.07 mm (1-3 clusters per affected breast, a quarter of the cases without any)
 # and the right-breast real normal views as negatives; the left-breast real views are held out for
-# evaluate-demo-clusters. Fixed seeds: 100 simulated cases (36 + 64). Members are the calcifications
-# with CNN support >= 0.99, above the operating point (chosen out of fold on the training views,
-# docs/clusters.md "Members at their own threshold"). About 12 minutes on 2 cores. See docs/clusters.md.
+# evaluate-demo-clusters. Fixed seeds: 228 simulated cases (36 + 64 + 64 + 64). Members are the
+# calcifications with CNN support >= 0.9, below the operating point; the scorer is LightGBM (the
+# default learner; docs/clusters.md "The scorer"). About 35 minutes on 2 cores. See docs/clusters.md.
 REAL_TISSUE := ../shared/interop/real-tissue
 CLUSTER_SYNTH := --size 2000x1600 --max-clusters 3 --negative-fraction 0.25 --types $(SYNTH_TYPES) --quiet
 CLUSTER_MODEL := analysis/models/calcnode-clusters-demo-1/cluster-model.json
 demo-cluster-model: $(STAMP)
-	rm -rf data/cluster-train data/cluster-train-2
+	rm -rf data/cluster-train data/cluster-train-2 data/cluster-train-3 data/cluster-train-4
 	$(BIN)/calcnode synth --out data/cluster-train --cases 36 --seed 301 $(CLUSTER_SYNTH)
 	$(BIN)/calcnode synth --out data/cluster-train-2 --cases 64 --seed 303 $(CLUSTER_SYNTH)
-	$(BIN)/calcnode train-clusters --data data/cluster-train --data data/cluster-train-2 --seed 0 --quiet \
-	    --negatives $(REAL_TISSUE)/nyu_gmic_0_R-CC.png $(REAL_TISSUE)/nyu_gmic_0_R-MLO.png --member-threshold 0.99 \
-	    --out $(CLUSTER_MODEL)
+	$(BIN)/calcnode synth --out data/cluster-train-3 --cases 64 --seed 305 $(CLUSTER_SYNTH)
+	$(BIN)/calcnode synth --out data/cluster-train-4 --cases 64 --seed 307 $(CLUSTER_SYNTH)
+	$(BIN)/calcnode train-clusters --data data/cluster-train --data data/cluster-train-2 --data data/cluster-train-3 \
+	    --data data/cluster-train-4 --seed 0 --quiet --version 2 --member-threshold 0.9 \
+	    --negatives $(REAL_TISSUE)/nyu_gmic_0_R-CC.png $(REAL_TISSUE)/nyu_gmic_0_R-MLO.png \
+	    --save-candidates data/cluster-train-candidates.json --out $(CLUSTER_MODEL)
 
 # Its held-out evaluation: another seed (160 views), and the two left-breast real views. About 6 minutes.
 evaluate-demo-clusters: $(STAMP)

@@ -57,6 +57,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -442,6 +443,9 @@ def rule_confidence(features: Mapping[str, float]) -> float:
 
 
 LEARNERS = ("logistic", "lightgbm")
+#: Serialises building and calling a model's LightGBM booster (LightGBM's own predictor set-up is not
+#: safe to race on one booster).
+_BOOSTER_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -511,6 +515,10 @@ class ClusterModel:
             raise ValueError("cluster model: non-finite coefficients or non-positive scale")
 
     def _booster(self):
+        with _BOOSTER_LOCK:
+            return self._booster_unlocked()
+
+    def _booster_unlocked(self):
         booster = self.__dict__.get("_booster_cache")
         if booster is None:
             import lightgbm as lgb  # deferred: about a second to import, needed only for this learner
@@ -541,7 +549,10 @@ class ClusterModel:
         """P(true cluster) per cluster, in [0, 1]."""
         if self.learner == "lightgbm":
             x = self.transformed(features)
-            return np.asarray(self._booster().predict(x), float).reshape(-1) if len(x) else np.zeros(0)
+            if not len(x):
+                return np.zeros(0)
+            with _BOOSTER_LOCK:   # the views of a study are detected in threads; one booster serves them
+                return np.asarray(self._booster_unlocked().predict(x, num_threads=1), float).reshape(-1)
         z = self.design(features) @ np.asarray(self.coef) + self.intercept
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
