@@ -7,7 +7,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: run test install system-deps ohif viewer bench clean seg-train-data demo-seg-model demo-classifier classifier-learning-curve seg-test-data seg-val-data \
-	evaluate-demo-seg demo-cluster-model evaluate-demo-clusters
+	evaluate-demo-seg demo-cluster-model evaluate-demo-clusters \
+	evaluate-real-insertions
 
 # The venv is rebuilt when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -123,6 +124,19 @@ evaluate-demo-seg: seg-test-data
 	$(BIN)/calcnode evaluate-seg --model analysis/segmentation/weights/demo-seg-cnn.pt \
 	    --data data/seg-test --data data/seg-test-bg --ceiling data/seg-evaluation/ceiling.json \
 	    --negatives $(REAL_HELD_OUT) $(REAL_TRAIN) --negative-spacing 0.07 --out data/seg-evaluation
+
+# Calcifications inserted into the real view that no model trains on (L-MLO; 0.07 mm assumed): the
+# segmentation's and the cluster detector's sensitivity in real tissue, reported apart from the
+# simulated tissue's (docs/segmentation.md, "Real tissue: calcifications inserted into a real view").
+# About 5 minutes.
+evaluate-real-insertions: $(STAMP)
+	rm -rf data/real-insertions data/real-insertions-evaluation
+	$(BIN)/calcnode synth --out data/real-insertions --cases 60 --seed 312 --types $(SYNTH_TYPES) --tissue smooth \
+	    --max-clusters 3 --negative-fraction 0.25 --quiet --background $(REAL_HELD_OUT) --background-spacing 0.07
+	$(BIN)/calcnode seg-ceiling --data data/real-insertions --out data/real-insertions-evaluation/ceiling.json
+	$(BIN)/calcnode evaluate-seg --model analysis/segmentation/weights/demo-seg-cnn.pt --data data/real-insertions \
+	    --ceiling data/real-insertions-evaluation/ceiling.json --out data/real-insertions-evaluation/segmentation
+	$(BIN)/calcnode evaluate-clusters --data data/real-insertions --quiet --out data/real-insertions-evaluation/clusters
 
 # The shipped demonstration classifier (NOT FOR CLINICAL USE): simulated amorphous clusters with
 # fixed seeds, segmented with the demonstration CNN (run demo-seg-model first) at the CNN's own
