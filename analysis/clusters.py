@@ -442,6 +442,17 @@ def rule_confidence(features: Mapping[str, float]) -> float:
     return float(min(max(count * shape * support, 0.0), 1.0))
 
 
+def transformed_features(features: Sequence[Mapping[str, float]], names: Sequence[str],
+                         transforms: Sequence[str]) -> np.ndarray:
+    """The (n, k) matrix of the features ``names`` of some clusters, each after its transform
+    (``"log1p"`` of the value clipped at 0, or ``"identity"``); NaN where a value is not finite."""
+    x = np.array([[float(f[name]) for name in names] for f in features], float).reshape(-1, len(names))
+    for j, t in enumerate(transforms):
+        if t == "log1p":
+            x[:, j] = np.log1p(np.clip(x[:, j], 0.0, None))
+    return np.where(np.isfinite(x), x, np.nan)
+
+
 LEARNERS = ("logistic", "lightgbm")
 #: Serialises building and calling a model's LightGBM booster (LightGBM's own predictor set-up is not
 #: safe to race on one booster).
@@ -532,12 +543,7 @@ class ClusterModel:
 
     def transformed(self, features: Sequence[Mapping[str, float]]) -> np.ndarray:
         """The (n, k) matrix of some clusters' features after their transforms (NaN where missing)."""
-        x = np.array([[float(f[name]) for name in self.feature_names] for f in features], float).reshape(
-            -1, len(self.feature_names))
-        for j, t in enumerate(self.transforms):
-            if t == "log1p":
-                x[:, j] = np.log1p(np.clip(x[:, j], 0.0, None))
-        return np.where(np.isfinite(x), x, np.nan)
+        return transformed_features(features, self.feature_names, self.transforms)
 
     def design(self, features: Sequence[Mapping[str, float]]) -> np.ndarray:
         """The logistic model's standardised design matrix (n, k)."""

@@ -174,8 +174,8 @@ def apply_observer(view: ViewCandidates, found: dict[int, float]) -> None:
 def add_observer_truth(views: list[ViewCandidates], root: str | Path, progress: bool = True) -> int:
     """Mark each truth cluster of ``views`` (collected from the ``calcnode synth`` folder ``root``)
     with ``n_observer`` (its calcifications the ideal observer finds) and ``visible``, and extend the
-    candidates' hits by the rule's second half (:func:`apply_observer`). Returns the number of views annotated; 0 for a folder that is not a ``calcnode synth``
-    set (the fields stay ``None``)."""
+    candidates' hits by the rule's second half (:func:`apply_observer`). Returns the number of views
+    annotated; 0 for a folder that is not a ``calcnode synth`` set (the fields stay ``None``)."""
     from training.segmentation.ceiling import image_observers, particles_found
 
     by_name = {v.name: v for v in views}

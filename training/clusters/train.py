@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from analysis.clusters import FEATURE_NAMES, ClusterModel
+from analysis.clusters import FEATURE_NAMES, ClusterModel, transformed_features
 
 from .collect import ViewCandidates
 from .evaluate import operating
@@ -95,9 +95,7 @@ def _fit(feats: list, y: np.ndarray, w: np.ndarray, c_reg: float, seed: int,
     transforms = tuple(MODEL_FEATURES[n] for n in names)
     if len(set(y.tolist())) < 2:
         raise ValueError("the training candidates are all of one class; more (or other) data are needed")
-    shape = ClusterModel(feature_names=names, transforms=transforms, mean=(0.0,) * len(names),
-                         scale=(1.0,) * len(names), coef=(0.0,) * len(names), intercept=0.0, threshold=0.5)
-    x = shape.transformed(feats)
+    x = transformed_features(feats, names, transforms)
     if learner == "lightgbm":
         import lightgbm as lgb
 
