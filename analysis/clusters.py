@@ -455,8 +455,8 @@ def transformed_features(features: Sequence[Mapping[str, float]], names: Sequenc
 
 LEARNERS = ("logistic", "lightgbm")
 #: Serialises building and calling a model's LightGBM booster (LightGBM's own predictor set-up is not
-#: safe to race on one booster).
-_BOOSTER_LOCK = threading.Lock()
+#: safe to race on one booster). Re-entrant: ``predict`` holds it while ``booster`` builds the cache.
+_BOOSTER_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -513,7 +513,7 @@ class ClusterModel:
         if self.learner == "lightgbm":
             if not self.booster_text:
                 raise ValueError("cluster model: a lightgbm model needs its booster_text")
-            names = list(self._booster().feature_name())
+            names = list(self.booster().feature_name())
             if names != list(self.feature_names):
                 raise ValueError(f"cluster model: the booster's features {names} differ from feature_names")
             return
@@ -525,21 +525,19 @@ class ClusterModel:
                 not all(math.isfinite(s) and s > 0 for s in self.scale):
             raise ValueError("cluster model: non-finite coefficients or non-positive scale")
 
-    def _booster(self):
+    def booster(self):
+        """The LightGBM booster of ``booster_text``, read once (a ``lightgbm`` model only)."""
         with _BOOSTER_LOCK:
-            return self._booster_unlocked()
+            booster = self.__dict__.get("_booster_cache")
+            if booster is None:
+                import lightgbm as lgb  # deferred: about a second to import, needed only for this learner
 
-    def _booster_unlocked(self):
-        booster = self.__dict__.get("_booster_cache")
-        if booster is None:
-            import lightgbm as lgb  # deferred: about a second to import, needed only for this learner
-
-            try:
-                booster = lgb.Booster(model_str=self.booster_text)
-            except Exception as exc:  # LightGBM raises its own error type on a bad model text
-                raise ValueError(f"cluster model: the LightGBM booster cannot be read ({exc})") from None
-            object.__setattr__(self, "_booster_cache", booster)
-        return booster
+                try:
+                    booster = lgb.Booster(model_str=self.booster_text)
+                except Exception as exc:  # LightGBM raises its own error type on a bad model text
+                    raise ValueError(f"cluster model: the LightGBM booster cannot be read ({exc})") from None
+                object.__setattr__(self, "_booster_cache", booster)
+            return booster
 
     def transformed(self, features: Sequence[Mapping[str, float]]) -> np.ndarray:
         """The (n, k) matrix of some clusters' features after their transforms (NaN where missing)."""
@@ -558,7 +556,7 @@ class ClusterModel:
             if not len(x):
                 return np.zeros(0)
             with _BOOSTER_LOCK:   # the views of a study are detected in threads; one booster serves them
-                return np.asarray(self._booster_unlocked().predict(x, num_threads=1), float).reshape(-1)
+                return np.asarray(self.booster().predict(x, num_threads=1), float).reshape(-1)
         z = self.design(features) @ np.asarray(self.coef) + self.intercept
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 

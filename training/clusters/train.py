@@ -189,7 +189,7 @@ def importance(model: ClusterModel) -> dict[str, float]:
     """What each feature contributes: the logistic coefficient (standardised units), or the trees'
     total gain from splits on it (LightGBM's ``importance_type="gain"``)."""
     if model.learner == "lightgbm":
-        gain = model._booster().feature_importance(importance_type="gain")
+        gain = model.booster().feature_importance(importance_type="gain")
         return {n: round(float(g), 3) for n, g in zip(model.feature_names, gain)}
     return dict(zip(model.feature_names, model.coef))
 
