@@ -18,6 +18,7 @@ from training.synth import anatomy
 from training.synth.backgrounds import find_breast, lesion_mask, load_background
 from training.synth.config import SynthConfig
 from training.synth.dataset import generate_case, generate_dataset
+from training.synth.processing import calcification_band_rms, calcification_contrast_scale
 from training.synth.tissue_stats import BANDS, band_nps, mean_nps, view_nps
 
 SPACING_MM = 0.07  # assumed for the real views
@@ -112,6 +113,40 @@ def test_processed_dataset_background_is_redrawable(tmp_path):
     assert np.abs(diff[~near]).max() <= 1.0
 
 
+def test_calcification_contrast_scale_follows_the_grain():
+    """The smooth model's calcification-band noise is the reference (scale ~1); the processed tissue's
+    grain is ~5x it, and its calcifications are scaled by as much (docs/simulator.md)."""
+    smooth = [anatomy.make_anatomy((1600, 1200), SPACING_MM, view, np.random.default_rng(seed))
+              for seed, view in ((11, "CC"), (12, "MLO"))]
+    for a in smooth:
+        assert 0.6 <= calcification_contrast_scale(a.image, a.breast, SPACING_MM) <= 1.4
+    processed = anatomy.make_anatomy((1600, 1200), SPACING_MM, "CC", np.random.default_rng(11), tissue="processed")
+    assert 3.0 <= calcification_contrast_scale(processed.image, processed.breast, SPACING_MM) <= 8.0
+    # the measure is of noise, not of the image's grey levels: the same image shifted reads the same
+    a = smooth[0]
+    assert calcification_band_rms(a.image + 300.0, a.breast, SPACING_MM) == pytest.approx(
+        calcification_band_rms(a.image, a.breast, SPACING_MM), rel=1e-3)
+
+
+def test_processed_tissue_calcifications_are_scaled_to_its_grain(tmp_path):
+    """The same case drawn on smooth and on processed tissue: the same particles in the same places,
+    their contrast multiplied by the processed image's contrast scale (> 3), nothing else."""
+    tables = {}
+    for tissue in ("smooth", "processed"):
+        config = SynthConfig(cases=1, seed=9, rows=1024, columns=768, lateralities=("L",), views=("CC",),
+                             tissue=tissue, type_weights=(("punctate", 1.0),))
+        generate_dataset(config, tmp_path / tissue, workers=1, progress=False)
+        tables[tissue] = list(csv.DictReader(open(tmp_path / tissue / "truth" / "SYNTH0001" / "LCC_particles.csv")))
+    # label 0: the distractors (skin marks, noise peaks), which the processed tissue adds to
+    smooth = {r["label"]: r for r in tables["smooth"] if r["label"] != "0"}
+    processed = {r["label"]: r for r in tables["processed"] if r["label"] != "0"}
+    assert len(smooth) >= 5 and set(smooth) == set(processed)
+    ratios = [float(processed[k]["peak_contrast"]) / float(s["peak_contrast"]) for k, s in smooth.items()]
+    assert all((s["x"], s["y"], s["kind"]) == (processed[k]["x"], processed[k]["y"], processed[k]["kind"])
+               for k, s in smooth.items())
+    assert 3.0 <= min(ratios) and max(ratios) - min(ratios) < 1e-3 * max(ratios)
+
+
 @pytest.mark.interop
 def test_png_views_as_backgrounds(interop, tmp_path):
     """16-bit PNG views: assumed spacing, laterality/view from the name, lesion kept free of clusters."""
@@ -126,6 +161,10 @@ def test_png_views_as_backgrounds(interop, tmp_path):
     assert np.percentile(bg.anatomy.image[lesion], 99.9) > np.percentile(bg.anatomy.image[bg.anatomy.breast], 99)
     left = load_background(folder / "nyu_gmic_0_L-MLO.png", SPACING_MM)
     assert (left.laterality, left.view, left.flipped) == ("L", "MLO", False)
+    # a real For Presentation view's grain is several times the smooth model's noise: calcifications
+    # inserted into it are scaled by as much (they were scaled by at most 2, and buried in it)
+    for view in (bg, left):
+        assert 3.0 <= view.contrast_scale <= 8.0
 
     out = tmp_path / "bg"
     views = tuple(str(folder / f"nyu_gmic_0_{v}.png") for v in VIEWS)

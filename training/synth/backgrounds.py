@@ -24,8 +24,8 @@ import pydicom
 from scipy import ndimage as ndi
 
 from .anatomy import Anatomy
+from .processing import calcification_contrast_scale
 
-REFERENCE_RANGE = 1000.0  # p95 - p5 of breast pixels in a typical synthetic image
 LESION_MARGIN_MM = 3.0  # a marked lesion is kept this far from any inserted particle
 
 
@@ -37,7 +37,7 @@ class Background:
     laterality: str
     view: str
     flipped: bool
-    contrast_scale: float  # multiply calcification contrast by this on this image
+    contrast_scale: float  # multiply calcification contrast by this on this image (calcification_contrast_scale)
     source_name: str
     source_sop_instance_uid: str
 
@@ -232,9 +232,8 @@ def load_background(path: str | Path, default_spacing_mm: float,
     lesion = lesion_mask(path, (rows_full, cols_full), view, flipped) if is_png else None
     if lesion is not None:
         pectoral = pectoral | ndi.binary_dilation(lesion, iterations=max(1, int(LESION_MARGIN_MM / spacing)))
-    vals = img[::4, ::4][mask]  # img and mask are both in canonical orientation here
-    p5, p95 = np.percentile(vals, [5, 95]) if vals.size else (0.0, REFERENCE_RANGE)
-    contrast_scale = float(np.clip((p95 - p5) / REFERENCE_RANGE, 0.5, 2.0))
+    # calcifications stand out from this image's grain as from the smooth model's noise
+    contrast_scale = calcification_contrast_scale(img, breast, spacing)
     # noise estimate: MAD of a Laplacian inside the breast
     lap = ndi.laplace(img[::2, ::2][: 512, : 512])
     noise = float(1.4826 * np.median(np.abs(lap - np.median(lap))) / np.sqrt(20))

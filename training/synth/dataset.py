@@ -33,6 +33,7 @@ from common.durable import atomic_path, remove_partials, write_text
 from . import anatomy as anatomy_mod
 from .anatomy import SUBCUTANEOUS_FAT_MM
 from .calcifications import CALC_GAIN, paste, render_particle
+from .processing import calcification_contrast_scale
 from .clusters import FEATURES, Cluster, bayes_auc, make_cluster
 from .config import SynthConfig
 from .dicom_writer import ImageInfo, UidFactory, gsps_dataset, mg_dataset, save, seg_dataset, study_date
@@ -261,6 +262,8 @@ def _generate_image(config, case_index, image_index, lat, view, bg_path, cluster
         spacing = config.pixel_spacing_mm
         anat = anatomy_mod.make_anatomy((config.rows, config.columns), spacing, view, rng,
                                         with_distractors=config.distractors, tissue=config.tissue)
+        if config.tissue == "processed":  # the processing's grain: calcifications scaled as on a real view
+            gain = CALC_GAIN * calcification_contrast_scale(anat.image, anat.breast, spacing)
         mirror = lat == "R"
         spacing_source = "ImagerPixelSpacing"
         derivation = None
