@@ -160,3 +160,33 @@ def test_cli_defaults_match_the_code():
     assert cli.DEFAULT_NEGATIVE_SPACING_MM == DEFAULT_NEGATIVE_SPACING_MM == 0.07
     assert cli.DEFAULT_NEGATIVES_PER_EPOCH == NegativeSampling.per_epoch
     assert cli.DEFAULT_LEARNING_RATE == TrainSettings.learning_rate
+
+
+def test_calibrate_seg_keeps_the_negative_views_breast_under_its_limit(small_data, negative_views, tmp_path):
+    """With --negatives the threshold must also keep <= --max-negative-fp-per-cm2 objects per cm² of
+    those views' breasts: a tight limit gives a stricter threshold than the ROI figure alone, and the
+    report holds the curve it was read from."""
+    from dicom_node.commands.segmentation_training import DEFAULT_CALIBRATION_NEGATIVE_FP_PER_CM2
+    from training.segmentation.train import CALIBRATION_NEGATIVE_FP_PER_CM2
+    assert DEFAULT_CALIBRATION_NEGATIVE_FP_PER_CM2 == CALIBRATION_NEGATIVE_FP_PER_CM2
+
+    plain, _ = negative_views
+    free = tmp_path / "free.pt"
+    run("calibrate-seg", "--model", DEFAULT_SEGMENTATION_MODEL, "--data", small_data, "--out", free,
+        "--max-fp-per-cm2", 50)
+    free_cal = SegmentationModel.load(free).info["threshold_calibration"]
+    assert "negative_views" not in free_cal
+    # the limit: half the objects per cm² the ROI-only threshold keeps on the real band
+    from training.segmentation.evaluate import negative_objects, negatives_curve
+    view = negative_objects(load_negative(plain, 0.07), SegmentationModel.load(free))
+    at_free = negatives_curve([view], np.array([free_cal["threshold"]]))[0]["fp_per_cm2_breast"]
+    assert at_free > 0, "the real band must hold objects at the lenient threshold for this test to mean anything"
+    limit = at_free / 2
+    tight = tmp_path / "tight.pt"
+    run("calibrate-seg", "--model", DEFAULT_SEGMENTATION_MODEL, "--data", small_data, "--out", tight,
+        "--max-fp-per-cm2", 50, "--negatives", plain, "--max-negative-fp-per-cm2", limit)
+    cal = SegmentationModel.load(tight).info["threshold_calibration"]
+    assert cal["threshold"] > free_cal["threshold"]
+    assert cal["negative_views"]["fp_per_cm2_breast"] <= limit
+    assert cal["negative_views"]["views"] == [plain.name] and cal["negative_views"]["curve"]
+    assert SegmentationModel.load(tight).params.prediction_threshold == cal["threshold"]

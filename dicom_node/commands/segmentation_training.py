@@ -17,6 +17,7 @@ DEFAULT_LEARNING_RATE = 2e-3  # training.segmentation.train.TrainSettings.learni
 DEFAULT_NEGATIVES_PER_EPOCH = 4000  # training.segmentation.train.NegativeSampling.per_epoch
 DEFAULT_NEGATIVE_SPACING_MM = 0.07  # training.segmentation.negatives.DEFAULT_NEGATIVE_SPACING_MM
 DEFAULT_CALIBRATION_FP_PER_CM2 = 1.0  # training.segmentation.train.CALIBRATION_FP_PER_CM2
+DEFAULT_CALIBRATION_NEGATIVE_FP_PER_CM2 = 0.5  # training.segmentation.train.CALIBRATION_NEGATIVE_FP_PER_CM2
 NEGATIVES_HELP = ("views with NO calcification (DICOM MG files, 16-bit PNG views such as "
                   "../shared/interop/real-tissue/*.png, or folders of them); a STEM_benign_lesion_mask.png "
                   "beside a PNG marks a region left out")
@@ -85,14 +86,19 @@ def register(subparsers) -> None:
         "calibrate-seg", help="set a selection CNN's operating point on a fixed set of images with truth",
         description="Calibrate the prediction threshold of a trained selection CNN on the ROIs of "
                     "--data (the most sensitive threshold with at most --max-fp-per-cm2 false "
-                    "objects per cm² of ROI) and write the model with it to --out; the weights stay "
-                    "the same.")
+                    "objects per cm² of ROI and, with --negatives, at most --max-negative-fp-per-cm2 "
+                    "objects per cm² of those views' breasts) and write the model with it to --out; "
+                    "the weights stay the same.")
     calibrate.add_argument("--model", required=True, metavar="MODEL")
     calibrate.add_argument("--data", action="append", required=True, metavar="DIR")
     calibrate.add_argument("--out", required=True, metavar="MODEL",
                            help="the calibrated model file (.pt); may be --model itself")
     calibrate.add_argument("--max-fp-per-cm2", type=float, default=DEFAULT_CALIBRATION_FP_PER_CM2, metavar="RATE",
                            help=f"false objects per cm² of ROI allowed (default {DEFAULT_CALIBRATION_FP_PER_CM2:g})")
+    _add_negatives(calibrate)
+    calibrate.add_argument("--max-negative-fp-per-cm2", type=float, default=DEFAULT_CALIBRATION_NEGATIVE_FP_PER_CM2,
+                           metavar="RATE", help="objects per cm² of breast allowed on the --negatives views, "
+                                                f"whole breast (default {DEFAULT_CALIBRATION_NEGATIVE_FP_PER_CM2:g})")
     calibrate.add_argument("--outline-level", type=_outline_level, metavar="LEVEL", default=argparse.SUPPRESS,
                            help="also set the outline level (prediction units in (0, 1), or 'none' for "
                                 "whole candidates) before calibrating; default: keep the model's")
@@ -142,14 +148,17 @@ def run_train(args) -> int:
 
 
 def run_calibrate(args) -> int:
+    from training.segmentation.negatives import load_negative, negative_paths
     from training.segmentation.train import recalibrate
 
-    if args.max_fp_per_cm2 <= 0:
-        raise SystemExit("calcnode calibrate-seg: --max-fp-per-cm2 must be > 0")
+    if args.max_fp_per_cm2 <= 0 or args.max_negative_fp_per_cm2 <= 0:
+        raise SystemExit("calcnode calibrate-seg: --max-fp-per-cm2 and --max-negative-fp-per-cm2 must be > 0")
     try:
         # absent unless given (argparse.SUPPRESS): 'none' is a value of its own
         extra = {"outline_level": args.outline_level} if hasattr(args, "outline_level") else {}
-        model = recalibrate(args.model, args.data, args.out, args.max_fp_per_cm2, **extra)
+        negatives = [load_negative(p, args.negative_spacing) for p in negative_paths(args.negatives)]
+        model = recalibrate(args.model, args.data, args.out, args.max_fp_per_cm2, negatives=negatives,
+                            max_negative_fp_per_cm2=args.max_negative_fp_per_cm2, **extra)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"calcnode calibrate-seg: {exc}") from None
     print(json.dumps({"model": str(args.out), "prediction_threshold": model.params.prediction_threshold,

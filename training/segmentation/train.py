@@ -47,29 +47,52 @@ from analysis.segmentation.models import NOT_FOR_CLINICAL_USE, NOT_FOR_CLINICAL_
 
 from ..datasets import DatasetImage, scan_dataset
 from ..model_files import save_segmentation_model
-from .evaluate import SUPPORT_THRESHOLDS, collect_matches, froc, sensitivity_at
-from .negatives import DEFAULT_NEGATIVE_SPACING_MM, load_negative, negative_paths
+from .evaluate import (SUPPORT_THRESHOLDS, collect_matches, froc, negative_objects, negatives_curve,
+                       sensitivity_at)
+from .negatives import DEFAULT_NEGATIVE_SPACING_MM, NegativeView, load_negative, negative_paths
 from .patches import KINDS, Patches, image_patches, negative_view_patches
 from .widen import widen
 
 
 CALIBRATION_FP_PER_CM2 = 1.0
+# objects per cm² of breast on views without calcifications (issue 20's real-tissue target)
+CALIBRATION_NEGATIVE_FP_PER_CM2 = 0.5
 
 
 def calibrate_threshold(model: SegmentationModel, items: list[DatasetImage],
-                        max_fp_per_cm2: float = CALIBRATION_FP_PER_CM2) -> tuple[float, dict]:
+                        max_fp_per_cm2: float = CALIBRATION_FP_PER_CM2,
+                        negatives: list[NegativeView] = (),
+                        max_negative_fp_per_cm2: float = CALIBRATION_NEGATIVE_FP_PER_CM2) -> tuple[float, dict]:
     """The prediction threshold for the model, from the FROC on ``items`` (images with ROIs): the
-    most sensitive one with at most ``max_fp_per_cm2`` false positives per cm² of ROI."""
+    most sensitive one with at most ``max_fp_per_cm2`` false positives per cm² of ROI and, when
+    views without calcifications are given (``negatives``), at most ``max_negative_fp_per_cm2``
+    objects per cm² of their breasts (whole breast, all views together).
+
+    Why both: the ROI figure is what a radiologist's drawn region sees, the breast figure what a view
+    without an ROI (cluster detection, the SEG) sees. On real processed tissue the second binds: a
+    threshold at 1 FP/cm² of simulated ROIs kept 1.1-2.0 objects per cm² of a real normal breast
+    (docs/segmentation.md)."""
     images = collect_matches([i for i in items if i.roi_paths], model, "calibration")
     if not images:
         return model.params.prediction_threshold, {"calibrated": False,
                                                    "reason": "no validation image with ROIs"}
     points = froc(images, "hdog_cnn", SUPPORT_THRESHOLDS)
+    breast = None
+    if negatives:
+        views = [negative_objects(v, model) for v in negatives]
+        curve = negatives_curve(views, SUPPORT_THRESHOLDS)
+        allowed = {round(c["threshold"], 12) for c in curve if c["fp_per_cm2_breast"] <= max_negative_fp_per_cm2}
+        points = [p for p in points if round(p["threshold"], 12) in allowed] or points[-1:]
+        breast = {"views": [v.name for v in views], "breast_cm2": round(sum(v.breast_cm2 for v in views), 2),
+                  "max_fp_per_cm2_breast": max_negative_fp_per_cm2, "curve": curve}
     best = sensitivity_at(points, max_fp_per_cm2)
     if best["threshold"] is None:  # never that few false positives: the strictest threshold
         best = min(points, key=lambda p: (p["fp_per_cm2"], -p["sensitivity"]))
-    return float(best["threshold"]), {"calibrated": True, "max_fp_per_cm2": max_fp_per_cm2,
-                                      "validation_images": len(images), **best}
+    result = {"calibrated": True, "max_fp_per_cm2": max_fp_per_cm2, "validation_images": len(images), **best}
+    if breast is not None:
+        at = negatives_curve(views, np.array([best["threshold"]]))[0]["fp_per_cm2_breast"]
+        result["negative_views"] = {**breast, "fp_per_cm2_breast": round(at, 3)}
+    return float(best["threshold"]), result
 
 
 _KEEP = object()
@@ -77,7 +100,9 @@ _KEEP = object()
 
 def recalibrate(model_path: str | Path, data_dirs: list[str | Path], out: str | Path,
                 max_fp_per_cm2: float = CALIBRATION_FP_PER_CM2,
-                outline_level: float | None | object = _KEEP) -> SegmentationModel:
+                outline_level: float | None | object = _KEEP,
+                negatives: list[NegativeView] = (),
+                max_negative_fp_per_cm2: float = CALIBRATION_NEGATIVE_FP_PER_CM2) -> SegmentationModel:
     """The model of ``model_path`` with its threshold calibrated on ``data_dirs`` instead of its
     training run's validation split, written to ``out`` (``calcnode calibrate-seg``).
 
@@ -88,8 +113,10 @@ def recalibrate(model_path: str | Path, data_dirs: list[str | Path], out: str | 
     Why: the validation split is drawn from the training data, so each retraining calibrates on
     other images, and on a held-out set the same 1 FP/cm² came out anywhere from 0.8 to 1.3
     (docs/segmentation.md). A fixed calibration set (the Makefile's seg-val, seeds never trained
-    or tested on) puts every model's operating point on the same footing. The weights are unchanged;
-    the previous calibration stays in the model's info.
+    or tested on) puts every model's operating point on the same footing. With ``negatives`` (views
+    without calcifications) the threshold must also keep at most ``max_negative_fp_per_cm2`` objects
+    per cm² of their breasts (:func:`calibrate_threshold`). The weights are unchanged; the previous
+    calibration stays in the model's info.
     """
     model = SegmentationModel.load(model_path)
     previous_params = model.params
@@ -99,7 +126,7 @@ def recalibrate(model_path: str | Path, data_dirs: list[str | Path], out: str | 
     items = [i for d in data_dirs for i in scan_dataset(d, require_truth=True)]
     if not any(i.roi_paths for i in items):
         raise ValueError(f"no image with ROIs and truth in {', '.join(map(str, data_dirs))}")
-    threshold, calibration = calibrate_threshold(model, items, max_fp_per_cm2)
+    threshold, calibration = calibrate_threshold(model, items, max_fp_per_cm2, negatives, max_negative_fp_per_cm2)
     previous = model.info.get("threshold_calibration")
     info = {**model.info,
             "threshold_calibration": {**calibration, "data": [str(d) for d in data_dirs],
