@@ -59,7 +59,7 @@ REAL_HELD_OUT := $(REAL_TISSUE)/nyu_gmic_0_L-MLO.png
 SYNTH_TYPES := amorphous:3,punctate,fine_pleomorphic,fine_linear_branching
 seg-train-data: $(STAMP)
 	rm -rf data/seg-train data/seg-train-bg data/seg-train-2 data/seg-train-real data/seg-train-3 \
-	    data/seg-train-4 data/seg-train-real-2
+	    data/seg-train-4 data/seg-train-real-2 data/seg-train-real-3 data/seg-train-proc
 	$(BIN)/calcnode synth --out data/seg-train --cases 30 --seed 101 --types $(SYNTH_TYPES) --tissue smooth --quiet
 	$(BIN)/calcnode synth --out data/seg-train-2 --cases 20 --seed 103 --types $(SYNTH_TYPES) --tissue smooth --quiet
 	$(BIN)/calcnode synth --out data/seg-train-bg --cases 30 --seed 102 --types $(SYNTH_TYPES) --tissue smooth \
@@ -73,57 +73,76 @@ seg-train-data: $(STAMP)
 	    --lateralities L --quiet
 	$(BIN)/calcnode synth --out data/seg-train-4 --cases 250 --seed 107 --types amorphous --tissue smooth \
 	    --lateralities L --quiet
+	$(BIN)/calcnode synth --out data/seg-train-real-3 --cases 300 --seed 108 --types $(SYNTH_TYPES) --tissue smooth \
+	    --max-clusters 3 --quiet --background $(REAL_TRAIN) --background-spacing 0.07
+	$(BIN)/calcnode synth --out data/seg-train-proc --cases 150 --seed 109 --types $(SYNTH_TYPES) --tissue processed \
+	    --lateralities L --quiet
 
-# Fine-tuned from the previous shipped model (SEG_BASE: model C, made by this target's previous
-# version from the first real-tissue fine-tune, itself from the 2026-12-03 weights trained from
-# scratch on simulated data; all kept in weights/, docs/segmentation.md "Training") on ~1,570 images:
-# the earlier data plus 650 simulated cases (a quarter amorphous-only) and 42 insertions into the
-# real training views. Taught a sharper proximity target than HDoGReg's (x = 0.35 mm instead of
-# 0.7 mm, docs/segmentation.md "A sharper proximity target"): up to 30 epochs of 20,000 of the data
-# sets' patches and 4,000 of the real views' (half the hardest), ~15 min on 2 idle cores after
-# ~7 min of patches. The threshold is then calibrated on the validation set (seg-val-data, never
-# trained on): <= 1 false positive per cm² of ROI there.
-SEG_BASE := analysis/segmentation/weights/demo-seg-cnn-2026-12-06-c.pt
+# Fine-tuned from the previous shipped model (SEG_BASE: model F, kept in weights/; its own recipe
+# and ancestry in docs/segmentation.md "Training") on ~2,170 images: the earlier data plus 300
+# insertions into the three real training views and 150 cases of the processed (NPS-matched)
+# tissue, with calcifications scaled to each image's grain (docs/simulator.md, "Calcification
+# contrast against the image's grain"). Up to 30 epochs of 20,000 of the data sets' patches and
+# 4,000 of the real views' (half the hardest), proximity target 0.35 mm. The threshold is then
+# calibrated on the validation set (seg-val-data, never trained on): the most sensitive with <= 1
+# false positive per cm² of ROI there AND <= 0.5 objects per cm² of breast on the three real
+# training views (the held-out L-MLO is not used). ~35 min on 2 idle cores, after the data.
+SEG_BASE := analysis/segmentation/weights/demo-seg-cnn-2026-12-06-f.pt
 SEG_MODEL := analysis/segmentation/weights/demo-seg-cnn.pt
 demo-seg-model: seg-train-data seg-val-data
 	$(BIN)/calcnode train-seg --data data/seg-train --data data/seg-train-bg --data data/seg-train-2 \
-	    --data data/seg-train-real --data data/seg-train-real-2 --data data/seg-train-3 --data data/seg-train-4 \
+	    --data data/seg-train-real --data data/seg-train-real-2 --data data/seg-train-real-3 --data data/seg-train-3 \
+	    --data data/seg-train-4 --data data/seg-train-proc \
 	    --negatives $(REAL_TRAIN) --negative-spacing 0.07 --seed 0 \
 	    --init $(SEG_BASE) --proximity-radius 0.35 --learning-rate 5e-4 --max-epochs 30 \
 	    --patches-per-epoch 20000 --negatives-per-epoch 4000 --out data/seg-model-uncalibrated.pt
 	$(BIN)/calcnode calibrate-seg --model data/seg-model-uncalibrated.pt --data data/seg-val --data data/seg-val-bg \
-	    --out $(SEG_MODEL)
+	    --data data/seg-val-proc --negatives $(REAL_TRAIN) --negative-spacing 0.07 --out $(SEG_MODEL)
 
-# A segmentation test set: $(1) simulated cases (seed $(2)) in data/$(3), and $(4) insertions into
-# the interop set's three real mammograms (seed $(5)) in data/$(3)-bg.
+# A segmentation test set: $(1) simulated cases (seed $(2)) in data/$(3), $(4) insertions into
+# the interop set's three real mammograms (seed $(5)) in data/$(3)-bg, and $(6) cases of the
+# processed (NPS-matched) tissue, left breasts (seed $(7)), in data/$(3)-proc.
 define seg-eval-set
-	rm -rf data/$(3) data/$(3)-bg
+	rm -rf data/$(3) data/$(3)-bg data/$(3)-proc
 	$(BIN)/calcnode synth --out data/$(3) --cases $(1) --seed $(2) --types $(SYNTH_TYPES) --tissue smooth --quiet
 	$(BIN)/calcnode synth --out data/$(3)-bg --cases $(4) --seed $(5) --types $(SYNTH_TYPES) --tissue smooth \
 	    --max-clusters 3 --quiet --background $(INTEROP_MG)/MG1_J2KI.dcm \
 	    $(INTEROP_MG)/cbis_ddsm/benign_1-130.dcm $(INTEROP_MG)/cbis_ddsm/malignant_1-280.dcm
+	$(BIN)/calcnode synth --out data/$(3)-proc --cases $(6) --seed $(7) --types $(SYNTH_TYPES) --tissue processed \
+	    --lateralities L --quiet
 endef
 
 # The held-out segmentation set of the README's figures (seeds never used in training): 164
 # patients, so that a per-type figure is known to a few hundredths even though a type's particles
 # come in a few clusters (docs/segmentation.md). ~8 minutes; evaluate-demo-seg ~25 more.
 seg-test-data: $(STAMP)
-	$(call seg-eval-set,128,201,seg-test,36,202)
+	$(call seg-eval-set,128,201,seg-test,36,202,24,207)
+	rm -rf data/seg-test-real
+	$(BIN)/calcnode synth --out data/seg-test-real --cases 60 --seed 208 --types $(SYNTH_TYPES) --tissue smooth \
+	    --max-clusters 3 --quiet --background $(REAL_HELD_OUT) --background-spacing 0.07
 
 # The validation set: seeds 203 and 204 (never trained or tested on), 44 patients. Models are
 # compared, and a model's threshold is calibrated (calcnode calibrate-seg), on it before the
 # held-out set is looked at (docs/segmentation.md). About 2 minutes.
 seg-val-data: $(STAMP)
-	$(call seg-eval-set,32,203,seg-val,12,204)
+	$(call seg-eval-set,32,203,seg-val,12,204,12,206)
 
 # The real views: false objects per cm² of breast (0.07 mm assumed), the held-out view and the
 # three training views reported apart (evaluate-seg tells them by the model's own record).
+# The held-out set is also measured per tissue (data/seg-evaluation/by-tissue/<set>/): simulated
+# smooth, films, processed, and the insertions into the held-out real view L-MLO.
+SEG_TEST_SETS := seg-test seg-test-bg seg-test-proc seg-test-real
 evaluate-demo-seg: seg-test-data
-	$(BIN)/calcnode seg-ceiling --data data/seg-test --data data/seg-test-bg \
-	    --out data/seg-evaluation/ceiling.json
+	$(BIN)/calcnode seg-ceiling $(SEG_TEST_SETS:%=--data data/%) --out data/seg-evaluation/ceiling.json
 	$(BIN)/calcnode evaluate-seg --model analysis/segmentation/weights/demo-seg-cnn.pt \
-	    --data data/seg-test --data data/seg-test-bg --ceiling data/seg-evaluation/ceiling.json \
+	    $(SEG_TEST_SETS:%=--data data/%) --ceiling data/seg-evaluation/ceiling.json \
 	    --negatives $(REAL_HELD_OUT) $(REAL_TRAIN) --negative-spacing 0.07 --out data/seg-evaluation
+	for set in $(SEG_TEST_SETS); do \
+	    $(BIN)/calcnode seg-ceiling --data data/$$set --out data/seg-evaluation/by-tissue/$$set/ceiling.json && \
+	    $(BIN)/calcnode evaluate-seg --model analysis/segmentation/weights/demo-seg-cnn.pt --data data/$$set \
+	        --ceiling data/seg-evaluation/by-tissue/$$set/ceiling.json --out data/seg-evaluation/by-tissue/$$set \
+	        || exit 1; \
+	done
 
 # Calcifications inserted into the real view that no model trains on (L-MLO; 0.07 mm assumed): the
 # segmentation's and the cluster detector's sensitivity in real tissue, reported apart from the
@@ -167,23 +186,30 @@ classifier-learning-curve: $(STAMP)
 	    --out analysis/models/calcnode-demo-1.4.0-report/learning-curve
 
 # The shipped demonstration cluster model (views without ROI; NOT FOR CLINICAL USE): simulated
-# 2000 x 1600 views at 0.07 mm (1-3 clusters per affected breast, a quarter of the cases without any)
-# and the right-breast real normal views as negatives; the left-breast real views are held out for
-# evaluate-demo-clusters. Fixed seeds: 228 simulated cases (36 + 64 + 64 + 64). Members are the
-# calcifications with CNN support >= 0.9, below the operating point; the scorer is LightGBM (the
-# default learner; docs/clusters.md "The scorer"). About 35 minutes on 2 cores. See docs/clusters.md.
+# 2000 x 1600 views at 0.07 mm (1-3 clusters per affected breast, a quarter of the cases without any):
+# 228 cases of the smooth tissue (36 + 64 + 64 + 64) and 48 of the processed tissue (seed 309); 80
+# insertions into the right-breast real views (seed 311, their benign lesion ignored); and those two
+# real views as negatives. The left-breast real views are held out for evaluate-demo-clusters. Members
+# are the calcifications with CNN support >= 0.9, below the operating point; the scorer is LightGBM
+# (the default learner; docs/clusters.md "The scorer"). About 40 minutes on 2 cores. See docs/clusters.md.
 REAL_TISSUE := ../shared/interop/real-tissue
 CLUSTER_SYNTH := --size 2000x1600 --max-clusters 3 --negative-fraction 0.25 --types $(SYNTH_TYPES) --quiet
 CLUSTER_MODEL := analysis/models/calcnode-clusters-demo-1/cluster-model.json
+CLUSTER_REAL_TRAIN := $(REAL_TISSUE)/nyu_gmic_0_R-CC.png $(REAL_TISSUE)/nyu_gmic_0_R-MLO.png
 demo-cluster-model: $(STAMP)
-	rm -rf data/cluster-train data/cluster-train-2 data/cluster-train-3 data/cluster-train-4
+	rm -rf data/cluster-train data/cluster-train-2 data/cluster-train-3 data/cluster-train-4 \
+	    data/cluster-train-proc data/cluster-train-realbg
 	$(BIN)/calcnode synth --out data/cluster-train --cases 36 --seed 301 $(CLUSTER_SYNTH)
 	$(BIN)/calcnode synth --out data/cluster-train-2 --cases 64 --seed 303 $(CLUSTER_SYNTH)
 	$(BIN)/calcnode synth --out data/cluster-train-3 --cases 64 --seed 305 $(CLUSTER_SYNTH)
 	$(BIN)/calcnode synth --out data/cluster-train-4 --cases 64 --seed 307 $(CLUSTER_SYNTH)
+	$(BIN)/calcnode synth --out data/cluster-train-proc --cases 48 --seed 309 --tissue processed $(CLUSTER_SYNTH)
+	$(BIN)/calcnode synth --out data/cluster-train-realbg --cases 80 --seed 311 --max-clusters 3 \
+	    --negative-fraction 0.25 --types $(SYNTH_TYPES) --tissue smooth --quiet \
+	    --background $(CLUSTER_REAL_TRAIN) --background-spacing 0.07
 	$(BIN)/calcnode train-clusters --data data/cluster-train --data data/cluster-train-2 --data data/cluster-train-3 \
-	    --data data/cluster-train-4 --seed 0 --quiet --version 2 --member-threshold 0.9 \
-	    --negatives $(REAL_TISSUE)/nyu_gmic_0_R-CC.png $(REAL_TISSUE)/nyu_gmic_0_R-MLO.png \
+	    --data data/cluster-train-4 --data data/cluster-train-proc --data data/cluster-train-realbg \
+	    --seed 0 --quiet --version 3 --member-threshold 0.9 --negatives $(CLUSTER_REAL_TRAIN) \
 	    --save-candidates data/cluster-train-candidates.json --out $(CLUSTER_MODEL)
 
 # Its held-out evaluation: another seed (160 views), and the two left-breast real views. About 6 minutes.

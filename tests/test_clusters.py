@@ -469,3 +469,23 @@ def test_evaluate_clusters_refuses_missing_inputs(tiny_set, tmp_path, capsys):
     assert main(["evaluate-clusters", "--model", str(tmp_path / "none.json"), "--out", str(tmp_path / "o"),
                  "--data", str(tiny_set[0])]) == 2
     assert "no such" in capsys.readouterr().err
+
+
+@pytest.mark.interop
+def test_views_inserted_into_a_real_view_ignore_its_lesion_as_the_view_itself_does(interop, tmp_path):
+    """The real calcifications of a marked lesion are in no truth: a detection there must be neither a
+    hit nor a false mark on an insertion view, as on the real view (a model trained with them as false
+    clusters learnt to drop the one real cluster it had; docs/clusters.md)."""
+    from training.clusters.views import real_view, synthetic_views
+    from training.synth.config import SynthConfig
+    from training.synth.dataset import generate_dataset
+
+    source = interop / "real-tissue" / "nyu_gmic_0_R-CC.png"
+    plain = interop / "real-tissue" / "nyu_gmic_0_L-CC.png"   # no lesion mask
+    generate_dataset(SynthConfig(cases=2, seed=5, max_clusters=1, backgrounds=(str(source), str(plain)),
+                                 background_spacing_mm=0.07), tmp_path, workers=1, progress=False)
+    views = {v.name.rsplit("/", 1)[-1]: v for v in synthetic_views(tmp_path)}
+    expected = real_view(source).ignore
+    assert expected is not None and expected.any()
+    assert np.array_equal(views["RCC"].ignore, expected)
+    assert views["LCC"].ignore is None

@@ -22,11 +22,13 @@ Two sources:
 from __future__ import annotations
 
 import csv
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from scipy import ndimage
 
 from analysis.dicom_input import load_image
@@ -91,17 +93,47 @@ def synthetic_view_name(root: Path, truth_path: Path) -> str:
     return f"synthetic:{root.name}/{rel.parent}/{rel.name.replace('_labels.npz', '')}"
 
 
+def insertion_backgrounds(root: str | Path) -> dict[str, Path]:
+    """The real views a ``calcnode synth --background`` folder inserted its clusters into, by file
+    name (its ``dataset.json``), or {} for a folder of simulated tissue."""
+    meta = Path(root) / "dataset.json"
+    if not meta.is_file():
+        return {}
+    config = json.loads(meta.read_text()).get("config", {})
+    return {Path(p).name: Path(p) for p in config.get("backgrounds") or []}
+
+
+def insertion_background(image_path: str | Path, backgrounds: dict[str, Path]) -> Path | None:
+    """The real view one image's clusters were inserted into: the simulator names it in the image's
+    Derivation Description ("... inserted by calcnode synth into NAME (...")."""
+    if not backgrounds:
+        return None
+    text = str(pydicom.dcmread(image_path, stop_before_pixels=True).get("DerivationDescription", ""))
+    match = re.search(r"inserted by calcnode synth into (.+?) \(", text)
+    return backgrounds.get(match.group(1)) if match else None
+
+
 def synthetic_views(root: str | Path):
-    """Yield the :class:`View` of every MG image with truth under ``root`` (sorted by path)."""
+    """Yield the :class:`View` of every MG image with truth under ``root`` (sorted by path).
+
+    An image whose clusters were inserted into a real view with a marked lesion ignores that lesion
+    as the real view itself does (:func:`lesion_exclusion`): its calcifications are real, not in the
+    truth, and a detection there is neither a hit nor a false mark (it was labelled false before
+    2026-12-07, and a model trained so learnt to drop the one real calcification cluster it had)."""
     root = Path(root)
+    backgrounds = insertion_backgrounds(root)
     for item in scan_dataset(root, require_truth=True):
         image = load_image(item.image_path)
         truth_path = Path(item.truth_path)
         table = truth_path.with_name(truth_path.name.replace("_labels.npz", "_particles.csv"))
         rows = read_particles(table) if table.is_file() else []
+        background = insertion_background(item.image_path, backgrounds)
+        ignore = (lesion_exclusion(background, image.pixels, float(np.mean(image.pixel_spacing_mm)))
+                  if background is not None and background.suffix.lower() == ".png" else None)
         yield View(name=synthetic_view_name(root, truth_path),
                    source="synthetic", pixels=image.pixels, spacing_mm=tuple(image.pixel_spacing_mm),
-                   clusters=truth_clusters(rows), truth_labels=load_truth(truth_path, image.pixels.shape))
+                   clusters=truth_clusters(rows), truth_labels=load_truth(truth_path, image.pixels.shape),
+                   ignore=ignore)
 
 
 def real_png_paths(items: list[str | Path]) -> list[Path]:
