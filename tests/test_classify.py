@@ -237,8 +237,8 @@ def test_the_shipped_bundle_loads_and_its_segmentation_identity_matches():
     assert bundle.hdog_params == HDoGParams()
     assert bundle.segmentation_info["settings"] == segmentation_settings()
     identity = segmentation_identity(bundle.segmentation_model(), bundle.hdog_params)
-    assert identity == bundle.segmentation_sha256 == "18c893033a8c013d5485848930fd6564f2e85d541f56b0b6156bb076058a34cd"
-    assert bundle.sha256 == "5fca99178c51303dab96cfc6fbf231030091cb86d8ca276c70312a2d07b23d18"
+    assert identity == bundle.segmentation_sha256 == "f7ebb48baf0f39f7670ceb10cd501439563b748b2932da12ecd6b43868bfcc45"
+    assert bundle.sha256 == "7b2b41965853eb0f920750e9225f580f0e596f7fff07a0e1a8bb9d89c65eb21c"
     # one operating point: the bundle segments at its CNN's own calibrated threshold, as the SEG,
     # `calcnode segment` and the cluster detector do
     from analysis.segmentation.cnn import SegmentationModel
