@@ -9,7 +9,8 @@ the real tissue is 20x (0.05-0.1 cycles/pixel) to 400x (0.4-0.5) that of the smo
 at the same mean level; docs/simulator.md has the table.
 
 :func:`process_for_presentation` applies, in place, to the calcification-free image (the
-calcifications are added afterwards, unchanged):
+calcifications are added afterwards, their contrast multiplied by
+:func:`calcification_contrast_scale`: the processing raises them with the noise at their scale):
 
 1. a brighter skin line (the processed image's edge enhancement of the skin);
 2. an unsharp mask (Gaussian of ``UNSHARP_SIGMA_MM``, gain ``UNSHARP_GAIN``): edges and thin
