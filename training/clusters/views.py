@@ -122,14 +122,16 @@ def synthetic_views(root: str | Path):
     2026-12-07, and a model trained so learnt to drop the one real calcification cluster it had)."""
     root = Path(root)
     backgrounds = insertion_backgrounds(root)
+    exclusions: dict[Path, np.ndarray | None] = {}  # one per real view: every insertion into it shares it
     for item in scan_dataset(root, require_truth=True):
         image = load_image(item.image_path)
         truth_path = Path(item.truth_path)
         table = truth_path.with_name(truth_path.name.replace("_labels.npz", "_particles.csv"))
         rows = read_particles(table) if table.is_file() else []
         background = insertion_background(item.image_path, backgrounds)
-        ignore = (lesion_exclusion(background, image.pixels, float(np.mean(image.pixel_spacing_mm)))
-                  if background is not None and background.suffix.lower() == ".png" else None)
+        if background is not None and background.suffix.lower() == ".png" and background not in exclusions:
+            exclusions[background] = lesion_exclusion(background, image.pixels, float(np.mean(image.pixel_spacing_mm)))
+        ignore = exclusions.get(background)
         yield View(name=synthetic_view_name(root, truth_path),
                    source="synthetic", pixels=image.pixels, spacing_mm=tuple(image.pixel_spacing_mm),
                    clusters=truth_clusters(rows), truth_labels=load_truth(truth_path, image.pixels.shape),

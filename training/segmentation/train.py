@@ -80,18 +80,19 @@ def calibrate_threshold(model: SegmentationModel, items: list[DatasetImage],
     breast = None
     if negatives:
         views = [negative_objects(v, model) for v in negatives]
-        curve = negatives_curve(views, SUPPORT_THRESHOLDS)
-        allowed = {round(c["threshold"], 12) for c in curve if c["fp_per_cm2_breast"] <= max_negative_fp_per_cm2}
-        points = [p for p in points if round(p["threshold"], 12) in allowed] or points[-1:]
+        curve = negatives_curve(views, SUPPORT_THRESHOLDS)  # point k and curve[k]: the same threshold
+        points = [{**p, "fp_per_cm2_breast": c["fp_per_cm2_breast"]} for p, c in zip(points, curve)]
+        points = [p for p in points if p["fp_per_cm2_breast"] <= max_negative_fp_per_cm2] or points[-1:]
         breast = {"views": [v.name for v in views], "breast_cm2": round(sum(v.breast_cm2 for v in views), 2),
                   "max_fp_per_cm2_breast": max_negative_fp_per_cm2, "curve": curve}
     best = sensitivity_at(points, max_fp_per_cm2)
     if best["threshold"] is None:  # never that few false positives: the strictest threshold
         best = min(points, key=lambda p: (p["fp_per_cm2"], -p["sensitivity"]))
+    best = dict(best)
+    at_breast = best.pop("fp_per_cm2_breast", None)
     result = {"calibrated": True, "max_fp_per_cm2": max_fp_per_cm2, "validation_images": len(images), **best}
     if breast is not None:
-        at = negatives_curve(views, np.array([best["threshold"]]))[0]["fp_per_cm2_breast"]
-        result["negative_views"] = {**breast, "fp_per_cm2_breast": round(at, 3)}
+        result["negative_views"] = {**breast, "fp_per_cm2_breast": round(at_breast, 3)}
     return float(best["threshold"]), result
 
 
