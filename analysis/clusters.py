@@ -101,6 +101,12 @@ FEATURE_NAMES = (
     "object_area_mean_mm2",    # mean member area, mm²
     "object_area_cv",          # coefficient of variation of member areas
     "edge_distance_mm",        # distance of the cluster centre to the breast mask's edge, mm
+    # the cluster against its surroundings (since the tenth session): real processed tissue and
+    # dense tissue give many isolated objects, and a group is a cluster only as an excess over them
+    "surround_density_per_cm2",  # other calcifications per cm² of breast within surround_mm of the centre
+    "view_density_per_cm2",      # all calcifications of the view per cm² of breast
+    "window_excess",             # max_in_window / (1 + the surround's expected count in one window)
+    "object_elongation_mean",    # mean over members of sqrt(lambda1 / lambda2) of its pixels (1 = round)
 )
 
 
@@ -113,9 +119,10 @@ class ClusterParams:
     window_mm2: float = 100.0     # the window's area: 1 cm² (a disk)
     margin_mm: float = 1.0        # the outline's margin around the members' convex hull
     background_mm: float = 1.0    # half-side of the square around a member its background is read in
+    surround_mm: float = 15.0     # radius of the disk around a cluster's centre its surroundings are read in
 
     def __post_init__(self):
-        for name in ("link_mm", "window_mm2", "margin_mm", "background_mm"):
+        for name in ("link_mm", "window_mm2", "margin_mm", "background_mm", "surround_mm"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"ClusterParams.{name} must be a finite number >= 0, got {value!r}")
@@ -297,6 +304,36 @@ class _Members:
     cnn: np.ndarray           # the selection CNN's support score (max over the label's objects)
     contrast: np.ndarray      # peak - local background median
     cnr: np.ndarray           # contrast / local background robust SD
+    elongation: np.ndarray    # sqrt(lambda1 / lambda2) of the label's pixels in mm (1 = round)
+
+
+def member_elongation(labels: np.ndarray, n: int, spacing_mm: tuple[float, float]) -> np.ndarray:
+    """Per label 1..n of ``labels``: ``sqrt(lambda1 / lambda2)`` of the covariance of its pixels'
+    positions in mm, each pixel taken as the uniform square it covers (variance ``spacing² / 12``
+    added per axis, so a one-pixel object is round, 1.0). A speck of grain or a compact
+    calcification is near 1; a piece of a vessel or ligament edge, a few pixels wide and many long,
+    is well above (a label without pixels: NaN)."""
+    out = np.full(n, np.nan)
+    extent = nonzero_extent(labels)
+    if extent is None or n == 0:
+        return out
+    box = labels[extent]
+    rows, cols = np.nonzero(box)
+    lab = box[rows, cols]
+    y = (rows + extent[0].start) * float(spacing_mm[0])
+    x = (cols + extent[1].start) * float(spacing_mm[1])
+    count = np.bincount(lab, minlength=n + 1)[1:].astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = lambda v: np.bincount(lab, weights=v, minlength=n + 1)[1:] / count  # noqa: E731
+        my, mx = mean(y), mean(x)
+        vy = mean(y * y) - my ** 2 + float(spacing_mm[0]) ** 2 / 12
+        vx = mean(x * x) - mx ** 2 + float(spacing_mm[1]) ** 2 / 12
+        cxy = mean(x * y) - mx * my
+        half_trace, det_root = (vx + vy) / 2, np.sqrt(np.maximum(((vx - vy) / 2) ** 2 + cxy ** 2, 0.0))
+        l1, l2 = half_trace + det_root, np.maximum(half_trace - det_root, 1e-12)
+        out = np.sqrt(l1 / l2)
+    out[count == 0] = np.nan
+    return out
 
 
 def member_cnn_scores(labels: np.ndarray, objects: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
@@ -357,9 +394,10 @@ def _members(segmentation: "Segmentation", pixels: np.ndarray, spacing_mm: tuple
     contrast, cnr = member_contrast(pixels, segmentation.labels, centroid[keep],
                                     np.asarray(particles["max_intensity"], float)[keep], spacing_mm,
                                     params.background_mm)
+    elongation = member_elongation(segmentation.labels, n_all, spacing_mm)
     return _Members(labels=labels[keep], centroid_rc=centroid[keep],
                     area_mm2=np.asarray(particles["area_mm2"], float)[keep], cnn=cnn[keep],
-                    contrast=contrast, cnr=cnr)
+                    contrast=contrast, cnr=cnr, elongation=elongation[keep])
 
 
 def layout_features(points_mm: np.ndarray, params: ClusterParams) -> dict[str, float]:
@@ -397,9 +435,18 @@ def support_evidence(support: np.ndarray) -> np.ndarray:
 
 def cluster_features(points_mm: np.ndarray, area_mm2: float, member_area_mm2: np.ndarray,
                      cnn: np.ndarray, contrast: np.ndarray, cnr: np.ndarray, edge_distance_mm: float,
-                     params: ClusterParams = ClusterParams()) -> dict[str, float]:
-    """All of :data:`FEATURE_NAMES` for one cluster (per-member arrays in member order)."""
+                     params: ClusterParams = ClusterParams(), *, surround_density_per_cm2: float = math.nan,
+                     view_density_per_cm2: float = math.nan,
+                     member_elongation: np.ndarray | None = None) -> dict[str, float]:
+    """All of :data:`FEATURE_NAMES` for one cluster (per-member arrays in member order).
+
+    ``surround_density_per_cm2``: the view's other calcifications per cm² of breast around the
+    cluster (:func:`surround_density`); ``view_density_per_cm2``: all of them per cm² of breast;
+    ``member_elongation``: per member, :func:`member_elongation`. Unknown: NaN (a model sends a
+    missing value where it learnt to)."""
     f = layout_features(points_mm, params)
+    window_count = params.window_mm2 / 100.0 * surround_density_per_cm2
+    elongation = np.asarray(member_elongation if member_elongation is not None else [math.nan], float)
     areas = np.asarray(member_area_mm2, float)
     cnn = np.asarray(cnn, float)
     cnn = np.where(np.isfinite(cnn), cnn, 0.0)
@@ -415,6 +462,10 @@ def cluster_features(points_mm: np.ndarray, area_mm2: float, member_area_mm2: np
         "object_area_mean_mm2": float(areas.mean()),
         "object_area_cv": float(areas.std() / areas.mean()) if areas.mean() > 0 else 0.0,
         "edge_distance_mm": float(edge_distance_mm),
+        "surround_density_per_cm2": float(surround_density_per_cm2),
+        "view_density_per_cm2": float(view_density_per_cm2),
+        "window_excess": f["max_in_window"] / (1.0 + window_count),
+        "object_elongation_mean": float(np.mean(elongation)),
     })
     return {name: f[name] for name in FEATURE_NAMES}
 
@@ -475,8 +526,10 @@ class ClusterModel:
 
     A cluster is kept when ``p >= threshold``. ``member_threshold``: the selection CNN's support
     score at which a calcification counts as a *member* (module docstring, "Members"); None: the
-    segmentation's own operating point. It is part of the model, because the features were learnt
-    on members found at it. ``info``: how it was made (data, seeds, NOT FOR CLINICAL USE).
+    segmentation's own operating point. ``member_density_per_cm2``: raise that support per view
+    until at most this many objects per cm² of breast reach it (:func:`view_member_threshold`;
+    None: no raise; needs ``member_threshold``). Both are part of the model, because the features
+    were learnt on members found so. ``info``: how it was made (data, seeds, NOT FOR CLINICAL USE).
     """
 
     feature_names: tuple[str, ...]
@@ -493,11 +546,18 @@ class ClusterModel:
     member_threshold: float | None = None
     learner: str = "logistic"
     booster_text: str | None = None
+    member_density_per_cm2: float | None = None
 
     def __post_init__(self):
         if self.member_threshold is not None and not (
                 isinstance(self.member_threshold, (int, float)) and 0.0 <= float(self.member_threshold) <= 1.0):
             raise ValueError(f"cluster model member_threshold {self.member_threshold!r} is outside [0, 1]")
+        if self.member_density_per_cm2 is not None:
+            d = self.member_density_per_cm2
+            if not (isinstance(d, (int, float)) and math.isfinite(d) and d > 0):
+                raise ValueError(f"cluster model member_density_per_cm2 {d!r} is not a density > 0")
+            if self.member_threshold is None:
+                raise ValueError("cluster model: member_density_per_cm2 raises member_threshold, which is not set")
         if self.learner not in LEARNERS:
             raise ValueError(f"cluster model learner {self.learner!r} is not one of {LEARNERS}")
         k = len(self.feature_names)
@@ -568,6 +628,8 @@ class ClusterModel:
                "intercept": self.intercept, "threshold": self.threshold, "info": dict(self.info)}
         if self.member_threshold is not None:  # absent: a model file written before members had their own
             out["member_threshold"] = float(self.member_threshold)
+        if self.member_density_per_cm2 is not None:  # absent: members at one support on every view
+            out["member_density_per_cm2"] = float(self.member_density_per_cm2)
         if self.learner != "logistic":         # absent: a logistic model (every file before LightGBM)
             out["learner"] = self.learner
             out["booster_text"] = self.booster_text
@@ -594,6 +656,8 @@ class ClusterModel:
                        info=dict(blob.get("info", {})),
                        member_threshold=None if blob.get("member_threshold") is None
                        else float(blob["member_threshold"]),
+                       member_density_per_cm2=None if blob.get("member_density_per_cm2") is None
+                       else float(blob["member_density_per_cm2"]),
                        learner=str(blob.get("learner", "logistic")), booster_text=blob.get("booster_text"))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"calcnode cluster model lacks or mistypes {exc}") from None
@@ -636,19 +700,100 @@ class ClusterCandidate:
     features: Mapping[str, float]
 
 
+def breast_area_in_disk(breast_mask: np.ndarray | None, centre_rc: Sequence[float], radius_mm: float,
+                        spacing_mm: tuple[float, float]) -> float:
+    """Area (mm²) of the breast within ``radius_mm`` of ``centre_rc`` (pixel indices): the mask's
+    pixels whose centres lie in the disk (an ellipse in pixels for unequal spacing); without a mask,
+    the part of the disk inside the image is not known and the whole disk's area is returned."""
+    if breast_mask is None:
+        return math.pi * radius_mm ** 2
+    rows, cols = breast_mask.shape
+    hr, hc = radius_mm / spacing_mm[0], radius_mm / spacing_mm[1]
+    r0, r1 = max(int(math.floor(centre_rc[0] - hr)), 0), min(int(math.ceil(centre_rc[0] + hr)) + 1, rows)
+    c0, c1 = max(int(math.floor(centre_rc[1] - hc)), 0), min(int(math.ceil(centre_rc[1] + hc)) + 1, cols)
+    if r0 >= r1 or c0 >= c1:
+        return 0.0
+    rr = ((np.arange(r0, r1) - centre_rc[0]) * spacing_mm[0])[:, None]
+    cc = ((np.arange(c0, c1) - centre_rc[1]) * spacing_mm[1])[None, :]
+    inside = (rr ** 2 + cc ** 2) <= radius_mm ** 2
+    return float(np.count_nonzero(inside & np.asarray(breast_mask[r0:r1, c0:c1], bool))) * spacing_mm[0] * spacing_mm[1]
+
+
+def surround_density(points_mm: np.ndarray, group: np.ndarray, centre_mm: np.ndarray, radius_mm: float,
+                     breast_area_mm2: float) -> float:
+    """The view's calcifications outside ``group`` whose centroids (``points_mm``, (n, 2) mm) lie
+    within ``radius_mm`` of ``centre_mm``, per cm² of ``breast_area_mm2`` (the breast in that disk;
+    the group's own area is not taken out, so a large group lowers its surround a little). What the
+    cluster must stand out from: a true cluster is an excess of calcifications over its
+    surroundings, and in grainy or dense real tissue isolated objects are many."""
+    if breast_area_mm2 <= 0:
+        return math.nan
+    near = np.flatnonzero(((np.asarray(points_mm, float) - centre_mm) ** 2).sum(axis=1) <= radius_mm ** 2)
+    others = np.setdiff1d(near, group, assume_unique=True).size
+    return others / (breast_area_mm2 / 100.0)
+
+
+def view_member_threshold(scores: np.ndarray, breast_area_mm2: float, base: float,
+                          max_density_per_cm2: float | None) -> float:
+    """The selection support a calcification needs to be a cluster member on this view: ``base``,
+    raised until at most ``max_density_per_cm2`` of the selection's objects per cm² of breast
+    reach it (None: ``base``).
+
+    Why: the grouping rule's "3 within 1 cm²" is met by chance wherever isolated objects are dense.
+    In the simulated views the scorer learnt on, the members at 0.9 are ~1 per cm² of breast (90th
+    percentile ~2); a real processed view at the same support has 3–4 per cm² (grain, vessel and
+    ligament edges), where every 1 cm² window expects 3 by chance, single linkage at 5 mm
+    percolates into groups of 80 spread over 6 cm², and the scorer meets groups it never saw. A
+    constant-false-alarm-rate rule instead: each view gets the support at which its own density of
+    objects is the simulator's, so a grainy view is searched at a higher support, and a clear one
+    where it was. ``scores``: the selection's support per object (``Selection.scores``).
+    """
+    base = float(base)
+    if max_density_per_cm2 is None:
+        return base
+    allowed = int(math.floor(max(float(max_density_per_cm2), 0.0) * max(breast_area_mm2, 0.0) / 100.0))
+    s = np.sort(np.asarray(scores, float)[np.asarray(scores, float) >= base])[::-1]
+    if len(s) <= allowed:
+        return base
+    # the least support with at most ``allowed`` objects at or above it: just above the
+    # (allowed + 1)-th best (ties at that score all go out)
+    return float(min(np.nextafter(s[allowed], np.inf), 1.0))
+
+
+def cluster_members(segmentation: "Segmentation", pixels: np.ndarray, spacing_mm: tuple[float, float],
+                    breast_mask: np.ndarray | None, member_threshold: float | None = None,
+                    member_density_per_cm2: float | None = None) -> "Segmentation":
+    """The view's calcifications that may be cluster members (module docstring, "Members"): the
+    selection's objects with support >= ``member_threshold`` raised for this view by
+    :func:`view_member_threshold` (at most ``member_density_per_cm2`` per cm² of ``breast_mask``, or
+    of the image without one), as a :class:`Segmentation` of that label image
+    (:func:`analysis.segmentation.pipeline.at_threshold`); ``member_threshold`` None:
+    ``segmentation`` itself (its operating point; a density needs a threshold to raise)."""
+    if member_threshold is None:
+        if member_density_per_cm2 is not None:
+            raise ValueError("member_density_per_cm2 raises member_threshold, which is not given")
+        return segmentation
+    from analysis.segmentation.pipeline import at_threshold  # loads torch: only when asked
+
+    spacing = (float(spacing_mm[0]), float(spacing_mm[1]))
+    pixels_in = np.count_nonzero(breast_mask) if breast_mask is not None else np.asarray(pixels).size
+    threshold = view_member_threshold(segmentation.selection.scores, float(pixels_in) * spacing[0] * spacing[1],
+                                      member_threshold, member_density_per_cm2)
+    return at_threshold(segmentation, pixels, spacing, threshold)
+
+
 def candidate_clusters(segmentation: "Segmentation", pixels: np.ndarray, spacing_mm: tuple[float, float],
                        breast_mask: np.ndarray | None, params: ClusterParams = ClusterParams(),
-                       member_threshold: float | None = None) -> list[ClusterCandidate]:
+                       member_threshold: float | None = None,
+                       member_density_per_cm2: float | None = None) -> list[ClusterCandidate]:
     """Every group of the view's calcifications that passes the grouping rule, with its outline
     and :data:`FEATURE_NAMES` (module docstring). ``breast_mask``: bool (rows, cols), members must
-    have their centroid in it (None: every calcification). ``member_threshold``: members are the
-    selection's objects with support >= it (:func:`analysis.segmentation.pipeline.at_threshold`;
-    ``member_labels`` then refer to that label image), None: ``segmentation``'s own calcifications."""
+    have their centroid in it (None: every calcification). ``member_threshold`` and
+    ``member_density_per_cm2``: members are the selection's objects :func:`cluster_members` keeps
+    (``member_labels`` then refer to that label image), None: ``segmentation``'s own calcifications."""
     spacing = (float(spacing_mm[0]), float(spacing_mm[1]))
-    if member_threshold is not None:
-        from analysis.segmentation.pipeline import at_threshold  # loads torch: only when asked
-
-        segmentation = at_threshold(segmentation, pixels, spacing, member_threshold)
+    segmentation = cluster_members(segmentation, pixels, spacing, breast_mask, member_threshold,
+                                   member_density_per_cm2)
     m = _members(segmentation, np.asarray(pixels, np.float32), spacing, breast_mask, params)
     if len(m.labels) < params.min_count:
         return []
@@ -660,6 +805,10 @@ def candidate_clusters(segmentation: "Segmentation", pixels: np.ndarray, spacing
     edge = None
     if breast_mask is not None:
         edge = ndimage.distance_transform_edt(np.asarray(breast_mask, bool), sampling=spacing)
+        breast_mm2 = float(np.count_nonzero(breast_mask)) * spacing[0] * spacing[1]
+    else:
+        breast_mm2 = float(np.asarray(pixels).size) * spacing[0] * spacing[1]
+    view_density = len(m.labels) / (breast_mm2 / 100.0) if breast_mm2 > 0 else math.nan
     objects = ndimage.find_objects(labels)
     out = []
     for group in groups:
@@ -678,8 +827,11 @@ def candidate_clusters(segmentation: "Segmentation", pixels: np.ndarray, spacing
             edge_mm = float(edge[rr, cc])
         else:
             edge_mm = float("nan")
+        around = breast_area_in_disk(breast_mask, centroid, params.surround_mm, spacing)
+        surround = surround_density(points_mm, group, centroid * np.array(spacing), params.surround_mm, around)
         features = cluster_features(points_mm[group], area, m.area_mm2[group], m.cnn[group], m.contrast[group],
-                                    m.cnr[group], edge_mm, params)
+                                    m.cnr[group], edge_mm, params, surround_density_per_cm2=surround,
+                                    view_density_per_cm2=view_density, member_elongation=m.elongation[group])
         out.append(ClusterCandidate(member_labels=tuple(int(v) for v in m.labels[group]),
                                     centroid_rc=(float(centroid[0]), float(centroid[1])),
                                     outline_xy=outline, area_mm2=float(area), features=features))
@@ -710,7 +862,8 @@ def detect_clusters(segmentation: "Segmentation", pixels: np.ndarray, spacing_mm
         calcifications whose centroid is outside are ignored. None: all count.
     params : the grouping rule's parameters (mm).
     model : the trained cluster model; None: :func:`rule_confidence` and :data:`RULE_THRESHOLD`.
-        Its ``member_threshold`` (when set) decides which calcifications are members.
+        Its ``member_threshold`` and ``member_density_per_cm2`` (when set) decide which
+        calcifications are members (:func:`cluster_members`).
     keep_all : return every candidate whatever its confidence (evaluation sweeps).
 
     Returns
@@ -719,7 +872,8 @@ def detect_clusters(segmentation: "Segmentation", pixels: np.ndarray, spacing_mm
     order of decreasing confidence (ties: larger clusters first, then position).
     """
     candidates = candidate_clusters(segmentation, pixels, spacing_mm, breast_mask, params,
-                                    None if model is None else model.member_threshold)
+                                    None if model is None else model.member_threshold,
+                                    None if model is None else model.member_density_per_cm2)
     confidence = score_candidates(candidates, model)
     threshold = RULE_THRESHOLD if model is None else float(model.threshold)
     order = sorted(range(len(candidates)),

@@ -351,6 +351,8 @@ def cluster_parameters(cluster_model: ClusterModel | None, params: ClusterParams
                "cluster_threshold": float(cluster_model.threshold)}
         if cluster_model.member_threshold is not None:  # members searched for at the model's own threshold
             out["cluster_member_threshold"] = float(cluster_model.member_threshold)
+        if cluster_model.member_density_per_cm2 is not None:  # ... raised per view to this density
+            out["cluster_member_density_per_cm2"] = float(cluster_model.member_density_per_cm2)
     out.update({"cluster_link_mm": float(params.link_mm), "cluster_min_count": int(params.min_count),
                 "cluster_window_mm2": float(params.window_mm2), "cluster_margin_mm": float(params.margin_mm)})
     return out

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from analysis.clusters import (FEATURE_NAMES, RULE_THRESHOLD, ClusterModel, ClusterParams, DetectedCluster,
-                               cluster_outline, detect_clusters, group_points, layout_features, max_in_disk,
-                               points_in_polygon, polygon_area, rule_confidence, support_evidence)
+                               breast_area_in_disk, candidate_clusters, cluster_outline, detect_clusters,
+                               group_points, layout_features, max_in_disk, member_elongation, points_in_polygon,
+                               polygon_area, rule_confidence, support_evidence, surround_density,
+                               view_member_threshold)
 from analysis.segmentation.pipeline import particle_table
 
 SPACING = (0.1, 0.1)
@@ -200,6 +202,74 @@ def test_a_models_member_threshold_decides_the_members():
     assert detect_clusters(seg, pixels, SPACING, everything, model=replace(loose, member_threshold=0.9)) == []
 
 
+def test_a_grainy_view_searches_its_members_at_a_higher_support():
+    """The member threshold is raised per view until at most the density asked reach it: 4 objects
+    on 1 cm² of breast allowed 2 per cm² keep the best 2 (ties at the cut go out), a view within
+    the density keeps the base, and without a density the base stays whatever the count."""
+    scores = np.array([0.999, 0.99, 0.95, 0.91, 0.5])
+    assert view_member_threshold(scores, 100.0, 0.9, None) == 0.9
+    assert view_member_threshold(scores, 100.0, 0.9, 4.0) == 0.9          # 4 of 4 allowed
+    t = view_member_threshold(scores, 100.0, 0.9, 2.0)
+    assert 0.95 < t <= 0.99 and (scores >= t).sum() == 2
+    tied = np.array([0.99, 0.97, 0.97, 0.97])
+    assert (tied >= view_member_threshold(tied, 100.0, 0.9, 2.0)).sum() == 1
+    assert view_member_threshold(scores, 0.0, 0.9, 2.0) > 0.999            # no breast: no member
+    # in detect_clusters: three specks on a 4 cm² view make a cluster at 0.8, not when at most 0.5
+    # per cm² (2 objects) may be members
+    positions = [(100, 100), (110, 120), (120, 105)]
+    seg, pixels = fake_segmentation((200, 200), positions)
+    seg.selection.scores = np.array([0.95, 0.85, 0.82])
+    everything = np.ones((200, 200), bool)
+    loose = replace(_model(threshold=0.0), member_threshold=0.8)
+    assert [c.n_calcifications for c in detect_clusters(seg, pixels, SPACING, everything, model=loose)] == [3]
+    assert detect_clusters(seg, pixels, SPACING, everything,
+                           model=replace(loose, member_density_per_cm2=0.5)) == []
+    assert len(detect_clusters(seg, pixels, SPACING, everything, model=replace(loose, member_density_per_cm2=0.75))) == 1
+
+
+def test_member_elongation_surround_and_breast_area():
+    """A one-pixel speck is round (1), a 1 x 10 px line has sqrt(lambda1 / lambda2) = 10 exactly
+    (pixel squares: variances 99/12 + 1/12 and 1/12); the breast area of a disk within a full mask
+    is the disk's area (pixel-counting error < 1 %), half of it on a mask's straight edge; the
+    surround counts the others within the radius per cm² of that area."""
+    labels = np.zeros((50, 50), np.int32)
+    labels[5, 5] = 1
+    labels[20, 10:20] = 2
+    e = member_elongation(labels, 3, (0.07, 0.07))
+    assert e[0] == pytest.approx(1.0) and e[1] == pytest.approx(10.0) and np.isnan(e[2])
+    full = np.ones((400, 400), bool)
+    assert breast_area_in_disk(full, (200, 200), 10.0, (0.1, 0.1)) == pytest.approx(math.pi * 100, rel=0.01)
+    half = full.copy()
+    half[:, 200:] = False
+    assert breast_area_in_disk(half, (200, 199.5), 10.0, (0.1, 0.1)) == pytest.approx(math.pi * 50, rel=0.02)
+    assert breast_area_in_disk(None, (0, 0), 10.0, (0.1, 0.1)) == pytest.approx(math.pi * 100)
+    pts = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0], [30.0, 0.0]])
+    assert surround_density(pts, np.array([0, 1, 2]), np.zeros(2), 10.0, 200.0) == pytest.approx(0.5)
+    assert math.isnan(surround_density(pts, np.array([0]), np.zeros(2), 10.0, 0.0))
+
+
+def test_a_cluster_standing_out_of_its_surroundings_has_the_higher_excess():
+    """The same tight group of 5, alone on the view and amid a scatter of isolated objects: the
+    surround density (others per cm² of breast within 15 mm) is 0 alone and the window excess its
+    count; amid the scatter the surround is the scatter's density and the excess falls."""
+    group = [(200 + 8 * (i % 3), 200 + 8 * (i // 3)) for i in range(5)]        # within 2 mm (0.1 mm px)
+    scatter = [(r, c) for r in range(20, 400, 45) for c in range(20, 400, 45)
+               if abs(r - 200) > 30 or abs(c - 200) > 30]                      # 4.5 mm apart, > 3 mm away
+    everything = np.ones((420, 420), bool)
+    alone = candidate_clusters(*fake_segmentation((420, 420), group), SPACING, everything)
+    assert len(alone) == 1
+    f = alone[0].features
+    assert f["surround_density_per_cm2"] == 0 and f["window_excess"] == f["max_in_window"] == 5
+    assert f["object_elongation_mean"] == pytest.approx(1.0)          # 3 x 3 px squares
+    amid = candidate_clusters(*fake_segmentation((420, 420), group + scatter), SPACING, everything,
+                              ClusterParams(link_mm=2.0))
+    tight = [c for c in amid if c.features["n_calcifications"] == 5]
+    assert len(tight) == 1
+    g = tight[0].features
+    assert g["surround_density_per_cm2"] > 2.5 and g["window_excess"] < 0.5 * f["window_excess"]
+    assert g["view_density_per_cm2"] == pytest.approx((5 + len(scatter)) / (420 * 420 * 0.01 / 100))
+
+
 def test_detected_cluster_validates():
     outline = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     with pytest.raises(ValueError):
@@ -228,6 +298,13 @@ def test_cluster_model_bytes_round_trip_and_scores(tmp_path):
     assert ClusterModel.from_bytes(loose.to_bytes()) == loose and loose.sha256 != model.sha256
     with pytest.raises(ValueError, match="member_threshold"):
         replace(model, member_threshold=1.5)
+    assert "member_density_per_cm2" not in json.loads(loose.to_bytes())
+    raised = replace(loose, member_density_per_cm2=2.0)
+    assert ClusterModel.from_bytes(raised.to_bytes()) == raised and raised.sha256 != loose.sha256
+    with pytest.raises(ValueError, match="which is not set"):
+        replace(model, member_density_per_cm2=2.0)
+    with pytest.raises(ValueError, match="density > 0"):
+        replace(loose, member_density_per_cm2=0.0)
     p = model.predict([{"n_calcifications": 10, "linearity": 0.1}, {"n_calcifications": 3, "linearity": 0.99}])
     assert p[0] > 0.9 and p[1] < 0.1
     (tmp_path / "m.json").write_bytes(model.to_bytes())
@@ -435,14 +512,17 @@ def test_train_clusters_records_its_member_threshold_and_evaluation_follows_it(t
     data, neg, root = tiny_set
     model = root / "loose.json"
     assert main(["train-clusters", "--data", str(data), "--negatives", str(neg), "--member-threshold", "0.5",
-                 "--out", str(model), "--quiet", "--save-candidates", str(root / "loose.json.cands")]) == 0
+                 "--member-density", "50", "--out", str(model), "--quiet",
+                 "--save-candidates", str(root / "loose.json.cands")]) == 0
     loaded = ClusterModel.load(model)
-    assert loaded.member_threshold == 0.5
+    assert loaded.member_threshold == 0.5 and loaded.member_density_per_cm2 == 50
     oof = loaded.info["out_of_fold_at_threshold"]
     assert 0 <= oof["visible_found"] <= oof["visible_clusters"] <= oof["clusters"] and oof["found"] <= oof["clusters"]
     printed = capsys.readouterr().out
-    assert "members at 0.5" in printed and f"{oof['found']}/{oof['clusters']} clusters" in printed
-    assert json.loads((root / "loose.json.cands").read_text())["member_threshold"] == 0.5
+    assert "members at 0.5 (raised per view to <= 50 per cm² of breast)" in printed
+    assert f"{oof['found']}/{oof['clusters']} clusters" in printed
+    saved = json.loads((root / "loose.json.cands").read_text())
+    assert saved["member_threshold"] == 0.5 and saved["member_density_per_cm2"] == 50
     # candidates collected at the operating point do not fit this model
     assert main(["evaluate-clusters", "--data", str(data), "--model", "rule", "--out", str(root / "e2"),
                  "--quiet", "--save-candidates", str(root / "op.cands")]) == 0
@@ -452,12 +532,14 @@ def test_train_clusters_records_its_member_threshold_and_evaluation_follows_it(t
     assert op_cands and all(c["n_operating_point"] >= c["features"]["n_calcifications"] for c in op_cands)
     assert main(["evaluate-clusters", "--candidates", str(root / "op.cands"), "--model", str(model),
                  "--out", str(root / "e3"), "--quiet"]) == 2
-    assert "selection threshold the segmentation model's own, not 0.5" in capsys.readouterr().err
+    assert "selection threshold the segmentation model's own, not 0.5 (raised" in capsys.readouterr().err
     assert main(["evaluate-clusters", "--candidates", str(root / "loose.json.cands"), "--model", str(model),
                  "--out", str(root / "e4"), "--quiet"]) == 0
     k = json.loads((root / "e4" / "cluster_metrics.json").read_text())["simulated"]["kept_not_assessable"]
     assert k is None or 0 <= k["hits_not_assessable"] <= min(k["hits"], k["not_assessable"]) <= k["kept"]
     assert main(["train-clusters", "--data", str(data), "--member-threshold", "2", "--out",
+                 str(root / "x.json")]) == 2
+    assert main(["train-clusters", "--data", str(data), "--member-density", "2", "--out",
                  str(root / "x.json")]) == 2
 
 

@@ -41,6 +41,10 @@ def register(subparsers) -> None:
                        help="selection CNN support score at which a calcification counts as a cluster "
                             "member, in [0, 1] (default: the segmentation model's own threshold); stored "
                             "in the model (docs/clusters.md)")
+    train.add_argument("--member-density", type=float, metavar="PER_CM2",
+                       help="raise the member threshold per view until at most this many objects per cm² "
+                            "of breast reach it (needs --member-threshold; stored in the model; "
+                            "docs/clusters.md)")
     train.add_argument("--learner", choices=("lightgbm", "logistic"), default="lightgbm",
                        help="the scorer: gradient-boosted trees (default) or a logistic regression "
                             "(docs/clusters.md, \"The scorer\")")
@@ -60,14 +64,14 @@ def register(subparsers) -> None:
     evaluate.set_defaults(func=run_evaluate)
 
 
-def _gather(args, prog: str, member_threshold: float | None):
+def _gather(args, prog: str, member_threshold: float | None, member_density: float | None = None):
     from training.clusters.pipeline import gather, load_candidates, save_candidates
 
     if args.candidates:
         sim, real, saved = load_candidates(args.candidates)
-        if saved != member_threshold:
+        if saved != (member_threshold, member_density):
             print(f"calcnode {prog}: error: {args.candidates} holds members at selection threshold "
-                  f"{_describe(saved)}, not {_describe(member_threshold)}", file=sys.stderr)
+                  f"{_describe(*saved)}, not {_describe(member_threshold, member_density)}", file=sys.stderr)
             return None
     else:
         if not args.data and not args.negatives:
@@ -83,14 +87,17 @@ def _gather(args, prog: str, member_threshold: float | None):
                 print(f"calcnode {prog}: error: {n}: not found", file=sys.stderr)
                 return None
         sim, real = gather(args.data, args.negatives, args.seg_model, args.real_spacing, not args.quiet,
-                           member_threshold=member_threshold)
+                           member_threshold=member_threshold, member_density_per_cm2=member_density)
     if args.save_candidates:
-        save_candidates(args.save_candidates, sim, real, member_threshold)
+        save_candidates(args.save_candidates, sim, real, member_threshold, member_density)
     return sim, real
 
 
-def _describe(member_threshold: float | None) -> str:
-    return "the segmentation model's own" if member_threshold is None else f"{member_threshold:g}"
+def _describe(member_threshold: float | None, member_density: float | None = None) -> str:
+    if member_threshold is None:
+        return "the segmentation model's own"
+    raised = "" if member_density is None else f" (raised per view to <= {member_density:g} per cm² of breast)"
+    return f"{member_threshold:g}{raised}"
 
 
 def run_train(args) -> int:
@@ -98,7 +105,11 @@ def run_train(args) -> int:
         print(f"calcnode train-clusters: error: --member-threshold {args.member_threshold:g} is not a support "
               "score in [0, 1]", file=sys.stderr)
         return 2
-    gathered = _gather(args, "train-clusters", args.member_threshold)
+    if args.member_density is not None and (args.member_threshold is None or not args.member_density > 0):
+        print("calcnode train-clusters: error: --member-density needs --member-threshold and a density > 0",
+              file=sys.stderr)
+        return 2
+    gathered = _gather(args, "train-clusters", args.member_threshold, args.member_density)
     if gathered is None:
         return 2
     sim, real = gathered
@@ -109,7 +120,8 @@ def run_train(args) -> int:
         model = train(sim, real, args.out, seed=args.seed, name=args.name, version=args.version,
                       training_data=f"{len(sim)} simulated + {len(real)} real normal views ({data})",
                       target_fp_per_image=args.target_fp, seg_model_path=getattr(args, "seg_model", None),
-                      member_threshold=args.member_threshold, learner=args.learner)
+                      member_threshold=args.member_threshold, learner=args.learner,
+                      member_density_per_cm2=args.member_density)
     except ValueError as exc:
         print(f"calcnode train-clusters: error: {exc}", file=sys.stderr)
         return 1
@@ -117,7 +129,7 @@ def run_train(args) -> int:
     print(f"wrote {args.out}: {model.info['samples']} candidate clusters ({model.info['positives']} true), "
           f"threshold {model.threshold:.3f} (out of fold: {oof['found']}/{oof['clusters']} clusters, "
           f"{oof['visible_found']}/{oof['visible_clusters']} visible, {oof['false_marks_per_image']} "
-          f"false marks/image), members at {_describe(model.member_threshold)} selection "
+          f"false marks/image), members at {_describe(model.member_threshold, model.member_density_per_cm2)} selection "
           f"threshold, {model.learner}; NOT FOR CLINICAL USE")
     return 0
 
@@ -133,11 +145,12 @@ def run_evaluate(args) -> int:
     from analysis.clusters import ClusterModel
 
     try:  # the members are searched for as the model was trained to find them
-        member_threshold = ClusterModel.load(model).member_threshold if model is not None else None
+        loaded = ClusterModel.load(model) if model is not None else None
     except ValueError as exc:
         print(f"calcnode evaluate-clusters: error: {exc}", file=sys.stderr)
         return 2
-    gathered = _gather(args, "evaluate-clusters", member_threshold)
+    gathered = _gather(args, "evaluate-clusters", loaded and loaded.member_threshold,
+                       loaded and loaded.member_density_per_cm2)
     if gathered is None:
         return 2
     sim, real = gathered

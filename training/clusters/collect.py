@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.clusters import ClusterParams, candidate_clusters, points_in_polygon
+from analysis.clusters import ClusterParams, candidate_clusters, cluster_members, points_in_polygon
 from analysis.segmentation.breast_mask import breast_mask
 
 from .views import View, synthetic_view_name
@@ -97,19 +97,20 @@ def load_segmentation_model(path: str | Path | None = None):
 
 
 def collect_view(view: View, seg_model, params: ClusterParams = ClusterParams(),
-                 member_threshold: float | None = None) -> ViewCandidates:
-    """Segment ``view`` and label its candidate clusters (module docstring). ``member_threshold``:
-    the cluster members' selection threshold (:class:`analysis.clusters.ClusterModel`), None: the
-    segmentation model's own; "detectable" is judged on those members."""
-    from analysis.segmentation.pipeline import at_threshold, segment
+                 member_threshold: float | None = None,
+                 member_density_per_cm2: float | None = None) -> ViewCandidates:
+    """Segment ``view`` and label its candidate clusters (module docstring). ``member_threshold``
+    and ``member_density_per_cm2``: how the cluster members are chosen
+    (:func:`analysis.clusters.cluster_members`), None: the segmentation model's own calcifications;
+    "detectable" is judged on those members."""
+    from analysis.segmentation.pipeline import segment
 
     start = time.process_time()
     mask = breast_mask(view.pixels, view.spacing_mm)
     seg = segment(view.pixels, view.spacing_mm, None, seg_model)
     # the operating point's calcifications (what the SEG shows and the classifier scores), PIXEL points
     at_operating_point = np.stack([seg.particles["col"], seg.particles["row"]], axis=1).astype(float) + 0.5
-    if member_threshold is not None:
-        seg = at_threshold(seg, view.pixels, view.spacing_mm, member_threshold)
+    seg = cluster_members(seg, view.pixels, view.spacing_mm, mask, member_threshold, member_density_per_cm2)
     candidates = candidate_clusters(seg, view.pixels, view.spacing_mm, mask, params)
     truth = []
     for cluster in view.clusters:
@@ -138,11 +139,12 @@ def collect_view(view: View, seg_model, params: ClusterParams = ClusterParams(),
 
 
 def collect(views, seg_model, params: ClusterParams = ClusterParams(), progress: bool = True,
-            member_threshold: float | None = None) -> list[ViewCandidates]:
+            member_threshold: float | None = None,
+            member_density_per_cm2: float | None = None) -> list[ViewCandidates]:
     """:func:`collect_view` over an iterable of views."""
     out = []
     for i, view in enumerate(views, 1):
-        out.append(collect_view(view, seg_model, params, member_threshold))
+        out.append(collect_view(view, seg_model, params, member_threshold, member_density_per_cm2))
         if progress:
             v = out[-1]
             print(f"\r[{i}] {v.name}: {len(v.candidates)} candidates, {len(v.truth)} truth clusters, "

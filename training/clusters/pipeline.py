@@ -23,41 +23,48 @@ from .views import REAL_SPACING_MM, real_png_paths, real_view, synthetic_views
 
 def gather(data_dirs: Sequence[str | Path], negatives: Sequence[str | Path], seg_model_path=None,
            real_spacing_mm: float = REAL_SPACING_MM, progress: bool = True,
-           params: ClusterParams = ClusterParams(), member_threshold: float | None = None
-           ) -> tuple[list[ViewCandidates], list[ViewCandidates]]:
+           params: ClusterParams = ClusterParams(), member_threshold: float | None = None,
+           member_density_per_cm2: float | None = None) -> tuple[list[ViewCandidates], list[ViewCandidates]]:
     """Segment and label every simulated view of ``data_dirs`` and every real PNG of ``negatives``;
-    the cluster members at ``member_threshold`` (None: the segmentation model's own threshold)."""
+    the cluster members at ``member_threshold`` raised per view to ``member_density_per_cm2``
+    (:func:`analysis.clusters.cluster_members`; None: the segmentation model's own threshold)."""
     seg_model = load_segmentation_model(seg_model_path)
     sim: list[ViewCandidates] = []
     for d in data_dirs:
-        views = collect(synthetic_views(d), seg_model, params, progress, member_threshold)
+        views = collect(synthetic_views(d), seg_model, params, progress, member_threshold, member_density_per_cm2)
         add_observer_truth(views, d, progress)
         sim += views
     real = collect((real_view(p, real_spacing_mm) for p in real_png_paths(negatives)), seg_model, params,
-                   progress, member_threshold) if negatives else []
+                   progress, member_threshold, member_density_per_cm2) if negatives else []
     return sim, real
 
 
 def save_candidates(path: str | Path, sim: list[ViewCandidates], real: list[ViewCandidates],
-                    member_threshold: float | None = None) -> None:
+                    member_threshold: float | None = None, member_density_per_cm2: float | None = None) -> None:
     write_text(path, json.dumps({"simulated": [v.to_dict() for v in sim], "real": [v.to_dict() for v in real],
-                                 "member_threshold": member_threshold}))
+                                 "member_threshold": member_threshold,
+                                 "member_density_per_cm2": member_density_per_cm2}))
 
 
-def load_candidates(path: str | Path) -> tuple[list[ViewCandidates], list[ViewCandidates], float | None]:
-    """The candidates :func:`save_candidates` wrote, and the member threshold they were collected at."""
+def load_candidates(path: str | Path) -> tuple[list[ViewCandidates], list[ViewCandidates], tuple]:
+    """The candidates :func:`save_candidates` wrote, and how their members were chosen:
+    ``(member_threshold, member_density_per_cm2)`` (a file before the tenth session has no density:
+    None, members at one support on every view)."""
     blob = json.loads(Path(path).read_text())
     return ([ViewCandidates.from_dict(d) for d in blob["simulated"]],
-            [ViewCandidates.from_dict(d) for d in blob["real"]], blob.get("member_threshold"))
+            [ViewCandidates.from_dict(d) for d in blob["real"]],
+            (blob.get("member_threshold"), blob.get("member_density_per_cm2")))
 
 
 def train(sim: list[ViewCandidates], real: list[ViewCandidates], out: str | Path, *, seed: int = 0,
           name: str = "calcnode-clusters-demo", version: str = "1", training_data: str = "",
           target_fp_per_image: float = 0.1, seg_model_path=None,
-          member_threshold: float | None = None, learner: str = "lightgbm") -> ClusterModel:
+          member_threshold: float | None = None, learner: str = "lightgbm",
+          member_density_per_cm2: float | None = None) -> ClusterModel:
     """Train on ``sim`` + ``real`` candidates and write the model file ``out``. The model records
     the selection CNN (weights and operating point) its candidates were segmented with, and the
-    members' threshold they were collected at (``member_threshold``, None: the operating point):
+    members' threshold they were collected at (``member_threshold``, None: the operating point,
+    raised per view to ``member_density_per_cm2``, :func:`analysis.clusters.cluster_members`):
     cluster features depend on both, so the node detects with them (docs/method.md §3.7)."""
     seg = load_segmentation_model(seg_model_path)
     model = train_cluster_model([*sim, *real], seed=seed, target_fp_per_image=target_fp_per_image, learner=learner,
@@ -68,6 +75,7 @@ def train(sim: list[ViewCandidates], real: list[ViewCandidates], out: str | Path
                                           "weights_sha256": seg.sha256,
                                           "prediction_threshold": float(seg.params.prediction_threshold)}})
     model = replace(model, name=name, version=version, member_threshold=member_threshold,
+                    member_density_per_cm2=member_density_per_cm2,
                     info={**model.info, ("coefficients" if model.learner == "logistic" else "feature_gain"):
                           importance(model)})
     write_bytes(out, model.to_bytes())

@@ -58,6 +58,10 @@ MODEL_FEATURES = {
     "object_area_mean_mm2": "log1p",
     "object_area_cv": "identity",
     "edge_distance_mm": "log1p",
+    "surround_density_per_cm2": "log1p",
+    "view_density_per_cm2": "log1p",
+    "window_excess": "log1p",
+    "object_elongation_mean": "log1p",
 }
 assert set(MODEL_FEATURES) <= set(FEATURE_NAMES)
 
