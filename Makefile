@@ -209,7 +209,7 @@ demo-cluster-model: $(STAMP)
 	    --background $(CLUSTER_REAL_TRAIN) --background-spacing 0.07
 	$(BIN)/calcnode train-clusters --data data/cluster-train --data data/cluster-train-2 --data data/cluster-train-3 \
 	    --data data/cluster-train-4 --data data/cluster-train-proc --data data/cluster-train-realbg \
-	    --seed 0 --quiet --version 3 --member-threshold 0.9 --negatives $(CLUSTER_REAL_TRAIN) \
+	    --seed 0 --quiet --version 4 --member-threshold 0.9 --negatives $(CLUSTER_REAL_TRAIN) \
 	    --save-candidates data/cluster-train-candidates.json --out $(CLUSTER_MODEL)
 
 # Its held-out evaluation: another seed (160 views), and the two left-breast real views. About 6 minutes.

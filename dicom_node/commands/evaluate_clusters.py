@@ -45,6 +45,9 @@ def register(subparsers) -> None:
                        help="raise the member threshold per view until at most this many objects per cm² "
                             "of breast reach it (needs --member-threshold; stored in the model; "
                             "docs/clusters.md)")
+    train.add_argument("--max-positive-area", type=float, default=500.0, metavar="MM2",
+                       help="a hit whose outline is larger is left out of the fit (it does not localise "
+                            "its cluster; default 500 mm², docs/clusters.md); 0: fit every hit")
     train.add_argument("--learner", choices=("lightgbm", "logistic"), default="lightgbm",
                        help="the scorer: gradient-boosted trees (default) or a logistic regression "
                             "(docs/clusters.md, \"The scorer\")")
@@ -121,7 +124,8 @@ def run_train(args) -> int:
                       training_data=f"{len(sim)} simulated + {len(real)} real normal views ({data})",
                       target_fp_per_image=args.target_fp, seg_model_path=getattr(args, "seg_model", None),
                       member_threshold=args.member_threshold, learner=args.learner,
-                      member_density_per_cm2=args.member_density)
+                      member_density_per_cm2=args.member_density,
+                      max_positive_area_mm2=args.max_positive_area if args.max_positive_area > 0 else None)
     except ValueError as exc:
         print(f"calcnode train-clusters: error: {exc}", file=sys.stderr)
         return 1

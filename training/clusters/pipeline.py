@@ -17,7 +17,7 @@ from common.durable import atomic_path, write_bytes, write_text
 
 from .collect import ViewCandidates, add_observer_truth, collect, load_segmentation_model
 from .evaluate import evaluate, plot, report_json
-from .train import describe, importance, train_cluster_model
+from .train import MAX_POSITIVE_AREA_MM2, describe, importance, train_cluster_model
 from .views import REAL_SPACING_MM, real_png_paths, real_view, synthetic_views
 
 
@@ -60,7 +60,8 @@ def train(sim: list[ViewCandidates], real: list[ViewCandidates], out: str | Path
           name: str = "calcnode-clusters-demo", version: str = "1", training_data: str = "",
           target_fp_per_image: float = 0.1, seg_model_path=None,
           member_threshold: float | None = None, learner: str = "lightgbm",
-          member_density_per_cm2: float | None = None) -> ClusterModel:
+          member_density_per_cm2: float | None = None,
+          max_positive_area_mm2: float | None = MAX_POSITIVE_AREA_MM2) -> ClusterModel:
     """Train on ``sim`` + ``real`` candidates and write the model file ``out``. The model records
     the selection CNN (weights and operating point) its candidates were segmented with, and the
     members' threshold they were collected at (``member_threshold``, None: the operating point,
@@ -68,6 +69,7 @@ def train(sim: list[ViewCandidates], real: list[ViewCandidates], out: str | Path
     cluster features depend on both, so the node detects with them (docs/method.md §3.7)."""
     seg = load_segmentation_model(seg_model_path)
     model = train_cluster_model([*sim, *real], seed=seed, target_fp_per_image=target_fp_per_image, learner=learner,
+                                max_positive_area_mm2=max_positive_area_mm2,
                                 info={"training_data": training_data or
                                       f"{len(sim)} simulated views, {len(real)} real normal views",
                                       "real_views_used": sorted(v.name for v in real),

@@ -5,6 +5,18 @@ when it hits a truth cluster, negative when it hits none; candidates in an ignor
 view's benign lesion) are left out. Candidates of real normal views are weighted ``real_weight``
 times (default 5): they are few, and they are the false marks the simulator does not make.
 
+**Positives must localise** (since the tenth session): a hit whose outline is larger than
+``max_positive_area_mm2`` (default :data:`MAX_POSITIVE_AREA_MM2`, 500 mm², a disk 2.5 cm across)
+is left out of the fit, neither positive nor negative. In grainy or dense tissue single linkage
+chains a cluster's calcifications with the isolated objects around it into a group of several cm²;
+that group still *hits* the cluster (the evaluation's rule is unchanged), but taught as a positive it
+tells the scorer that large chained groups of well-supported objects are clusters, which is exactly
+the false mark real tissue makes (docs/clusters.md, "Model 4"). 500 mm² is above the outline of
+every simulated truth cluster (hull + 1 mm margin: median 34, 99th percentile 252, largest 415 mm²
+on the training views) and above BI-RADS' 2 cm extent of a grouped distribution. Left-out hits are
+still scored out of fold (their fold's model), so the out-of-fold figures count them as the
+evaluation does.
+
 Not used: ``contrast_mean`` (the members' contrast in [0, 1] image units). It depends on how an
 image's grey levels were scaled (the simulator's 12-bit display units against a PNG's), and with it
 the model learnt "bright = not a cluster" from the real negatives, i.e. the source of the image,
@@ -71,6 +83,8 @@ LIGHTGBM_PARAMS = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 7
                    "min_data_in_leaf": 20, "lambda_l2": 1.0, "deterministic": True,
                    "force_col_wise": True, "num_threads": 1, "verbose": -1}
 LIGHTGBM_ROUNDS = 200
+#: The largest outline (mm²) of a hit that is fitted as a positive (module docstring).
+MAX_POSITIVE_AREA_MM2 = 500.0
 
 
 def case_of(view_name: str) -> str:
@@ -79,12 +93,21 @@ def case_of(view_name: str) -> str:
     return re.sub(r"(/[LR](CC|MLO)|_[LR]-(CC|MLO))$", "", view_name)
 
 
-def samples(views: Sequence[ViewCandidates], real_weight: float):
-    """(features list, labels, weights, view index per sample)."""
+def left_out(candidate: dict, max_positive_area_mm2: float | None = MAX_POSITIVE_AREA_MM2) -> bool:
+    """Not fitted: in an ignore region without a hit, or a hit too large to localise its cluster."""
+    if not candidate["hits"]:
+        return bool(candidate["ignored"])
+    return max_positive_area_mm2 is not None and float(candidate["features"]["area_mm2"]) > max_positive_area_mm2
+
+
+def samples(views: Sequence[ViewCandidates], real_weight: float,
+            max_positive_area_mm2: float | None = MAX_POSITIVE_AREA_MM2):
+    """(features list, labels, weights, view index per sample) of the candidates that are fitted
+    (:func:`left_out`)."""
     feats, y, w, where = [], [], [], []
     for i, v in enumerate(views):
         for c in v.candidates:
-            if c["ignored"] and not c["hits"]:
+            if left_out(c, max_positive_area_mm2):
                 continue
             feats.append(c["features"])
             y.append(1 if c["hits"] else 0)
@@ -139,31 +162,27 @@ def choose_threshold(views: Sequence[ViewCandidates], conf: list[np.ndarray], ta
 
 def train_cluster_model(views: Sequence[ViewCandidates], *, seed: int = 0, c_reg: float = 0.3,
                         real_weight: float = 5.0, target_fp_per_image: float = 0.1, folds: int = 5,
-                        learner: str = "lightgbm", info: dict | None = None) -> ClusterModel:
+                        learner: str = "lightgbm", info: dict | None = None,
+                        max_positive_area_mm2: float | None = MAX_POSITIVE_AREA_MM2) -> ClusterModel:
     """Fit on all ``views`` and set the threshold from out-of-fold probabilities (module docstring)."""
-    feats, y, w, where = samples(views, real_weight)
+    feats, y, w, where = samples(views, real_weight, max_positive_area_mm2)
     cases = sorted({case_of(v.name) for v in views})
     rng = np.random.default_rng(seed)
     fold_of_case = {c: k % folds for k, c in enumerate(rng.permutation(cases))}
     fold = np.array([fold_of_case[case_of(views[i].name)] for i in where], int)
-    oof = np.full(len(y), np.nan)
+    view_fold = np.array([fold_of_case[case_of(v.name)] for v in views], int)
+    # out-of-fold confidence of every candidate of a view (ignored ones without a hit stay 0): those
+    # fitted, and the hits left out of the fit, which the evaluation scores all the same
+    conf = [np.zeros(len(v.candidates)) for v in views]
     for k in range(folds):
         test = fold == k
         if not test.any() or len(set(y[~test].tolist())) < 2:
             continue
         m = _fit([f for f, t in zip(feats, test) if not t], y[~test], w[~test], c_reg, seed, learner)
-        oof[test] = m.predict([f for f, t in zip(feats, test) if t])
-    oof = np.where(np.isfinite(oof), oof, 0.0)
-    conf: list[np.ndarray] = []
-    pos = 0
-    for i, v in enumerate(views):   # back to per-view arrays; left-out (ignored) candidates score 0
-        c = np.zeros(len(v.candidates))
-        for j, cand in enumerate(v.candidates):
-            if cand["ignored"] and not cand["hits"]:
-                continue
-            c[j] = oof[pos]
-            pos += 1
-        conf.append(c)
+        for i in np.flatnonzero(view_fold == k):
+            scored = [j for j, cand in enumerate(views[i].candidates) if not (cand["ignored"] and not cand["hits"])]
+            if scored:
+                conf[i][scored] = m.predict([views[i].candidates[j]["features"] for j in scored])
     threshold = choose_threshold(views, conf, target_fp_per_image)
     model = _fit(feats, y, w, c_reg, seed, learner)
     # what that threshold does out of fold: the figures to choose the training settings on (the
@@ -182,7 +201,9 @@ def train_cluster_model(views: Sequence[ViewCandidates], *, seed: int = 0, c_reg
             "seed": seed, "learner": learner,
             **({"C": c_reg} if learner == "logistic" else
                {"lightgbm_params": LIGHTGBM_PARAMS, "lightgbm_rounds": LIGHTGBM_ROUNDS}),
-            "real_weight": real_weight, "folds": folds,
+            "real_weight": real_weight, "folds": folds, "max_positive_area_mm2": max_positive_area_mm2,
+            "positives_left_out": int(sum(1 for v in views for c in v.candidates
+                                          if c["hits"] and left_out(c, max_positive_area_mm2))),
             "target_fp_per_image": target_fp_per_image, "threshold_from": "out-of-fold probabilities",
             "out_of_fold_at_threshold": out_of_fold,
             **(info or {})}
