@@ -45,10 +45,13 @@ calcifications within 1 cm² (e.g. Kopans; the DDSM/INbreast cluster annotations
 
 Scoring
 -------
-Each candidate is described by :data:`FEATURE_NAMES` (:func:`cluster_features`). With a trained
-:class:`ClusterModel` (a logistic regression on standardised features, JSON, written by
-``training.clusters``) the confidence is the model's probability that the cluster is true and a
-cluster is kept when ``confidence >= model.threshold``. Without a model the confidence is
+Each candidate is described by :data:`FEATURE_NAMES` (:func:`cluster_features`): its members'
+layout, the selection CNN's evidence, contrast, and (since the tenth session) how it stands out of
+its surroundings (:func:`surround_density`) and how elongated its members are
+(:func:`member_elongation`). With a trained :class:`ClusterModel` (LightGBM trees or a logistic
+regression on transformed features, JSON, written by ``training.clusters``) the confidence is the
+model's probability that the cluster is true and a cluster is kept when
+``confidence >= model.threshold``. Without a model the confidence is
 :func:`rule_confidence`, a documented hand-set rule (count, linearity, selection support) with
 threshold :data:`RULE_THRESHOLD`; it is a fallback, not a measured operating point.
 """
