@@ -422,6 +422,40 @@ def test_train_cluster_model_separates_and_sets_threshold(tmp_path, learner):
     assert op["sensitivity"]["all"]["sensitivity"] > 0.8 and op["fp_per_image"] <= 0.2
 
 
+def test_hits_too_large_to_localise_their_cluster_are_left_out_of_the_fit():
+    """A hit whose outline exceeds max_positive_area_mm2 (a chained group around a cluster) is
+    neither positive nor negative; a large candidate without a hit stays a negative; ignored
+    candidates without a hit stay out; None fits every hit. The model records what it left out."""
+    from training.clusters.collect import ViewCandidates
+    from training.clusters.train import MAX_POSITIVE_AREA_MM2, left_out, samples, train_cluster_model
+
+    def cand(area, hit, ignored=False):
+        return {"features": {**{n: 0.5 for n in FEATURE_NAMES}, "area_mm2": float(area)},
+                "hits": [0] if hit else [], "ignored": ignored}
+
+    assert MAX_POSITIVE_AREA_MM2 == 500
+    assert left_out(cand(600, True)) and not left_out(cand(400, True))
+    assert not left_out(cand(600, False)) and left_out(cand(10, False, ignored=True))
+    assert not left_out(cand(600, True), None)
+    view = ViewCandidates(name="synthetic:s/truth/SYNTH0001/LCC", source="synthetic", truth=[{"n": 8}],
+                          candidates=[cand(600, True), cand(50, True), cand(700, False), cand(10, False, True)])
+    feats, y, w, where = samples([view], 5.0)
+    assert y.tolist() == [1, 0] and [f["area_mm2"] for f in feats] == [50.0, 700.0]
+    assert samples([view], 5.0, None)[1].tolist() == [1, 1, 0]
+    rng = np.random.default_rng(1)
+    views = []
+    for i in range(30):
+        cands = [cand(rng.uniform(20, 80), True), cand(rng.uniform(20, 80), False)]
+        cands[0]["features"]["n_calcifications"], cands[1]["features"]["n_calcifications"] = 12.0, 3.0
+        if i % 3 == 0:
+            cands.append({**cand(900, True), "features": {**cands[0]["features"], "area_mm2": 900.0}})
+        views.append(ViewCandidates(name=f"synthetic:s/truth/SYNTH{i // 2:04d}/{'LCC' if i % 2 else 'RCC'}",
+                                    source="synthetic", truth=[{"n": 12}], candidates=cands))
+    model = train_cluster_model(views, seed=0)
+    assert model.info["positives_left_out"] == 10 and model.info["positives"] == 30
+    assert model.info["max_positive_area_mm2"] == 500
+
+
 def test_a_hit_holds_half_of_all_calcifications_or_half_of_those_the_observer_finds():
     from training.clusters.collect import ViewCandidates, apply_observer
 
