@@ -703,6 +703,13 @@ class ClusterCandidate:
     features: Mapping[str, float]
 
 
+def breast_area(breast_mask: np.ndarray | None, image_shape: tuple[int, int],
+                spacing_mm: tuple[float, float]) -> float:
+    """Area (mm²) of the breast mask, or of the whole image without one."""
+    pixels = np.count_nonzero(breast_mask) if breast_mask is not None else int(np.prod(image_shape))
+    return float(pixels) * spacing_mm[0] * spacing_mm[1]
+
+
 def breast_area_in_disk(breast_mask: np.ndarray | None, centre_rc: Sequence[float], radius_mm: float,
                         spacing_mm: tuple[float, float]) -> float:
     """Area (mm²) of the breast within ``radius_mm`` of ``centre_rc`` (pixel indices): the mask's
@@ -755,7 +762,8 @@ def view_member_threshold(scores: np.ndarray, breast_area_mm2: float, base: floa
     if max_density_per_cm2 is None:
         return base
     allowed = int(math.floor(max(float(max_density_per_cm2), 0.0) * max(breast_area_mm2, 0.0) / 100.0))
-    s = np.sort(np.asarray(scores, float)[np.asarray(scores, float) >= base])[::-1]
+    scores = np.asarray(scores, float)
+    s = np.sort(scores[scores >= base])[::-1]
     if len(s) <= allowed:
         return base
     # the least support with at most ``allowed`` objects at or above it: just above the
@@ -779,9 +787,11 @@ def cluster_members(segmentation: "Segmentation", pixels: np.ndarray, spacing_mm
     from analysis.segmentation.pipeline import at_threshold  # loads torch: only when asked
 
     spacing = (float(spacing_mm[0]), float(spacing_mm[1]))
-    pixels_in = np.count_nonzero(breast_mask) if breast_mask is not None else np.asarray(pixels).size
-    threshold = view_member_threshold(segmentation.selection.scores, float(pixels_in) * spacing[0] * spacing[1],
-                                      member_threshold, member_density_per_cm2)
+    threshold = member_threshold
+    if member_density_per_cm2 is not None:   # the breast's area only when the density needs it
+        threshold = view_member_threshold(segmentation.selection.scores,
+                                          breast_area(breast_mask, np.shape(pixels), spacing),
+                                          member_threshold, member_density_per_cm2)
     return at_threshold(segmentation, pixels, spacing, threshold)
 
 
@@ -808,9 +818,7 @@ def candidate_clusters(segmentation: "Segmentation", pixels: np.ndarray, spacing
     edge = None
     if breast_mask is not None:
         edge = ndimage.distance_transform_edt(np.asarray(breast_mask, bool), sampling=spacing)
-        breast_mm2 = float(np.count_nonzero(breast_mask)) * spacing[0] * spacing[1]
-    else:
-        breast_mm2 = float(np.asarray(pixels).size) * spacing[0] * spacing[1]
+    breast_mm2 = breast_area(breast_mask, np.shape(pixels), spacing)
     view_density = len(m.labels) / (breast_mm2 / 100.0) if breast_mm2 > 0 else math.nan
     objects = ndimage.find_objects(labels)
     out = []

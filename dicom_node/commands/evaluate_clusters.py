@@ -153,8 +153,8 @@ def run_evaluate(args) -> int:
     except ValueError as exc:
         print(f"calcnode evaluate-clusters: error: {exc}", file=sys.stderr)
         return 2
-    gathered = _gather(args, "evaluate-clusters", loaded and loaded.member_threshold,
-                       loaded and loaded.member_density_per_cm2)
+    gathered = _gather(args, "evaluate-clusters", *((None, None) if loaded is None else
+                                                      (loaded.member_threshold, loaded.member_density_per_cm2)))
     if gathered is None:
         return 2
     sim, real = gathered

@@ -169,8 +169,8 @@ def train_cluster_model(views: Sequence[ViewCandidates], *, seed: int = 0, c_reg
     cases = sorted({case_of(v.name) for v in views})
     rng = np.random.default_rng(seed)
     fold_of_case = {c: k % folds for k, c in enumerate(rng.permutation(cases))}
-    fold = np.array([fold_of_case[case_of(views[i].name)] for i in where], int)
     view_fold = np.array([fold_of_case[case_of(v.name)] for v in views], int)
+    fold = view_fold[where]
     # out-of-fold confidence of every candidate of a view (ignored ones without a hit stay 0): those
     # fitted, and the hits left out of the fit, which the evaluation scores all the same
     conf = [np.zeros(len(v.candidates)) for v in views]
