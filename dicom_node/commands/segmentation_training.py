@@ -62,6 +62,11 @@ def register(subparsers) -> None:
     train.add_argument("--negatives-per-epoch", type=int, default=DEFAULT_NEGATIVES_PER_EPOCH, metavar="N",
                        help="negative views' patches per epoch, half of them the hardest for the network "
                             f"as it is (default {DEFAULT_NEGATIVES_PER_EPOCH})")
+    train.add_argument("--seen-only", action="store_true",
+                       help="teach only the simulated particles the ideal observer finds (seg-ceiling, p >= 0.5 "
+                            "at 1 FP/cm²); the others' neighbourhoods are left out of the loss "
+                            "(docs/segmentation.md, \"Seen-only targets\"); folders that are not calcnode synth "
+                            "sets are taught whole")
     _add_negatives(train)
     train.set_defaults(func=run_train)
 
@@ -136,7 +141,7 @@ def run_train(args) -> int:
     settings = TrainSettings(seed=args.seed, max_epochs=args.max_epochs, patience=args.patience,
                              workers=args.workers, width=args.width or init_width,
                              learning_rate=args.learning_rate,
-                             patches_per_epoch=args.patches_per_epoch)
+                             patches_per_epoch=args.patches_per_epoch, seen_only=args.seen_only)
     try:
         train_segmentation(args.data, args.out, settings, SelectionParams(outline_level=args.outline_level,
                                                                       proximity_radius_mm=radius),

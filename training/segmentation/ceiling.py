@@ -158,40 +158,53 @@ def dataset_observers(root: str | Path) -> list[RoiObserver]:
     return [o for _, observers in image_observers(root) for o in observers]
 
 
-def image_observers(root: str | Path):
-    """Yield ``(truth_path, [RoiObserver per ROI])`` for every image with ROIs of one ``calcnode
-    synth`` folder (sorted by path, as :func:`training.datasets.scan_dataset`)."""
-    root = Path(root)
-    meta = root / "dataset.json"
+def synth_config(root: str | Path) -> SynthConfig:
+    """The configuration a ``calcnode synth`` folder was made with (what draws its backgrounds
+    again); ValueError for a folder that is not one, or whose real background views are missing."""
+    meta = Path(root) / "dataset.json"
     if not meta.is_file():
         raise ValueError(f"{root}: no dataset.json - the bound needs a calcnode synth folder")
     config = SynthConfig.from_json(json.loads(meta.read_text())["config"])
     missing = [b for b in config.backgrounds if not Path(b).is_file()]
     if missing:  # the set was inserted into real views that are not where it was made
         raise ValueError(f"{root}: the real views it was inserted into are not found ({', '.join(missing)})")
+    return config
+
+
+def item_observers(item, config: SynthConfig) -> list[RoiObserver]:
+    """The ideal observer on every ROI of one image (a :class:`training.datasets.DatasetImage` with
+    ROIs and truth) of the ``calcnode synth`` folder made with ``config``."""
+    ds = pydicom.dcmread(item.image_path)
+    pixels = ds.pixel_array.astype(np.float64)
+    case = int(Path(item.image_path).parent.name.removeprefix("SYNTH")) - 1
+    background = calcification_free_image(config, case, str(ds.ImageLaterality), str(ds.ViewPosition))
+    signal = pixels - background
+    geometry = read_geometry(ds)
+    rois, _ = image_rois(item, geometry)
+    region = roi_region(rois, geometry)
+    if region is None:
+        return []
+    truth = load_truth(item.truth_path, pixels.shape).astype(np.int64)
+    kind_of = particle_kinds(item.truth_path) or {}
+    # an inserted real view keeps its own spacing
+    spacing = float(np.mean(geometry.pixel_spacing_mm or (config.pixel_spacing_mm,) * 2))
+    margin = _px(MARGIN_MM, spacing)
+    labelled, _ = ndimage.label(region)
+    observers = []
+    for index, box in enumerate(ndimage.find_objects(labelled), 1):
+        box = tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in box)
+        observers.append(roi_observer(signal[box], background[box], truth[box], labelled[box] == index,
+                                      kind_of, spacing))
+    return observers
+
+
+def image_observers(root: str | Path):
+    """Yield ``(truth_path, [RoiObserver per ROI])`` for every image with ROIs of one ``calcnode
+    synth`` folder (sorted by path, as :func:`training.datasets.scan_dataset`)."""
+    config = synth_config(root)
     for item in scan_dataset(root, require_truth=True):
-        if not item.roi_paths:
-            continue
-        ds = pydicom.dcmread(item.image_path)
-        pixels = ds.pixel_array.astype(np.float64)
-        case = int(Path(item.image_path).parent.name.removeprefix("SYNTH")) - 1
-        background = calcification_free_image(config, case, str(ds.ImageLaterality), str(ds.ViewPosition))
-        signal = pixels - background
-        geometry = read_geometry(ds)
-        rois, _ = image_rois(item, geometry)
-        region = roi_region(rois, geometry)
-        truth = load_truth(item.truth_path, pixels.shape).astype(np.int64)
-        kind_of = particle_kinds(item.truth_path) or {}
-        # an inserted real view keeps its own spacing
-        spacing = float(np.mean(geometry.pixel_spacing_mm or (config.pixel_spacing_mm,) * 2))
-        margin = _px(MARGIN_MM, spacing)
-        labelled, _ = ndimage.label(region)
-        observers = []
-        for index, box in enumerate(ndimage.find_objects(labelled), 1):
-            box = tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in box)
-            observers.append(roi_observer(signal[box], background[box], truth[box], labelled[box] == index,
-                                          kind_of, spacing))
-        yield Path(item.truth_path), observers
+        if item.roi_paths:
+            yield Path(item.truth_path), item_observers(item, config)
 
 
 def particles_found(observers: list[RoiObserver], fp_per_cm2: float = 1.0) -> dict[int, float]:

@@ -11,6 +11,14 @@ Per image, patches of ``PATCH_PX`` x ``PATCH_PX`` at the network's spacing (0.07
 Inputs are normalised exactly as at inference (:func:`analysis.segmentation.cnn.normalise_input`,
 with the same image context around the patch that an inference crop has);
 targets are the proximity map (:func:`analysis.segmentation.cnn.proximity_target`).
+
+**Only what can be seen is taught** (``found``, ``calcnode train-seg --seen-only``): a simulated
+particle that the ideal observer finds with probability < ``SEEN_PROBABILITY`` (at 1 FP/cm² of ROI,
+:mod:`training.segmentation.ceiling`) is buried in the tissue's own noise. Taught as calcification,
+it tells the network that a grain blob of grainy tissue is one, which is what real processed tissue
+is full of (docs/segmentation.md, "Seen-only targets"). Such a particle gets no patch of its own,
+and its proximity neighbourhood is left out of the loss (target ``IGNORE``), not taught as
+background: it *is* a calcification, only not a visible one.
 """
 from __future__ import annotations
 
@@ -34,12 +42,14 @@ POSITIVE_REPEATS = 3          # each calcification three times, with different j
 MAX_NEGATIVES = 80            # hard negatives per image: about 3:1 against calcifications overall
 NEGATIVE_VIEW_RANDOM = 200    # random breast points per negative view (ordinary tissue)
 KINDS = ("calcification", "hard_negative", "random", "negative_view")
+SEEN_PROBABILITY = 0.5        # the ideal observer's "found" (as the cluster evaluation's visible particles)
+IGNORE = -1.0                 # target value of pixels left out of the loss (train.dice_bce_loss)
 
 
 @dataclass
 class Patches:
     x: np.ndarray        # float32 (n, PATCH_PX, PATCH_PX), normalised
-    y: np.ndarray        # float32 (n, PATCH_PX, PATCH_PX), proximity target
+    y: np.ndarray        # float32 (n, PATCH_PX, PATCH_PX), proximity target; IGNORE: not in the loss
     kind: np.ndarray     # int8: KINDS[k]: 0 calcification, 1 hard negative, 2 random, 3 negative view
 
     @staticmethod
@@ -73,12 +83,20 @@ def _random_boxes(breast: np.ndarray, spacing: float, rng: np.random.Generator) 
     return region & breast
 
 
-def image_patches(item: DatasetImage, seed: int, params: SelectionParams = SelectionParams()) -> Patches:
-    """All training patches of one image (deterministic for ``seed``)."""
+def image_patches(item: DatasetImage, seed: int, params: SelectionParams = SelectionParams(),
+                  found: dict[int, float] | None = None) -> Patches:
+    """All training patches of one image (deterministic for ``seed``). ``found``: per truth label,
+    the ideal observer's probability of finding the particle; those below ``SEEN_PROBABILITY`` are
+    not taught (module docstring). Labels it lacks (particles outside every ROI) are taught."""
     rng = np.random.default_rng(seed)
     image = load_image(item.image_path)
     spacing = float(np.mean(image.pixel_spacing_mm))
-    truth = load_truth(item.truth_path, image.shape) > 0
+    labels = load_truth(item.truth_path, image.shape)
+    unseen_labels = [label for label, p in (found or {}).items() if p < SEEN_PROBABILITY]
+    unseen = np.isin(labels, unseen_labels) if unseen_labels else None
+    truth = labels > 0
+    if unseen is not None:
+        truth &= ~unseen
     rois, _ = image_rois(item, image.geometry)
     region = roi_region(rois, image.geometry)
     if region is None:  # no ROI object: the truth's neighbourhood stands in for one
@@ -98,8 +116,8 @@ def image_patches(item: DatasetImage, seed: int, params: SelectionParams = Selec
         rng.shuffle(inside)
         jitter = rng.integers(-6, 7, size=(len(inside), 2)) * (NET_SPACING_MM / spacing)
         centres += [(r + j[0], c + j[1], 0) for (r, c), j in zip(inside[:MAX_POSITIVES], jitter)]
-    if len(candidates):
-        touching = np.unique(candidates.labels[truth])
+    if len(candidates):  # a candidate on an unseen particle is not a negative either
+        touching = np.unique(candidates.labels[labels > 0])
         negatives = [(row["row"], row["col"], 1) for row in candidates.table
                      if row["label"] not in touching]
         rng.shuffle(negatives)
@@ -108,14 +126,17 @@ def image_patches(item: DatasetImage, seed: int, params: SelectionParams = Selec
     picks = rng.choice(len(rows), size=min(len(rows), 40), replace=False)
     centres += [(rows[k], cols[k], 2) for k in picks]
 
-    return patches_at(image.pixels, truth, spacing, centres, params)
+    return patches_at(image.pixels, truth, spacing, centres, params, unseen)
 
 
 def patches_at(pixels: np.ndarray, truth: np.ndarray | None, spacing: float,
-               centres: list[tuple[float, float, int]], params: SelectionParams = SelectionParams()) -> Patches:
+               centres: list[tuple[float, float, int]], params: SelectionParams = SelectionParams(),
+               unseen: np.ndarray | None = None) -> Patches:
     """Input and target patches centred on ``centres`` ((row, col, kind), pixels) of one image:
     ``pixels`` in [0, 1], ``truth`` bool calcification mask (None: no calcification, target 0),
-    ``spacing`` in mm. Patches that would leave the image are skipped."""
+    ``spacing`` in mm; ``unseen`` (bool mask): particles whose proximity neighbourhood is left out
+    of the loss (``IGNORE``) where no taught particle's reaches. Patches that would leave the image
+    are skipped."""
     if truth is None:
         truth = np.zeros(pixels.shape, bool)
     native = int(round(PATCH_PX * NET_SPACING_MM / spacing))
@@ -131,17 +152,27 @@ def patches_at(pixels: np.ndarray, truth: np.ndarray | None, spacing: float,
             continue
         target = proximity_target(truth_crop, spacing, params.proximity_radius_mm,
                                   params.proximity_a)[margin:-margin, margin:-margin]
+        ignore = None
+        if unseen is not None:
+            near = proximity_target(_cut(unseen, (r, c), native + 2 * margin), spacing, params.proximity_radius_mm,
+                                    params.proximity_a)[margin:-margin, margin:-margin]
+            ignore = (near > 0) & (target <= 0)
         if native != PATCH_PX:
             zoom = PATCH_PX / native
             crop = ndimage.zoom(crop, zoom, order=1, grid_mode=True, mode="nearest")
             target = ndimage.zoom(target, zoom, order=1, grid_mode=True, mode="nearest")
+            if ignore is not None:
+                ignore = ndimage.zoom(ignore, zoom, order=0, grid_mode=True, mode="nearest")
         x = normalise_input(crop, params.input_normalisation)
         start_r, start_c = (x.shape[0] - PATCH_PX) // 2, (x.shape[1] - PATCH_PX) // 2
         x = x[start_r:start_r + PATCH_PX, start_c:start_c + PATCH_PX]
         if x.shape != (PATCH_PX, PATCH_PX) or target.shape != (PATCH_PX, PATCH_PX):
             continue
+        y = np.clip(target, 0, 1).astype(np.float32)
+        if ignore is not None and ignore.shape == y.shape:
+            y[ignore] = IGNORE
         xs.append(x)
-        ys.append(np.clip(target, 0, 1).astype(np.float32))
+        ys.append(y)
         kinds.append(kind)
     if not xs:
         return Patches.concat([])

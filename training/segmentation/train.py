@@ -23,6 +23,10 @@ rather than trained again from scratch, which takes a third of the epochs on two
 larger ``TrainSettings.width`` than the model's, the model is first widened without changing its
 function (:mod:`training.segmentation.widen`).
 
+With ``TrainSettings.seen_only`` the simulated particles that the ideal observer cannot find are
+not taught as calcifications (:mod:`training.segmentation.patches`, "only what can be seen is
+taught"): their neighbourhoods are left out of the loss.
+
 The decision threshold is then calibrated on the validation images' ROIs: HDoGReg's 10^-3.5
 belongs to its own network's output scale (with this network nearly every candidate passes it),
 so the model stores the most sensitive threshold that keeps false positives at or below
@@ -50,7 +54,7 @@ from ..model_files import save_segmentation_model
 from .evaluate import (SUPPORT_THRESHOLDS, collect_matches, froc, negative_objects, negatives_curve,
                        sensitivity_at)
 from .negatives import DEFAULT_NEGATIVE_SPACING_MM, NegativeView, load_negative, negative_paths
-from .patches import KINDS, Patches, image_patches, negative_view_patches
+from .patches import IGNORE, KINDS, SEEN_PROBABILITY, Patches, image_patches, negative_view_patches
 from .widen import widen
 
 
@@ -153,6 +157,7 @@ class TrainSettings:
     width: int = 8              # with ``init``: the model's own width, or a larger one to widen it to
     workers: int = 2
     patches_per_epoch: int | None = None  # the data sets' patches per epoch: None = all
+    seen_only: bool = False     # teach only the particles the ideal observer finds (patches.py)
 
 
 @dataclass(frozen=True)
@@ -173,9 +178,16 @@ def split_by_patient(items: list[DatasetImage], fraction: float, seed: int):
     return [i for i in items if i.patient_id not in val], [i for i in items if i.patient_id in val]
 
 
-def _patches_job(args) -> Patches:
-    item, seed, params = args
-    return image_patches(item, seed, params)
+def _patches_job(args) -> tuple[Patches, tuple[int, int] | None]:
+    """One image's patches, and with a synth configuration (seen-only targets) how many of its
+    particles inside ROIs the ideal observer finds and how many it was asked about."""
+    item, seed, params, config = args
+    found = None
+    if config is not None and item.roi_paths:
+        from .ceiling import item_observers, particles_found
+        found = particles_found(item_observers(item, config), 1.0)
+    counts = (sum(p >= SEEN_PROBABILITY for p in found.values()), len(found)) if found is not None else None
+    return image_patches(item, seed, params, found), counts
 
 
 def _negative_job(args) -> Patches:
@@ -223,13 +235,19 @@ def draw_negatives(net: nn.Module, x: np.ndarray, sampling: NegativeSampling,
 
 
 def collect_patches(items: list[DatasetImage], seed: int, workers: int, label: str,
-                    params: SelectionParams = SelectionParams()) -> Patches:
-    jobs = [(item, seed * 100003 + k, params) for k, item in enumerate(items)]
+                    params: SelectionParams = SelectionParams(), configs: dict | None = None,
+                    seen: list | None = None) -> Patches:
+    """The patches of ``items``. ``configs`` (seen-only targets): per item index, the synth
+    configuration of its folder (None: every particle taught); ``seen`` collects per image the
+    (particles found, particles asked) of the ideal observer."""
+    jobs = [(item, seed * 100003 + k, params, (configs or {}).get(k)) for k, item in enumerate(items)]
     parts: list[Patches] = []
     started = time.monotonic()
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for k, part in enumerate(pool.map(_patches_job, jobs), 1):
+        for k, (part, counts) in enumerate(pool.map(_patches_job, jobs), 1):
             parts.append(part)
+            if seen is not None and counts is not None:
+                seen.append(counts)
             print(f"\r{label}: patches from {k}/{len(items)} images "
                   f"({sum(len(p.x) for p in parts)} patches, {time.monotonic() - started:.0f} s)",
                   end="", file=sys.stderr, flush=True)
@@ -237,12 +255,36 @@ def collect_patches(items: list[DatasetImage], seed: int, workers: int, label: s
     return Patches.concat(parts)
 
 
+def synth_configs(items: list[DatasetImage], roots: dict[str, str]) -> dict[int, object]:
+    """Per item index, the ``calcnode synth`` configuration of its folder (``roots``: image path ->
+    data folder), for seen-only targets; folders that are not synth sets are left out (their
+    particles are all taught) and named on stderr."""
+    from .ceiling import synth_config
+
+    by_root: dict[str, object] = {}
+    for root in sorted(set(roots.values())):
+        try:
+            by_root[root] = synth_config(root)
+        except ValueError as exc:
+            print(f"train-seg: every particle taught in {root}: {exc}", file=sys.stderr)
+    return {k: by_root[roots[str(i.image_path)]] for k, i in enumerate(items) if roots[str(i.image_path)] in by_root}
+
+
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    prob = torch.sigmoid(logits)
+    """Soft Dice plus binary cross-entropy over the pixels whose target is not ``IGNORE``."""
+    valid = target != IGNORE
+    if bool(valid.all()):
+        prob = torch.sigmoid(logits)
+        intersection = (prob * target).sum()
+        dice = 1 - (2 * intersection + 1.0) / (prob.sum() + target.sum() + 1.0)
+        return dice + nn.functional.binary_cross_entropy_with_logits(logits, target)
+    weight = valid.to(logits.dtype)
+    target = target.clamp(min=0)
+    prob = torch.sigmoid(logits) * weight
     intersection = (prob * target).sum()
     dice = 1 - (2 * intersection + 1.0) / (prob.sum() + target.sum() + 1.0)
-    bce = nn.functional.binary_cross_entropy_with_logits(logits, target)
-    return dice + bce
+    bce = (nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum()
+    return dice + bce / weight.sum().clamp(min=1.0)
 
 
 def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator):
@@ -289,15 +331,20 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
         if settings.width < base.net.width:
             raise ValueError(f"{init}: a width-{base.net.width} network cannot be fine-tuned at "
                              f"width {settings.width}")
-    items = [i for d in data_dirs for i in scan_dataset(d, require_truth=True)]
+    scanned = [(i, str(d)) for d in data_dirs for i in scan_dataset(d, require_truth=True)]
+    items = [i for i, _ in scanned]
+    roots = {str(i.image_path): d for i, d in scanned}  # image -> its data folder (seen-only targets)
     if len(items) < 2:
         raise ValueError(f"need at least 2 images with truth (*_labels.npz) in {', '.join(map(str, data_dirs))}; "
                          f"found {len(items)}")
     train_items, val_items = split_by_patient(items, settings.validation_fraction, settings.seed)
     print(f"train-seg: {len(items)} images ({len(train_items)} training, {len(val_items)} validation, "
           f"split by patient)", file=sys.stderr)
-    train = collect_patches(train_items, settings.seed, settings.workers, "training", params)
-    val = collect_patches(val_items, settings.seed + 1, settings.workers, "validation", params)
+    seen: list[tuple[int, int]] = []
+    train = collect_patches(train_items, settings.seed, settings.workers, "training", params,
+                            synth_configs(train_items, roots) if settings.seen_only else None, seen)
+    val = collect_patches(val_items, settings.seed + 1, settings.workers, "validation", params,
+                          synth_configs(val_items, roots) if settings.seen_only else None, seen)
     if len(train.x) == 0 or len(val.x) == 0:
         raise ValueError("no training or validation patches could be made: are there calcifications "
                          "in the truth files?")
@@ -373,6 +420,9 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
                     "negative_views": {k: int((neg.kind == i).sum()) for i, k in enumerate(KINDS)
                                        if (neg.kind == i).any()}},
         "negative_views": negative_views,
+        "seen_only": ({"seen_probability": SEEN_PROBABILITY, "observer_fp_per_cm2": 1.0,
+                       "particles_asked": int(sum(n for _, n in seen)),
+                       "particles_taught": int(sum(f for f, _ in seen))} if settings.seen_only else None),
         "negative_sampling": asdict(sampling) if negative_views else None,
         "init": ({"model": str(init), "sha256": base_sha256, "width": base.net.width,
                   "widened_to": net.width if net.width != base.net.width else None}
