@@ -231,7 +231,11 @@ def test_segmentation_identity_covers_every_setting_that_changes_the_objects(mon
     assert grown not in identities | {default}
     monkeypatch.setattr(settings, "REGION_GROWTH_MM", 1.0)
     monkeypatch.setattr(settings, "BreastMaskParams", lambda: BreastMaskParams(erosion_mm=2.0))
-    assert segmentation_identity(model) not in identities | {default, grown}
+    eroded = segmentation_identity(model)
+    assert eroded not in identities | {default, grown}
+    monkeypatch.undo()
+    monkeypatch.setattr(settings, "WHOLE_BREAST_CENTROID_RULE", False)
+    assert segmentation_identity(model) not in identities | {default, grown, eroded}
     monkeypatch.undo()
     assert segmentation_identity(model) == default
 
@@ -353,3 +357,57 @@ def test_at_threshold_keeps_the_selection_objects_above_another_threshold():
     assert len(at_threshold(seg, np.clip(pixels, 0, 1), spacing, 1.0)) <= len(seg)
     with pytest.raises(ValueError, match="support score"):
         at_threshold(seg, pixels, spacing, 1.5)
+
+
+def test_whole_breast_objects_count_where_their_centroid_is():
+    """centred_in drops the objects whose centroid lies outside the region, renumbers the rest with
+    their scores, and removes the dropped objects' kept pixels (and filled holes) only."""
+    from analysis.segmentation.cnn import Selection
+    from analysis.segmentation.pipeline import centred_in
+
+    objects = np.zeros((40, 40), np.int32)
+    objects[5:8, 5:8] = 1                        # inside, kept
+    objects[20:26, 20:26] = 2                    # centroid outside, kept, with a filled hole
+    objects[22:24, 22:24] = 0
+    objects[30:33, 2:5] = 3                      # inside, not kept
+    objects[10:13, 30:33] = 4                    # outside, touching object 5 (one kept piece)
+    objects[10:13, 33:36] = 5                    # inside
+    scores = np.array([0.99, 0.995, 0.2, 0.999, 0.97])
+    kept = np.isin(objects, [1, 2, 4, 5])
+    kept[22:24, 22:24] = True                    # the hole filled, as the selection does
+    region = np.ones((40, 40), bool)
+    region[18:28, 18:28] = False                 # object 2's centre
+    region[10:13, 30:33] = False                 # object 4's
+    out = centred_in(Selection(objects=objects, scores=scores, kept=kept), region)
+    assert out.scores.tolist() == [0.99, 0.2, 0.97]
+    assert (out.objects[6, 6], out.objects[31, 3], out.objects[11, 34]) == (1, 2, 3)
+    assert out.objects.max() == 3 and not out.objects[20:26, 20:26].any() and not out.objects[10:13, 30:33].any()
+    assert not out.kept[20:26, 20:26].any()                  # the dropped piece goes, hole and all
+    assert out.kept[10:13, 33:36].all() and not out.kept[10:13, 30:33].any()  # the shared piece keeps 5
+    assert out.kept[5:8, 5:8].all() and not out.kept[30:33, 2:5].any()
+    everything = centred_in(Selection(objects=objects, scores=scores, kept=kept), np.ones((40, 40), bool))
+    assert everything.scores is scores or everything.scores.tolist() == scores.tolist()
+
+
+@pytest.mark.interop
+def test_whole_breast_objects_of_a_real_view_have_their_centroid_in_the_breast(interop):
+    """On a real processed view the skin line's bright band gave candidates with one foot in the
+    mask; in whole-breast mode every object now has its centroid in it (ROIs keep the rule they had)."""
+    from analysis.segmentation import breast_mask
+    from analysis.segmentation.pipeline import segment
+    from training.segmentation.negatives import load_negative
+
+    source = interop / "real-tissue" / "nyu_gmic_0_R-CC.png"
+    if not source.is_file():
+        pytest.skip(f"{source} not found")
+    view = load_negative(source, 0.07)
+    from analysis.segmentation.models import DEFAULT_SEGMENTATION_MODEL
+
+    model = SegmentationModel.load(DEFAULT_SEGMENTATION_MODEL)
+    breast = breast_mask(view.pixels, view.spacing_mm)
+    result = segment(view.pixels, view.spacing_mm, None, model)
+    rows = np.round(result.particles["row"]).astype(int)
+    cols = np.round(result.particles["col"]).astype(int)
+    assert len(result.particles) > 0 and breast[rows, cols].all()
+    scores = np.asarray(result.selection.scores)
+    assert len(scores) == result.selection.objects.max()

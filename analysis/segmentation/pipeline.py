@@ -4,6 +4,13 @@
 ``region`` (the ROIs; ``None`` = the whole breast), kept by the regression CNN
 (:mod:`analysis.segmentation.cnn`), holes filled, labelled with 8-connectivity
 (a calcification touching diagonally is one object, as a reader would see it).
+
+Whole breast: an object counts when its centroid lies in the breast mask, the rule an ROI's
+calcifications follow (docs/method.md §4.1). A candidate is found by a peak inside the mask but
+kept whole, and on real processed views the bright band along the skin (the vendor's peripheral
+enhancement, which the mask's 3.15 mm erosion is there to leave out) gave candidates with one foot
+inside: most false objects of the real views' skin line had their centroid outside the mask
+(docs/segmentation.md, "The skin line").
 """
 from __future__ import annotations
 
@@ -12,9 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .breast_mask import breast_mask
 from .cnn import SegmentationModel, Selection, nonzero_extent, select_candidates
 from .hdog import Candidates, HDoGParams, hdog_candidates
-from .settings import REGION_GROWTH_MM
+from .settings import REGION_GROWTH_MM, WHOLE_BREAST_CENTROID_RULE
 
 PARTICLE_DTYPE = np.dtype([
     ("label", "<i4"),
@@ -135,13 +143,54 @@ def segment(pixels: np.ndarray, spacing_mm: tuple[float, float], region: np.ndar
     breast : with ``region=None``, the image's :func:`~analysis.segmentation.breast_mask.breast_mask`
         when the caller has already computed it (it is not computed again); ignored otherwise.
     """
+    whole_breast = region is None
     if region is not None:
         region = grow_region(np.asarray(region, bool), spacing_mm, REGION_GROWTH_MM)
-    elif breast is not None:
-        region = np.asarray(breast, bool)  # what hdog_candidates would compute for region=None
+    else:  # what hdog_candidates would compute for region=None; kept for the centroid rule
+        region = np.asarray(breast, bool) if breast is not None else breast_mask(pixels, spacing_mm)
     candidates = hdog_candidates(pixels, spacing_mm, region, hdog_params)
     selection = select_candidates(pixels, float(np.mean(spacing_mm)), candidates.labels, model, predictions)
+    if whole_breast and WHOLE_BREAST_CENTROID_RULE:
+        selection = centred_in(selection, region)
     return _labelled(selection.kept, pixels, spacing_mm, candidates, selection)
+
+
+def centred_in(selection: Selection, region: np.ndarray) -> Selection:
+    """``selection`` without the objects whose centroid (rounded to a pixel) lies outside
+    ``region`` (bool, the image's shape): labels renumbered 1..m in their order, scores with them,
+    and the kept pixels of the dropped objects (their filled holes included) removed.
+    """
+    objects, scores = selection.objects, np.asarray(selection.scores)
+    extent = nonzero_extent(objects)
+    n = len(scores)
+    if extent is None or n == 0:
+        return selection
+    box = objects[extent]
+    rows, cols = np.nonzero(box)
+    label = box[rows, cols]
+    area = np.bincount(label, minlength=n + 1)[1:]
+    present = area > 0
+    inside = np.ones(n, bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre_r = np.round(np.bincount(label, weights=rows, minlength=n + 1)[1:] / area)
+        centre_c = np.round(np.bincount(label, weights=cols, minlength=n + 1)[1:] / area)
+    inside[present] = region[extent][centre_r[present].astype(int), centre_c[present].astype(int)]
+    if inside.all():
+        return selection
+    lut = np.zeros(n + 1, objects.dtype)
+    lut[1:][inside] = np.arange(1, int(inside.sum()) + 1, dtype=objects.dtype)
+    renumbered = np.zeros_like(objects)
+    renumbered[extent] = lut[box]
+    # a kept piece goes with the objects it holds: one holding only dropped objects goes whole
+    # (with its filled holes), a piece that also holds a counted object loses the dropped pixels only
+    kept = selection.kept.copy()
+    kept_box = kept[extent]
+    dropped = (box > 0) & ~(lut[box] > 0)
+    pieces, _ = ndimage.label(kept_box, structure=_EIGHT)
+    holds_counted = np.unique(pieces[(lut[box] > 0) & kept_box])
+    only_dropped = np.setdiff1d(np.unique(pieces[dropped & kept_box]), holds_counted)
+    kept_box &= ~(np.isin(pieces, only_dropped[only_dropped > 0]) | dropped)
+    return Selection(objects=renumbered, scores=scores[inside], kept=kept)
 
 
 def _labelled(kept: np.ndarray, pixels: np.ndarray, spacing_mm: tuple[float, float], candidates: Candidates,

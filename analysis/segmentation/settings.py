@@ -3,8 +3,9 @@
 :func:`analysis.segmentation.pipeline.segment` returns objects that depend on the selection
 CNN (weights and :class:`~analysis.segmentation.cnn.SelectionParams`) and on the values here:
 the HDoG parameters (passed to ``segment``), how far an ROI is grown before candidates are
-looked for in it (``REGION_GROWTH_MM``), and the breast mask parameters (the whole-breast path,
-no ROI, segments inside ``breast_mask`` with its defaults). :func:`segmentation_settings` gives
+looked for in it (``REGION_GROWTH_MM``), the breast mask parameters (the whole-breast path,
+no ROI, segments inside ``breast_mask`` with its defaults) and whether, there, an object must have
+its centroid in the mask (``WHOLE_BREAST_CENTROID_RULE``). :func:`segmentation_settings` gives
 them as plain JSON values, for the segmentation identity (:func:`analysis.classify.segmentation_identity`),
 the classifier bundle's manifest and the training feature cache key. No torch here: the
 training process's main loop and the manifest code use it without loading a network.
@@ -19,6 +20,9 @@ from .hdog import HDoGParams
 
 #: An ROI is grown by this much (mm) before HDoG candidates are looked for in it (see ``segment``).
 REGION_GROWTH_MM = 1.0
+#: Whole breast (no ROI): an object counts only when its centroid lies in the breast mask
+#: (``segment``; docs/segmentation.md "The skin line"). Segmentations made before it lack it.
+WHOLE_BREAST_CENTROID_RULE = True
 
 
 def params_dict(params) -> dict[str, Any]:
@@ -34,7 +38,8 @@ def segmentation_settings(hdog_params: HDoGParams = HDoGParams()) -> dict[str, A
     if not isinstance(hdog_params, HDoGParams):
         raise ValueError(f"hdog_params must be HDoGParams, got {type(hdog_params).__name__}")
     return {"hdog": params_dict(hdog_params), "region_growth_mm": float(REGION_GROWTH_MM),
-            "breast_mask": params_dict(BreastMaskParams())}
+            "breast_mask": params_dict(BreastMaskParams()),
+            "whole_breast_centroid_in_mask": bool(WHOLE_BREAST_CENTROID_RULE)}
 
 
 def hdog_params_from(settings: dict[str, Any]) -> HDoGParams:
