@@ -13,10 +13,8 @@ from training.datasets import scan_dataset
 from training.segmentation.ceiling import item_observers, particles_found, synth_config
 from training.segmentation.patches import IGNORE, image_patches, patches_at
 from training.segmentation.train import dice_bce_loss
-from training.synth.config import SynthConfig
-from training.synth.dataset import generate_dataset
 
-ALL_TYPES = (("amorphous", 3.0), ("punctate", 1.0), ("fine_pleomorphic", 1.0), ("fine_linear_branching", 1.0))
+from test_seg_ceiling import small_set  # noqa: F401  (the same two-case synth set, a module fixture)
 
 
 def test_ignored_pixels_do_not_move_the_loss():
@@ -52,14 +50,6 @@ def test_an_unseen_particle_is_left_out_of_the_loss_not_taught_as_background():
     assert (centre == IGNORE).all()
     everything = patches_at(pixels, truth | unseen, 0.07, centres)
     assert everything.y[1].max() == pytest.approx(1.0)   # the default teaches it
-
-
-@pytest.fixture(scope="module")
-def small_set(tmp_path_factory):
-    out = tmp_path_factory.mktemp("seen_set")
-    generate_dataset(SynthConfig(cases=2, seed=31, rows=768, columns=640, type_weights=ALL_TYPES,
-                                 lateralities=("L",), views=("CC",)), out, workers=1, progress=False)
-    return out
 
 
 def test_only_the_particles_the_observer_finds_get_patches(small_set):

@@ -155,28 +155,39 @@ def segment(pixels: np.ndarray, spacing_mm: tuple[float, float], region: np.ndar
     return _labelled(selection.kept, pixels, spacing_mm, candidates, selection)
 
 
+def label_centroids(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per label 1..n of ``labels``: its area in px and its centroid's row and column (image
+    pixels, NaN for a label without pixels), from the labelled pixels only."""
+    area = np.zeros(n, np.int64)
+    centre = np.full((2, n), np.nan)
+    extent = nonzero_extent(labels)
+    if extent is None or n == 0:
+        return area, centre[0], centre[1]
+    box = labels[extent]
+    rows, cols = np.nonzero(box)
+    label = box[rows, cols]
+    area = np.bincount(label, minlength=n + 1)[1:n + 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre[0] = np.bincount(label, weights=rows, minlength=n + 1)[1:n + 1] / area + extent[0].start
+        centre[1] = np.bincount(label, weights=cols, minlength=n + 1)[1:n + 1] / area + extent[1].start
+    return area, centre[0], centre[1]
+
+
 def centred_in(selection: Selection, region: np.ndarray) -> Selection:
     """``selection`` without the objects whose centroid (rounded to a pixel) lies outside
     ``region`` (bool, the image's shape): labels renumbered 1..m in their order, scores with them,
     and the kept pixels of the dropped objects (their filled holes included) removed.
     """
     objects, scores = selection.objects, np.asarray(selection.scores)
-    extent = nonzero_extent(objects)
     n = len(scores)
-    if extent is None or n == 0:
-        return selection
-    box = objects[extent]
-    rows, cols = np.nonzero(box)
-    label = box[rows, cols]
-    area = np.bincount(label, minlength=n + 1)[1:]
+    area, centre_r, centre_c = label_centroids(objects, n)
     present = area > 0
     inside = np.ones(n, bool)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centre_r = np.round(np.bincount(label, weights=rows, minlength=n + 1)[1:] / area)
-        centre_c = np.round(np.bincount(label, weights=cols, minlength=n + 1)[1:] / area)
-    inside[present] = region[extent][centre_r[present].astype(int), centre_c[present].astype(int)]
+    inside[present] = region[np.round(centre_r[present]).astype(int), np.round(centre_c[present]).astype(int)]
     if inside.all():
         return selection
+    extent = nonzero_extent(objects)
+    box = objects[extent]
     lut = np.zeros(n + 1, objects.dtype)
     lut[1:][inside] = np.arange(1, int(inside.sum()) + 1, dtype=objects.dtype)
     renumbered = np.zeros_like(objects)

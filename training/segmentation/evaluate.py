@@ -43,7 +43,7 @@ from scipy import ndimage
 from analysis.dicom_input import load_image
 from analysis.segmentation import breast_mask
 from analysis.segmentation.cnn import SegmentationModel, select_candidates
-from analysis.segmentation.pipeline import segment
+from analysis.segmentation.pipeline import label_centroids, segment
 from common.durable import make_dirs, write_bytes, write_text
 
 from ..datasets import DatasetImage, image_rois, load_truth, roi_region, scan_dataset
@@ -384,13 +384,9 @@ def negative_objects(view: NegativeView, model: SegmentationModel) -> NegativeOb
     breast = breast_mask(view.pixels, view.spacing_mm)
     result = segment(view.pixels, view.spacing_mm, None, model)
     objects, scores = result.selection.objects, np.asarray(result.selection.scores, float)
-    rows, cols = np.nonzero(objects)
-    label = objects[rows, cols]
     n = len(scores)
-    area = np.bincount(label, minlength=n + 1)[1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centre_r = np.round(np.bincount(label, weights=rows, minlength=n + 1)[1:] / area)
-        centre_c = np.round(np.bincount(label, weights=cols, minlength=n + 1)[1:] / area)
+    area, centre_r, centre_c = label_centroids(objects, n)
+    centre_r, centre_c = np.round(centre_r), np.round(centre_c)
     present = area > 0
     inside_lesion = np.zeros(n, bool)
     excluded_px = 0
