@@ -237,8 +237,8 @@ def test_the_shipped_bundle_loads_and_its_segmentation_identity_matches():
     assert bundle.hdog_params == HDoGParams()
     assert bundle.segmentation_info["settings"] == segmentation_settings()
     identity = segmentation_identity(bundle.segmentation_model(), bundle.hdog_params)
-    assert identity == bundle.segmentation_sha256 == "f7ebb48baf0f39f7670ceb10cd501439563b748b2932da12ecd6b43868bfcc45"
-    assert bundle.sha256 == "7b2b41965853eb0f920750e9225f580f0e596f7fff07a0e1a8bb9d89c65eb21c"
+    assert identity == bundle.segmentation_sha256 == "6d6e7458b9248301c16282cb3f2a74397305775fa51dd2d328bc66fe4f966c72"
+    assert bundle.sha256 == "2368c9749f1a5a192d3d166a698e746c5d57168304ac98cc058fe2eedf19be46"
     # one operating point: the bundle segments at its CNN's own calibrated threshold, as the SEG,
     # `calcnode segment` and the cluster detector do
     from analysis.segmentation.cnn import SegmentationModel
