@@ -155,12 +155,13 @@ def segment(pixels: np.ndarray, spacing_mm: tuple[float, float], region: np.ndar
     return _labelled(selection.kept, pixels, spacing_mm, candidates, selection)
 
 
-def label_centroids(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def label_centroids(labels: np.ndarray, n: int, extent=False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per label 1..n of ``labels``: its area in px and its centroid's row and column (image
-    pixels, NaN for a label without pixels), from the labelled pixels only."""
+    pixels, NaN for a label without pixels), from the labelled pixels only. ``extent``: the
+    labels' :func:`nonzero_extent` when the caller has it."""
     area = np.zeros(n, np.int64)
     centre = np.full((2, n), np.nan)
-    extent = nonzero_extent(labels)
+    extent = nonzero_extent(labels) if extent is False else extent
     if extent is None or n == 0:
         return area, centre[0], centre[1]
     box = labels[extent]
@@ -180,13 +181,13 @@ def centred_in(selection: Selection, region: np.ndarray) -> Selection:
     """
     objects, scores = selection.objects, np.asarray(selection.scores)
     n = len(scores)
-    area, centre_r, centre_c = label_centroids(objects, n)
+    extent = nonzero_extent(objects)
+    area, centre_r, centre_c = label_centroids(objects, n, extent)
     present = area > 0
     inside = np.ones(n, bool)
     inside[present] = region[np.round(centre_r[present]).astype(int), np.round(centre_c[present]).astype(int)]
     if inside.all():
         return selection
-    extent = nonzero_extent(objects)
     box = objects[extent]
     lut = np.zeros(n + 1, objects.dtype)
     lut[1:][inside] = np.arange(1, int(inside.sum()) + 1, dtype=objects.dtype)

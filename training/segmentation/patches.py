@@ -42,7 +42,8 @@ POSITIVE_REPEATS = 3          # each calcification three times, with different j
 MAX_NEGATIVES = 80            # hard negatives per image: about 3:1 against calcifications overall
 NEGATIVE_VIEW_RANDOM = 200    # random breast points per negative view (ordinary tissue)
 KINDS = ("calcification", "hard_negative", "random", "negative_view")
-SEEN_PROBABILITY = 0.5        # the ideal observer's "found" (as the cluster evaluation's visible particles)
+SEEN_PROBABILITY = 0.5        # the ideal observer's "found" (as the cluster evaluation's visible particles) ...
+SEEN_FP_PER_CM2 = 1.0         # ... when it may make this many false positives per cm² of ROI
 IGNORE = -1.0                 # target value of pixels left out of the loss (train.dice_bce_loss)
 
 

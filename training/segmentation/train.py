@@ -54,7 +54,7 @@ from ..model_files import save_segmentation_model
 from .evaluate import (SUPPORT_THRESHOLDS, collect_matches, froc, negative_objects, negatives_curve,
                        sensitivity_at)
 from .negatives import DEFAULT_NEGATIVE_SPACING_MM, NegativeView, load_negative, negative_paths
-from .patches import IGNORE, KINDS, SEEN_PROBABILITY, Patches, image_patches, negative_view_patches
+from .patches import IGNORE, KINDS, SEEN_FP_PER_CM2, SEEN_PROBABILITY, Patches, image_patches, negative_view_patches
 from .widen import widen
 
 
@@ -185,7 +185,7 @@ def _patches_job(args) -> tuple[Patches, tuple[int, int] | None]:
     found = None
     if config is not None and item.roi_paths:
         from .ceiling import item_observers, particles_found
-        found = particles_found(item_observers(item, config), 1.0)
+        found = particles_found(item_observers(item, config), SEEN_FP_PER_CM2)
     counts = (sum(p >= SEEN_PROBABILITY for p in found.values()), len(found)) if found is not None else None
     return image_patches(item, seed, params, found), counts
 
@@ -420,7 +420,7 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
                     "negative_views": {k: int((neg.kind == i).sum()) for i, k in enumerate(KINDS)
                                        if (neg.kind == i).any()}},
         "negative_views": negative_views,
-        "seen_only": ({"seen_probability": SEEN_PROBABILITY, "observer_fp_per_cm2": 1.0,
+        "seen_only": ({"seen_probability": SEEN_PROBABILITY, "observer_fp_per_cm2": SEEN_FP_PER_CM2,
                        "particles_asked": int(sum(n for _, n in seen)),
                        "particles_taught": int(sum(f for f, _ in seen))} if settings.seen_only else None),
         "negative_sampling": asdict(sampling) if negative_views else None,
