@@ -150,23 +150,39 @@ def normalise_input(x: np.ndarray, method: str) -> np.ndarray:
     raise ValueError(f"unknown input normalisation {method!r}")
 
 
-class ProximityNet(nn.Module):
-    """Compact FCN: 3x3 convolutions with dilations 1, 2, 4, 8, 1 and a 1x1 head.
+DILATIONS = (1, 2, 4, 8, 1)  # the shipped networks' layers (receptive field 33 px, 2.3 mm)
 
-    Receptive field 33 px (2.3 mm at 0.07 mm); ~5 k parameters at width 8; "same" padding so
-    the output has the input's size.
+
+class ProximityNet(nn.Module):
+    """Compact FCN: 3x3 convolutions with ``dilations`` (1, 2, 4, 8, 1) and a 1x1 head.
+
+    Receptive field 33 px (2.3 mm at 0.07 mm) with the default layers; ~5 k parameters at width 8;
+    "same" padding so the output has the input's size. The first two layers and the last have
+    ``width`` channels, the others twice that. A longer ``dilations`` (e.g. (1, 2, 4, 8, 16, 1):
+    65 px, 4.5 mm) sees farther: whether a thin line ends, as a fine linear calcification does
+    within ~2.5 mm, or runs on, as a vessel does (docs/segmentation.md, "A larger receptive field").
     """
 
-    def __init__(self, width: int = 8):
+    def __init__(self, width: int = 8, dilations: tuple[int, ...] = DILATIONS):
         super().__init__()
+        dilations = tuple(int(d) for d in dilations)
+        if len(dilations) < 3 or min(dilations) < 1:
+            raise ValueError(f"dilations {dilations}: at least 3 layers, each dilation >= 1")
         layers: list[nn.Module] = []
         channels = 1
-        for out, dilation in ((width, 1), (width, 2), (width * 2, 4), (width * 2, 8), (width, 1)):
+        for k, dilation in enumerate(dilations):
+            out = width if k < 2 or k == len(dilations) - 1 else width * 2
             layers += [nn.Conv2d(channels, out, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)]
             channels = out
         layers += [nn.Conv2d(channels, 1, 1)]
         self.body = nn.Sequential(*layers)
         self.width = width
+        self.dilations = dilations
+
+    @property
+    def receptive_field_px(self) -> int:
+        """Side of the square of input pixels one output pixel depends on (at NET_SPACING_MM)."""
+        return 1 + 2 * sum(self.dilations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # logits; sigmoid gives the proximity
         return self.body(x)
@@ -195,7 +211,8 @@ class SegmentationModel:
         Bytes, not a file: ``analysis`` writes no files of its own; the trainer writes them
         durably (``training.model_files.save_segmentation_model``)."""
         buffer = io.BytesIO()
-        torch.save({"format": "calcnode-segmentation-cnn/1", "width": self.net.width,
+        layout = {"dilations": list(self.net.dilations)} if self.net.dilations != DILATIONS else {}
+        torch.save({"format": "calcnode-segmentation-cnn/1", "width": self.net.width, **layout,
                     "state_dict": self.net.state_dict(), "params": asdict(self.params),
                     # JSON text: weights_only loading accepts no other objects (and it reads anywhere)
                     "info_json": json.dumps(self.info, default=_plain)}, buffer)
@@ -209,7 +226,8 @@ class SegmentationModel:
             raise ValueError(f"{path}: not a calcnode segmentation model ({type(exc).__name__})") from None
         if not isinstance(blob, dict) or blob.get("format") != "calcnode-segmentation-cnn/1":
             raise ValueError(f"{path}: not a calcnode segmentation model")
-        net = ProximityNet(width=int(blob["width"]))
+        # files of the default layout store no dilations (so they are byte-identical to those before)
+        net = ProximityNet(width=int(blob["width"]), dilations=tuple(blob.get("dilations", DILATIONS)))
         net.load_state_dict(blob["state_dict"])
         net.eval()
         params = dict(blob["params"])

@@ -15,6 +15,7 @@ DEFAULT_OUTLINE_LEVEL = 0.7  # analysis.segmentation.cnn.SelectionParams.outline
 DEFAULT_PROXIMITY_RADIUS_MM = 0.7  # analysis.segmentation.cnn.SelectionParams.proximity_radius_mm
 DEFAULT_LEARNING_RATE = 2e-3  # training.segmentation.train.TrainSettings.learning_rate
 DEFAULT_NEGATIVES_PER_EPOCH = 4000  # training.segmentation.train.NegativeSampling.per_epoch
+DEFAULT_PATCH_PX = 48  # training.segmentation.patches.PATCH_PX
 DEFAULT_NEGATIVE_SPACING_MM = 0.07  # training.segmentation.negatives.DEFAULT_NEGATIVE_SPACING_MM
 DEFAULT_CALIBRATION_FP_PER_CM2 = 1.0  # training.segmentation.train.CALIBRATION_FP_PER_CM2
 DEFAULT_CALIBRATION_NEGATIVE_FP_PER_CM2 = 0.5  # training.segmentation.train.CALIBRATION_NEGATIVE_FP_PER_CM2
@@ -45,6 +46,14 @@ def register(subparsers) -> None:
                        help=f"channels of the first layers (compute grows with its square; default "
                             f"{DEFAULT_WIDTH}, or with --init the model's own; a larger one widens that "
                             f"model without changing its output first)")
+    train.add_argument("--dilations", type=_dilations, metavar="D,D,...",
+                       help="the network's 3x3 layers by dilation (default 1,2,4,8,1: receptive field 2.3 mm; "
+                            "or with --init the model's own); with --init, layers added before its last one "
+                            "start as the identity, e.g. 1,2,4,8,16,1 (4.5 mm). Give --patch-px to match")
+    train.add_argument("--patch-px", type=int, default=DEFAULT_PATCH_PX, metavar="N",
+                       help=f"side of the training patches at 0.07 mm (default {DEFAULT_PATCH_PX}, for the "
+                            "default receptive field; e.g. 64 for 1,2,4,8,16,1; larger ones are stored at "
+                            "half precision)")
     train.add_argument("--outline-level", type=_outline_level, default=DEFAULT_OUTLINE_LEVEL,
                        metavar="P|none",
                        help="cut candidates to their pixels with prediction >= P before the 30 %% rule "
@@ -122,6 +131,16 @@ def register(subparsers) -> None:
     ceiling.set_defaults(func=run_ceiling)
 
 
+def _dilations(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated whole numbers, e.g. 1,2,4,8,16,1") from None
+    if len(values) < 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 3 layers, each dilation >= 1")
+    return values
+
+
 def _outline_level(text: str) -> float | None:
     if text.lower() == "none":
         return None
@@ -141,7 +160,8 @@ def run_train(args) -> int:
     settings = TrainSettings(seed=args.seed, max_epochs=args.max_epochs, patience=args.patience,
                              workers=args.workers, width=args.width or init_width,
                              learning_rate=args.learning_rate,
-                             patches_per_epoch=args.patches_per_epoch, seen_only=args.seen_only)
+                             patches_per_epoch=args.patches_per_epoch, seen_only=args.seen_only,
+                             dilations=args.dilations, patch_px=args.patch_px)
     try:
         train_segmentation(args.data, args.out, settings, SelectionParams(outline_level=args.outline_level,
                                                                       proximity_radius_mm=radius),

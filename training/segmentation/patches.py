@@ -35,6 +35,9 @@ from analysis.segmentation.cnn import (NET_SPACING_MM, SelectionParams, local_co
 from ..datasets import DatasetImage, image_rois, load_truth, roi_region
 
 PATCH_PX = 48                 # at NET_SPACING_MM: 3.4 mm (the receptive field is 2.3 mm)
+# Larger patches (a network with a larger receptive field, train-seg --patch-px) are stored at half
+# precision: 64 px float32 patches of the demonstration data would need ~2x the 24 GB this machine
+# has while they are gathered; the loss is computed in float32 either way.
 RANDOM_BOX_MM = 12.0          # side of the random breast boxes
 RANDOM_BOXES = 3
 MAX_POSITIVES = 300           # per image, so one busy image does not dominate
@@ -49,18 +52,23 @@ IGNORE = -1.0                 # target value of pixels left out of the loss (tra
 
 @dataclass
 class Patches:
-    x: np.ndarray        # float32 (n, PATCH_PX, PATCH_PX), normalised
-    y: np.ndarray        # float32 (n, PATCH_PX, PATCH_PX), proximity target; IGNORE: not in the loss
+    x: np.ndarray        # float32 (n, P, P) (float16 when P > PATCH_PX), normalised
+    y: np.ndarray        # the same shape and type, proximity target; IGNORE: not in the loss
     kind: np.ndarray     # int8: KINDS[k]: 0 calcification, 1 hard negative, 2 random, 3 negative view
 
     @staticmethod
-    def concat(parts: list["Patches"]) -> "Patches":
+    def concat(parts: list["Patches"], patch_px: int = PATCH_PX) -> "Patches":
         parts = [p for p in parts if len(p.x)]
         if not parts:
-            empty = np.zeros((0, PATCH_PX, PATCH_PX), np.float32)
+            empty = np.zeros((0, patch_px, patch_px), storage_dtype(patch_px))
             return Patches(empty, empty.copy(), np.zeros(0, np.int8))
         return Patches(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]),
                        np.concatenate([p.kind for p in parts]))
+
+
+def storage_dtype(patch_px: int) -> type:
+    """How patches of ``patch_px`` are stored (see ``PATCH_PX``)."""
+    return np.float32 if patch_px <= PATCH_PX else np.float16
 
 
 def _cut(array: np.ndarray, centre: tuple[float, float], size: int) -> np.ndarray | None:
@@ -85,7 +93,7 @@ def _random_boxes(breast: np.ndarray, spacing: float, rng: np.random.Generator) 
 
 
 def image_patches(item: DatasetImage, seed: int, params: SelectionParams = SelectionParams(),
-                  found: dict[int, float] | None = None) -> Patches:
+                  found: dict[int, float] | None = None, patch_px: int = PATCH_PX) -> Patches:
     """All training patches of one image (deterministic for ``seed``). ``found``: per truth label,
     the ideal observer's probability of finding the particle; those below ``SEEN_PROBABILITY`` are
     not taught (module docstring). Labels it lacks (particles outside every ROI) are taught."""
@@ -106,7 +114,7 @@ def image_patches(item: DatasetImage, seed: int, params: SelectionParams = Selec
     breast = breast_mask(image.pixels, image.pixel_spacing_mm)
     sample_region = region | _random_boxes(breast, spacing, rng)
     if not sample_region.any():
-        return Patches.concat([])
+        return Patches.concat([], patch_px)
     candidates = hdog_candidates(image.pixels, image.pixel_spacing_mm, sample_region)
 
     truth_labels, n_truth = ndimage.label(truth, structure=np.ones((3, 3), bool))
@@ -127,20 +135,20 @@ def image_patches(item: DatasetImage, seed: int, params: SelectionParams = Selec
     picks = rng.choice(len(rows), size=min(len(rows), 40), replace=False)
     centres += [(rows[k], cols[k], 2) for k in picks]
 
-    return patches_at(image.pixels, truth, spacing, centres, params, unseen)
+    return patches_at(image.pixels, truth, spacing, centres, params, unseen, patch_px)
 
 
 def patches_at(pixels: np.ndarray, truth: np.ndarray | None, spacing: float,
                centres: list[tuple[float, float, int]], params: SelectionParams = SelectionParams(),
-               unseen: np.ndarray | None = None) -> Patches:
+               unseen: np.ndarray | None = None, patch_px: int = PATCH_PX) -> Patches:
     """Input and target patches centred on ``centres`` ((row, col, kind), pixels) of one image:
     ``pixels`` in [0, 1], ``truth`` bool calcification mask (None: no calcification, target 0),
     ``spacing`` in mm; ``unseen`` (bool mask): particles whose proximity neighbourhood is left out
     of the loss (``IGNORE``) where no taught particle's reaches. Patches that would leave the image
-    are skipped."""
+    are skipped. ``patch_px``: their side at the network's spacing."""
     if truth is None:
         truth = np.zeros(pixels.shape, bool)
-    native = int(round(PATCH_PX * NET_SPACING_MM / spacing))
+    native = int(round(patch_px * NET_SPACING_MM / spacing))
     margin = int(np.ceil(params.proximity_radius_mm / spacing)) + 1
     # the image around the patch that the input scaling reads (as at inference), at both spacings
     context = local_context_px() if params.input_normalisation == "local" else 0
@@ -158,16 +166,16 @@ def patches_at(pixels: np.ndarray, truth: np.ndarray | None, spacing: float,
             near = proximity_target(_cut(unseen, (r, c), native + 2 * margin), spacing, params.proximity_radius_mm,
                                     params.proximity_a)[margin:-margin, margin:-margin]
             ignore = (near > 0) & (target <= 0)
-        if native != PATCH_PX:
-            zoom = PATCH_PX / native
+        if native != patch_px:
+            zoom = patch_px / native
             crop = ndimage.zoom(crop, zoom, order=1, grid_mode=True, mode="nearest")
             target = ndimage.zoom(target, zoom, order=1, grid_mode=True, mode="nearest")
             if ignore is not None:
                 ignore = ndimage.zoom(ignore, zoom, order=0, grid_mode=True, mode="nearest")
         x = normalise_input(crop, params.input_normalisation)
-        start_r, start_c = (x.shape[0] - PATCH_PX) // 2, (x.shape[1] - PATCH_PX) // 2
-        x = x[start_r:start_r + PATCH_PX, start_c:start_c + PATCH_PX]
-        if x.shape != (PATCH_PX, PATCH_PX) or target.shape != (PATCH_PX, PATCH_PX):
+        start_r, start_c = (x.shape[0] - patch_px) // 2, (x.shape[1] - patch_px) // 2
+        x = x[start_r:start_r + patch_px, start_c:start_c + patch_px]
+        if x.shape != (patch_px, patch_px) or target.shape != (patch_px, patch_px):
             continue
         y = np.clip(target, 0, 1).astype(np.float32)
         if ignore is not None and ignore.shape == y.shape:
@@ -176,11 +184,14 @@ def patches_at(pixels: np.ndarray, truth: np.ndarray | None, spacing: float,
         ys.append(y)
         kinds.append(kind)
     if not xs:
-        return Patches.concat([])
-    return Patches(np.stack(xs), np.stack(ys), np.array(kinds, np.int8))
+        return Patches.concat([], patch_px)
+    dtype = storage_dtype(patch_px)
+    return Patches(np.stack(xs).astype(dtype, copy=False), np.stack(ys).astype(dtype, copy=False),
+                   np.array(kinds, np.int8))
 
 
-def negative_view_patches(view, seed: int, params: SelectionParams = SelectionParams()) -> Patches:
+def negative_view_patches(view, seed: int, params: SelectionParams = SelectionParams(),
+                          patch_px: int = PATCH_PX) -> Patches:
     """All training patches of one view without calcifications (a
     :class:`training.segmentation.negatives.NegativeView`): every whole-breast HDoG candidate whose
     peak lies outside the view's excluded (lesion) region (kind 3), and ``NEGATIVE_VIEW_RANDOM``
@@ -196,4 +207,4 @@ def negative_view_patches(view, seed: int, params: SelectionParams = SelectionPa
     rows, cols = np.nonzero(free)
     picks = rng.choice(len(rows), size=min(len(rows), NEGATIVE_VIEW_RANDOM), replace=False)
     centres += [(rows[k], cols[k], 2) for k in picks]
-    return patches_at(view.pixels, None, spacing, centres, params)
+    return patches_at(view.pixels, None, spacing, centres, params, patch_px=patch_px)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.segmentation.cnn import ProximityNet, SegmentationModel, SelectionParams
+from analysis.segmentation.cnn import DILATIONS, NET_SPACING_MM, ProximityNet, SegmentationModel, SelectionParams
 from analysis.segmentation.models import NOT_FOR_CLINICAL_USE, NOT_FOR_CLINICAL_USE_REAL_NEGATIVES
 
 from ..datasets import DatasetImage, scan_dataset
@@ -54,8 +54,9 @@ from ..model_files import save_segmentation_model
 from .evaluate import (SUPPORT_THRESHOLDS, collect_matches, froc, negative_objects, negatives_curve,
                        sensitivity_at)
 from .negatives import DEFAULT_NEGATIVE_SPACING_MM, NegativeView, load_negative, negative_paths
-from .patches import IGNORE, KINDS, SEEN_FP_PER_CM2, SEEN_PROBABILITY, Patches, image_patches, negative_view_patches
-from .widen import widen
+from .patches import (IGNORE, KINDS, PATCH_PX, SEEN_FP_PER_CM2, SEEN_PROBABILITY, Patches, image_patches,
+                      negative_view_patches)
+from .widen import deepen, widen
 
 
 CALIBRATION_FP_PER_CM2 = 1.0
@@ -158,6 +159,10 @@ class TrainSettings:
     workers: int = 2
     patches_per_epoch: int | None = None  # the data sets' patches per epoch: None = all
     seen_only: bool = False     # teach only the particles the ideal observer finds (patches.py)
+    # the network's layers (None: the init's, or DILATIONS); with ``init``, layers inserted before its
+    # last one (widen.deepen). A larger receptive field needs larger patches (``patch_px``) to see it.
+    dilations: tuple[int, ...] | None = None
+    patch_px: int = PATCH_PX    # side of the training patches at 0.07 mm (patches.py)
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,13 @@ class NegativeSampling:
     per_epoch: int = 4000          # patches of negative views per epoch (all of them when fewer)
     hardest_fraction: float = 0.5  # of those, the ones the current network scores highest ...
     pool: int = 12000              # ... among this many drawn at random (scoring all costs too much)
+
+
+def crop_margin_mm(net: ProximityNet) -> float:
+    """Context around a candidate's box that gives its pixels their whole receptive field, in mm:
+    the field's radius plus 4 px (1.12 + 0.28 = 1.4 mm for the default layers, the value models
+    have always carried)."""
+    return round((net.receptive_field_px // 2 + 4) * NET_SPACING_MM, 2)
 
 
 def split_by_patient(items: list[DatasetImage], fraction: float, seed: int):
@@ -181,29 +193,29 @@ def split_by_patient(items: list[DatasetImage], fraction: float, seed: int):
 def _patches_job(args) -> tuple[Patches, tuple[int, int] | None]:
     """One image's patches, and with a synth configuration (seen-only targets) how many of its
     particles inside ROIs the ideal observer finds and how many it was asked about."""
-    item, seed, params, config = args
+    item, seed, params, config, patch_px = args
     found = None
     if config is not None and item.roi_paths:
         from .ceiling import item_observers, particles_found
         found = particles_found(item_observers(item, config), SEEN_FP_PER_CM2)
     counts = (sum(p >= SEEN_PROBABILITY for p in found.values()), len(found)) if found is not None else None
-    return image_patches(item, seed, params, found), counts
+    return image_patches(item, seed, params, found, patch_px), counts
 
 
 def _negative_job(args) -> Patches:
-    path, spacing_mm, seed, params = args
-    return negative_view_patches(load_negative(path, spacing_mm), seed, params)
+    path, spacing_mm, seed, params, patch_px = args
+    return negative_view_patches(load_negative(path, spacing_mm), seed, params, patch_px)
 
 
 def collect_negative_patches(paths: list[Path], spacing_mm: float, seed: int, workers: int,
-                             params: SelectionParams = SelectionParams()) -> Patches:
-    jobs = [(path, spacing_mm, seed * 100019 + k, params) for k, path in enumerate(paths)]
+                             params: SelectionParams = SelectionParams(), patch_px: int = PATCH_PX) -> Patches:
+    jobs = [(path, spacing_mm, seed * 100019 + k, params, patch_px) for k, path in enumerate(paths)]
     parts: list[Patches] = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for path, part in zip(paths, pool.map(_negative_job, jobs)):
             parts.append(part)
             print(f"negatives: {path.name}: {len(part.x)} patches", file=sys.stderr, flush=True)
-    return Patches.concat(parts)
+    return Patches.concat(parts, patch_px)
 
 
 def _patch_scores(net: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
@@ -212,7 +224,7 @@ def _patch_scores(net: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray
     out = np.empty(len(x), np.float32)
     with torch.inference_mode():
         for start in range(0, len(x), batch):
-            logits = net(torch.from_numpy(x[start:start + batch])[:, None])
+            logits = net(torch.from_numpy(x[start:start + batch])[:, None].float())
             out[start:start + batch] = torch.sigmoid(logits).amax(dim=(1, 2, 3)).numpy()
     return out
 
@@ -236,11 +248,11 @@ def draw_negatives(net: nn.Module, x: np.ndarray, sampling: NegativeSampling,
 
 def collect_patches(items: list[DatasetImage], seed: int, workers: int, label: str,
                     params: SelectionParams = SelectionParams(), configs: dict | None = None,
-                    seen: list | None = None) -> Patches:
+                    seen: list | None = None, patch_px: int = PATCH_PX) -> Patches:
     """The patches of ``items``. ``configs`` (seen-only targets): per item index, the synth
     configuration of its folder (None: every particle taught); ``seen`` collects per image the
     (particles found, particles asked) of the ideal observer."""
-    jobs = [(item, seed * 100003 + k, params, (configs or {}).get(k)) for k, item in enumerate(items)]
+    jobs = [(item, seed * 100003 + k, params, (configs or {}).get(k), patch_px) for k, item in enumerate(items)]
     parts: list[Patches] = []
     started = time.monotonic()
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -252,7 +264,7 @@ def collect_patches(items: list[DatasetImage], seed: int, workers: int, label: s
                   f"({sum(len(p.x) for p in parts)} patches, {time.monotonic() - started:.0f} s)",
                   end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    return Patches.concat(parts)
+    return Patches.concat(parts, patch_px)
 
 
 def synth_configs(items: list[DatasetImage], roots: dict[str, str]) -> dict[int, object]:
@@ -301,8 +313,8 @@ def _evaluate(net: nn.Module, data: Patches, batch: int) -> float:
     total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(data.x), batch):
-            x = torch.from_numpy(data.x[start:start + batch])[:, None]
-            y = torch.from_numpy(data.y[start:start + batch])[:, None]
+            x = torch.from_numpy(data.x[start:start + batch])[:, None].float()
+            y = torch.from_numpy(data.y[start:start + batch])[:, None].float()
             total += float(dice_bce_loss(net(x), y)) * len(x)
             count += len(x)
     return total / max(count, 1)
@@ -324,6 +336,7 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
     base = SegmentationModel.load(init) if init is not None else None
     # the init's identity now: training changes base.net in place when it is not widened
     base_sha256 = base.sha256 if base is not None else None
+    base_dilations = base.net.dilations if base is not None else None
     if base is not None:  # refused before the patches are made (minutes on a large set)
         if base.params.input_normalisation != params.input_normalisation:
             raise ValueError(f"{init}: input scaling {base.params.input_normalisation!r}, "
@@ -331,6 +344,8 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
         if settings.width < base.net.width:
             raise ValueError(f"{init}: a width-{base.net.width} network cannot be fine-tuned at "
                              f"width {settings.width}")
+        if settings.dilations is not None and tuple(settings.dilations) != base.net.dilations:
+            deepen(base.net, settings.dilations)  # refuses layers it cannot insert, before the patches
     scanned = [(i, str(d)) for d in data_dirs for i in scan_dataset(d, require_truth=True)]
     items = [i for i, _ in scanned]
     roots = {str(i.image_path): d for i, d in scanned}  # image -> its data folder (seen-only targets)
@@ -342,24 +357,32 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
           f"split by patient)", file=sys.stderr)
     seen: list[tuple[int, int]] = []
     train = collect_patches(train_items, settings.seed, settings.workers, "training", params,
-                            synth_configs(train_items, roots) if settings.seen_only else None, seen)
+                            synth_configs(train_items, roots) if settings.seen_only else None, seen,
+                            settings.patch_px)
     val = collect_patches(val_items, settings.seed + 1, settings.workers, "validation", params,
-                          synth_configs(val_items, roots) if settings.seen_only else None, seen)
+                          synth_configs(val_items, roots) if settings.seen_only else None, seen,
+                          settings.patch_px)
     if len(train.x) == 0 or len(val.x) == 0:
         raise ValueError("no training or validation patches could be made: are there calcifications "
                          "in the truth files?")
     negative_files = negative_paths(list(negatives))
     neg = collect_negative_patches(negative_files, negative_spacing_mm, settings.seed + 2,
-                                   settings.workers, params)
+                                   settings.workers, params, settings.patch_px)
     negative_views = [{"name": view.name, "sha256": view.sha256, "spacing_mm": list(view.spacing_mm),
                        "spacing_source": view.spacing_source,
                        "excluded_lesion": view.excluded is not None}
                       for view in (load_negative(p, negative_spacing_mm) for p in negative_files)]
 
-    net = ProximityNet(width=settings.width)
+    net = ProximityNet(width=settings.width, dilations=settings.dilations or DILATIONS)
     if base is not None:
-        # a larger width: more room, starting from the model's own function
-        net = widen(base.net, settings.width, seed=settings.seed) if settings.width > base.net.width else base.net
+        # more layers or a larger width: more room, starting from the model's own function
+        net = base.net
+        if settings.dilations is not None and tuple(settings.dilations) != net.dilations:
+            net = deepen(net, settings.dilations, seed=settings.seed)
+        if settings.width > net.width:
+            net = widen(net, settings.width, seed=settings.seed)
+    if net.dilations != DILATIONS:  # a crop must give every output pixel its whole receptive field
+        params = replace(params, crop_margin_mm=crop_margin_mm(net))
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
     # Halving the rate on a plateau lets the net settle on the faint (amorphous) particles that
     # a constant rate keeps jumping over: the validation loss was still falling at epoch 25.
@@ -380,8 +403,8 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
             index = np.sort(order[start:start + settings.batch_size])
             own = np.sort(own_patches[index[index < len(own_patches)]])
             other = np.sort(drawn[index[index >= len(own_patches)] - len(own_patches)])
-            x = torch.from_numpy(np.concatenate([train.x[own], neg.x[other]]))[:, None]
-            y = torch.from_numpy(np.concatenate([train.y[own], neg.y[other]]))[:, None]
+            x = torch.from_numpy(np.concatenate([train.x[own], neg.x[other]]))[:, None].float()
+            y = torch.from_numpy(np.concatenate([train.y[own], neg.y[other]]))[:, None].float()
             x, y = _augment(x, y, rng)
             optimiser.zero_grad()
             loss = dice_bce_loss(net(x), y)
@@ -425,7 +448,9 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
                        "particles_taught": int(sum(f for f, _ in seen))} if settings.seen_only else None),
         "negative_sampling": asdict(sampling) if negative_views else None,
         "init": ({"model": str(init), "sha256": base_sha256, "width": base.net.width,
-                  "widened_to": net.width if net.width != base.net.width else None}
+                  "widened_to": net.width if net.width != base.net.width else None,
+                  **({"deepened_from": list(base_dilations), "deepened_to": list(net.dilations)}
+                     if net.dilations != base_dilations else {})}
                  if init is not None else None),
         "settings": asdict(settings),
         "best_epoch": best_epoch,

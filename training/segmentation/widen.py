@@ -1,4 +1,4 @@
-"""Widening a trained selection network without changing what it computes (Net2WiderNet).
+"""Widening or deepening a trained selection network without changing what it computes (Net2Net).
 
 Chen, Goodfellow & Shlens, "Net2Net: accelerating learning via knowledge transfer" (ICLR 2016):
 each added channel of a layer copies an existing one (its filter and bias), and the next layer's
@@ -36,7 +36,7 @@ def widen(net: ProximityNet, width: int, seed: int = 0, noise: float = 0.01) -> 
         raise ValueError(f"cannot widen a width-{net.width} network to {width}")
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    wide = ProximityNet(width=width)
+    wide = ProximityNet(width=width, dilations=net.dilations)
     old, new = _convolutions(net), _convolutions(wide)
     source = np.zeros(1, int)  # which old input channel each new input channel copies (1: the image)
     with torch.no_grad():
@@ -53,3 +53,38 @@ def widen(net: ProximityNet, width: int, seed: int = 0, noise: float = 0.01) -> 
             n.bias.copy_(o.bias[mapping])
             source = mapping
     return wide.eval()
+
+
+def deepen(net: ProximityNet, dilations: tuple[int, ...], seed: int = 0, noise: float = 1e-3) -> ProximityNet:
+    """A :class:`ProximityNet` with the layers ``dilations`` computing ``net``'s function (Net2DeeperNet).
+
+    ``dilations`` is ``net.dilations`` with layers inserted before its last one, e.g.
+    (1, 2, 4, 8, 1) -> (1, 2, 4, 8, 16, 1); they have twice the width in and out. An inserted layer
+    starts as the identity: its centre tap passes each channel through, and since its input has
+    been through a ReLU (>= 0), its own ReLU changes nothing. ``noise`` (standard deviation of
+    what is added to its weights) breaks the symmetry so that training can use it. Why: a wider
+    view (docs/segmentation.md, "A larger receptive field") that starts at the trained network's
+    quality instead of from scratch.
+    """
+    dilations = tuple(int(d) for d in dilations)
+    old = tuple(net.dilations)
+    if len(dilations) <= len(old) or dilations[:len(old) - 1] != old[:-1] or dilations[-1] != old[-1]:
+        raise ValueError(f"cannot deepen layers {old} to {dilations}: new layers go before the last one")
+    if len(old) < 4:  # the layer before the last must have twice the width (the middle layers' channels)
+        raise ValueError(f"cannot deepen a {len(old)}-layer network")
+    deep = ProximityNet(width=net.width, dilations=dilations)
+    old_convs, new_convs = _convolutions(net), _convolutions(deep)
+    inserted = len(dilations) - len(old)
+    source = list(range(len(old) - 1)) + [None] * inserted + [len(old) - 1, len(old)]  # + the 1x1 head
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, k in zip(new_convs, source):
+            if k is not None:
+                n.weight.copy_(old_convs[k].weight)
+                n.bias.copy_(old_convs[k].bias)
+                continue
+            weight = torch.zeros_like(n.weight)
+            weight[torch.arange(n.out_channels), torch.arange(n.in_channels), 1, 1] = 1.0
+            n.weight.copy_(weight + noise * torch.randn(weight.shape, generator=generator))
+            n.bias.zero_()
+    return deep.eval()
