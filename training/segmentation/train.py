@@ -344,8 +344,17 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
         if settings.width < base.net.width:
             raise ValueError(f"{init}: a width-{base.net.width} network cannot be fine-tuned at "
                              f"width {settings.width}")
-        if settings.dilations is not None and tuple(settings.dilations) != base.net.dilations:
-            deepen(base.net, settings.dilations)  # refuses layers it cannot insert, before the patches
+    # built before the patches (minutes on a large set), so layers it cannot have are refused first
+    net = ProximityNet(width=settings.width, dilations=settings.dilations or DILATIONS)
+    if base is not None:
+        # more layers or a larger width: more room, starting from the model's own function
+        net = base.net
+        if settings.dilations is not None and tuple(settings.dilations) != net.dilations:
+            net = deepen(net, settings.dilations, seed=settings.seed)
+        if settings.width > net.width:
+            net = widen(net, settings.width, seed=settings.seed)
+    # a crop must give every output pixel its whole receptive field (1.4 mm for the default layers)
+    params = replace(params, crop_margin_mm=crop_margin_mm(net))
     scanned = [(i, str(d)) for d in data_dirs for i in scan_dataset(d, require_truth=True)]
     items = [i for i, _ in scanned]
     roots = {str(i.image_path): d for i, d in scanned}  # image -> its data folder (seen-only targets)
@@ -373,16 +382,6 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
                        "excluded_lesion": view.excluded is not None}
                       for view in (load_negative(p, negative_spacing_mm) for p in negative_files)]
 
-    net = ProximityNet(width=settings.width, dilations=settings.dilations or DILATIONS)
-    if base is not None:
-        # more layers or a larger width: more room, starting from the model's own function
-        net = base.net
-        if settings.dilations is not None and tuple(settings.dilations) != net.dilations:
-            net = deepen(net, settings.dilations, seed=settings.seed)
-        if settings.width > net.width:
-            net = widen(net, settings.width, seed=settings.seed)
-    if net.dilations != DILATIONS:  # a crop must give every output pixel its whole receptive field
-        params = replace(params, crop_margin_mm=crop_margin_mm(net))
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
     # Halving the rate on a plateau lets the net settle on the faint (amorphous) particles that
     # a constant rate keeps jumping over: the validation loss was still falling at epoch 25.
