@@ -78,26 +78,33 @@ seg-train-data: $(STAMP)
 	$(BIN)/calcnode synth --out data/seg-train-proc --cases 150 --seed 109 --types $(SYNTH_TYPES) --tissue processed \
 	    --lateralities L --quiet
 
-# Fine-tuned from the previous shipped model (SEG_BASE: model F, kept in weights/; its own recipe
-# and ancestry in docs/segmentation.md "Training") on ~2,170 images: the earlier data plus 300
-# insertions into the three real training views and 150 cases of the processed (NPS-matched)
-# tissue, with calcifications scaled to each image's grain (docs/simulator.md, "Calcification
-# contrast against the image's grain"). Up to 30 epochs of 20,000 of the data sets' patches and
-# 4,000 of the real views' (half the hardest), proximity target 0.35 mm. The threshold is then
-# calibrated on the validation set (seg-val-data, never trained on): the most sensitive with <= 1
-# false positive per cm² of ROI there AND <= 0.5 objects per cm² of breast on the three real
-# training views (the held-out L-MLO is not used). ~35 min on 2 idle cores, after the data.
-SEG_BASE := analysis/segmentation/weights/demo-seg-cnn-2026-12-06-f.pt
+# Model H: the previous shipped model (SEG_BASE: model G, kept in weights/; its recipe and ancestry
+# in docs/segmentation.md "Training") deepened by one dilated layer (dilations 1,2,4,8,16,1: receptive
+# field 2.3 -> 4.5 mm; the new layer starts as the identity, so training starts from G's output) and
+# fine-tuned on 64 px patches of ~2,170 images: simulated smooth tissue, insertions into the films,
+# into MG1 and into the three real training views, and the processed (NPS-matched) tissue, with
+# calcifications scaled to each image's grain (docs/simulator.md). Up to 30 epochs (early stop after 6
+# without improvement) of 20,000 of the data sets' patches and 4,000 of the real views' (half the
+# hardest), proximity target 0.35 mm. The threshold is then calibrated on the validation set
+# (seg-val-data, never trained on): the most sensitive with <= 1 false positive per cm² of ROI there
+# AND <= 0.4 objects per cm² of breast on the three real training views (the held-out L-MLO is not
+# used). Issue 20's limit is 0.5 per cm² on real views; single views of one exam differ by up to 1.5x
+# at one threshold (H: 0.32-0.48; 20-40 objects each, so +-20 % is counting noise alone), so their
+# mean is held below it with a margin for the views no one here has. ~40 min on 2 idle cores, after
+# the data. docs/segmentation.md "The shipped model since the thirteenth session".
+SEG_BASE := analysis/segmentation/weights/demo-seg-cnn-2026-12-07-g.pt
 SEG_MODEL := analysis/segmentation/weights/demo-seg-cnn.pt
 demo-seg-model: seg-train-data seg-val-data
 	$(BIN)/calcnode train-seg --data data/seg-train --data data/seg-train-bg --data data/seg-train-2 \
 	    --data data/seg-train-real --data data/seg-train-real-2 --data data/seg-train-real-3 --data data/seg-train-3 \
 	    --data data/seg-train-4 --data data/seg-train-proc \
 	    --negatives $(REAL_TRAIN) --negative-spacing 0.07 --seed 0 \
-	    --init $(SEG_BASE) --proximity-radius 0.35 --learning-rate 5e-4 --max-epochs 30 \
+	    --init $(SEG_BASE) --dilations 1,2,4,8,16,1 --patch-px 64 \
+	    --proximity-radius 0.35 --learning-rate 5e-4 --max-epochs 30 \
 	    --patches-per-epoch 20000 --negatives-per-epoch 4000 --out data/seg-model-uncalibrated.pt
 	$(BIN)/calcnode calibrate-seg --model data/seg-model-uncalibrated.pt --data data/seg-val --data data/seg-val-bg \
-	    --data data/seg-val-proc --negatives $(REAL_TRAIN) --negative-spacing 0.07 --out $(SEG_MODEL)
+	    --data data/seg-val-proc --negatives $(REAL_TRAIN) --negative-spacing 0.07 --max-negative-fp-per-cm2 0.4 \
+	    --out $(SEG_MODEL)
 
 # A segmentation test set: $(1) simulated cases (seed $(2)) in data/$(3), $(4) insertions into
 # the interop set's three real mammograms (seed $(5)) in data/$(3)-bg, and $(6) cases of the
@@ -165,15 +172,15 @@ demo-classifier: $(STAMP)
 	rm -rf data/cls-train
 	$(BIN)/calcnode synth --out data/cls-train --cases 170 --seed 201 --lateralities L --tissue smooth --quiet
 	$(BIN)/calcnode train --data data/cls-train --seed 0 \
-	    --name calcnode-demo --version 1.4.0 \
-	    --out analysis/models/calcnode-demo-1.4.0 --report analysis/models/calcnode-demo-1.4.0-report
+	    --name calcnode-demo --version 1.5.0 \
+	    --out analysis/models/calcnode-demo-1.5.0 --report analysis/models/calcnode-demo-1.5.0-report
 
 # Its held-out evaluation (docs/classifier.md): 40 simulated patients of another seed (100 ROIs),
 # at the bundle's threshold, with intervals and the Bayes-optimal AUC. About 5 minutes.
 evaluate-demo-classifier: $(STAMP)
 	rm -rf data/cls-test
 	$(BIN)/calcnode synth --out data/cls-test --cases 40 --seed 202 --lateralities L --tissue smooth --quiet
-	$(BIN)/calcnode evaluate --model analysis/models/calcnode-demo-1.4.0 --data data/cls-test --seed 0 \
+	$(BIN)/calcnode evaluate --model analysis/models/calcnode-demo-1.5.0 --data data/cls-test --seed 0 \
 	    --quiet --out data/cls-evaluation
 
 # Its learning curve (docs/classifier.md#learning-curve; NOT FOR CLINICAL USE): nested-CV AUC on
@@ -190,8 +197,8 @@ classifier-learning-curve: $(STAMP)
 	test -f data/cls-curve-2/labels.csv || $(BIN)/calcnode synth --out data/cls-curve-2 --cases 250 --seed 212 \
 	    --lateralities L --tissue smooth --quiet
 	$(BIN)/calcnode learning-curve --data data/cls-train --data data/cls-curve --data data/cls-curve-2 --sizes $(CURVE_SIZES) --seed 0 \
-	    --seg-model analysis/models/calcnode-demo-1.4.0/segmentation-cnn.pt --workers 2 \
-	    --out analysis/models/calcnode-demo-1.4.0-report/learning-curve
+	    --seg-model analysis/models/calcnode-demo-1.5.0/segmentation-cnn.pt --workers 2 \
+	    --out analysis/models/calcnode-demo-1.5.0-report/learning-curve
 
 # The shipped demonstration cluster model (views without ROI; NOT FOR CLINICAL USE): simulated
 # 2000 x 1600 views at 0.07 mm (1-3 clusters per affected breast, a quarter of the cases without any):
@@ -199,7 +206,9 @@ classifier-learning-curve: $(STAMP)
 # insertions into the right-breast real views (seed 311, their benign lesion ignored); and those two
 # real views as negatives. The left-breast real views are held out for evaluate-demo-clusters. Members
 # are the calcifications with CNN support >= 0.9, below the operating point; the scorer is LightGBM
-# (the default learner; docs/clusters.md "The scorer"). About 40 minutes on 2 cores. See docs/clusters.md.
+# (the default learner; docs/clusters.md "The scorer"); its threshold is set out of fold at 0.15
+# false marks per training image (0.1 before CNN H; docs/clusters.md, model 5). About 40 minutes on
+# 2 idle cores (~60 shared). See docs/clusters.md.
 REAL_TISSUE := ../shared/interop/real-tissue
 CLUSTER_SYNTH := --size 2000x1600 --max-clusters 3 --negative-fraction 0.25 --types $(SYNTH_TYPES) --quiet
 CLUSTER_MODEL := analysis/models/calcnode-clusters-demo-1/cluster-model.json
@@ -217,7 +226,7 @@ demo-cluster-model: $(STAMP)
 	    --background $(CLUSTER_REAL_TRAIN) --background-spacing 0.07
 	$(BIN)/calcnode train-clusters --data data/cluster-train --data data/cluster-train-2 --data data/cluster-train-3 \
 	    --data data/cluster-train-4 --data data/cluster-train-proc --data data/cluster-train-realbg \
-	    --seed 0 --quiet --version 4 --member-threshold 0.9 --negatives $(CLUSTER_REAL_TRAIN) \
+	    --seed 0 --quiet --version 5 --member-threshold 0.9 --target-fp 0.15 --negatives $(CLUSTER_REAL_TRAIN) \
 	    --save-candidates data/cluster-train-candidates.json --out $(CLUSTER_MODEL)
 
 # Its held-out evaluation: another seed (160 views), and the two left-breast real views. About 6 minutes.

@@ -72,7 +72,7 @@ SEGMENTATION_FILE = "segmentation-cnn.pt"
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 #: The shipped demonstration bundle (trained on the simulator: NOT FOR CLINICAL USE).
-DEFAULT_BUNDLE = MODELS_DIR / "calcnode-demo-1.4.0"
+DEFAULT_BUNDLE = MODELS_DIR / "calcnode-demo-1.5.0"
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE: research software; the model is not validated for clinical use."
 
 #: Features a local set is extracted with, by set name (what this version of the code computes).

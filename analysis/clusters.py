@@ -430,8 +430,8 @@ EVIDENCE_CAP = 6.0
 def support_evidence(support: np.ndarray) -> np.ndarray:
     """``-log10(1 - support)``, capped at :data:`EVIDENCE_CAP`: the selection CNN's support on the
     scale where its operating points differ. Kept objects' supports are all within a few hundredths
-    of 1 (the operating point is 0.9938, cluster members are searched at up to 0.99), where a linear
-    feature cannot tell 0.97 (evidence 1.5) from 0.999 (3)."""
+    of 1 (the shipped operating point is 0.9935, cluster members are searched at up to 0.99), where
+    a linear feature cannot tell 0.97 (evidence 1.5) from 0.999 (3)."""
     s = np.clip(np.asarray(support, float), 0.0, 1.0)
     return np.minimum(-np.log10(np.maximum(1.0 - s, 10.0 ** -EVIDENCE_CAP)), EVIDENCE_CAP)
 

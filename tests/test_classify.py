@@ -237,8 +237,8 @@ def test_the_shipped_bundle_loads_and_its_segmentation_identity_matches():
     assert bundle.hdog_params == HDoGParams()
     assert bundle.segmentation_info["settings"] == segmentation_settings()
     identity = segmentation_identity(bundle.segmentation_model(), bundle.hdog_params)
-    assert identity == bundle.segmentation_sha256 == "6d6e7458b9248301c16282cb3f2a74397305775fa51dd2d328bc66fe4f966c72"
-    assert bundle.sha256 == "2368c9749f1a5a192d3d166a698e746c5d57168304ac98cc058fe2eedf19be46"
+    assert identity == bundle.segmentation_sha256 == "9eed82e485360d8ea116188d085fd75f42f7758815b51fa812981a4d674da79a"
+    assert bundle.sha256 == "0cd04fbb5a3f81ff231611d74686e0dfb94468a435a3a17651ea899f10745569"
     # one operating point: the bundle segments at its CNN's own calibrated threshold, as the SEG,
     # `calcnode segment` and the cluster detector do
     from analysis.segmentation.cnn import SegmentationModel
