@@ -345,8 +345,9 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
             raise ValueError(f"{init}: a width-{base.net.width} network cannot be fine-tuned at "
                              f"width {settings.width}")
     # built before the patches (minutes on a large set), so layers it cannot have are refused first
-    net = ProximityNet(width=settings.width, dilations=settings.dilations or DILATIONS)
-    if base is not None:
+    if base is None:
+        net = ProximityNet(width=settings.width, dilations=settings.dilations or DILATIONS)
+    else:
         # more layers or a larger width: more room, starting from the model's own function
         net = base.net
         if settings.dilations is not None and tuple(settings.dilations) != net.dilations:
