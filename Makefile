@@ -211,7 +211,6 @@ classifier-learning-curve: $(STAMP)
 # learner; docs/clusters.md "The scorer"); its threshold is set out of fold at 0.15 false marks per
 # training image (0.1 before CNN H; docs/clusters.md, model 5). About 35 minutes on 2 idle cores
 # (~60 shared). See docs/clusters.md.
-REAL_TISSUE := ../shared/interop/real-tissue
 CLUSTER_SYNTH := --size 2000x1600 --max-clusters 3 --negative-fraction 0.25 --types $(SYNTH_TYPES) --quiet
 CLUSTER_MODEL := analysis/models/calcnode-clusters-demo-1/cluster-model.json
 CLUSTER_REAL_TRAIN := $(REAL_TISSUE)/nyu_gmic_0_R-CC.png $(REAL_TISSUE)/nyu_gmic_0_R-MLO.png
