@@ -54,6 +54,11 @@ def register(subparsers) -> None:
                        help=f"side of the training patches at 0.07 mm (default {DEFAULT_PATCH_PX}, for the "
                             "default receptive field; e.g. 64 for 1,2,4,8,16,1; larger ones are stored at "
                             "half precision)")
+    train.add_argument("--patch-context-px", type=int, default=0, metavar="N",
+                       help="image around each training patch that the network sees and the loss does not "
+                            "(px at 0.07 mm; default 0). The receptive field's radius (e.g. 32 for "
+                            "1,2,4,8,16,1) gives every pixel in the loss its whole field on the image, as "
+                            "at inference; inputs are --patch-px + 2N square")
     train.add_argument("--outline-level", type=_outline_level, default=DEFAULT_OUTLINE_LEVEL,
                        metavar="P|none",
                        help="cut candidates to their pixels with prediction >= P before the 30 %% rule "
@@ -159,7 +164,8 @@ def run_train(args) -> int:
                              workers=args.workers, width=args.width or init_width,
                              learning_rate=args.learning_rate,
                              patches_per_epoch=args.patches_per_epoch, seen_only=args.seen_only,
-                             dilations=args.dilations, patch_px=args.patch_px)
+                             dilations=args.dilations, patch_px=args.patch_px,
+                             patch_context_px=args.patch_context_px)
     try:
         train_segmentation(args.data, args.out, settings, SelectionParams(outline_level=args.outline_level,
                                                                       proximity_radius_mm=radius),

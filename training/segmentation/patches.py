@@ -52,16 +52,26 @@ IGNORE = -1.0                 # target value of pixels left out of the loss (tra
 
 @dataclass
 class Patches:
-    x: np.ndarray        # float32 (n, P, P) (float16 when P > PATCH_PX), normalised
-    y: np.ndarray        # the same shape and type, proximity target; IGNORE: not in the loss
+    """Training patches. ``x`` is (n, P + 2C, P + 2C), normalised; ``y`` (n, P, P) the proximity
+    target of x's central P x P (``IGNORE``: not in the loss). C is the context (``patches_at``'s
+    ``context_px``, 0 unless asked for): the network's output is cut to the centre before the loss.
+    Stored as float32, or float16 when the input is larger than ``PATCH_PX``."""
+
+    x: np.ndarray
+    y: np.ndarray
     kind: np.ndarray     # int8: KINDS[k]: 0 calcification, 1 hard negative, 2 random, 3 negative view
 
+    @property
+    def context_px(self) -> int:
+        return (self.x.shape[-1] - self.y.shape[-1]) // 2
+
     @staticmethod
-    def concat(parts: list["Patches"], patch_px: int = PATCH_PX) -> "Patches":
+    def concat(parts: list["Patches"], patch_px: int = PATCH_PX, context_px: int = 0) -> "Patches":
         parts = [p for p in parts if len(p.x)]
         if not parts:
-            empty = np.zeros((0, patch_px, patch_px), storage_dtype(patch_px))
-            return Patches(empty, empty.copy(), np.zeros(0, np.int8))
+            outer = patch_px + 2 * context_px
+            return Patches(np.zeros((0, outer, outer), storage_dtype(outer)),
+                           np.zeros((0, patch_px, patch_px), storage_dtype(outer)), np.zeros(0, np.int8))
         return Patches(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]),
                        np.concatenate([p.kind for p in parts]))
 
@@ -93,7 +103,8 @@ def _random_boxes(breast: np.ndarray, spacing: float, rng: np.random.Generator) 
 
 
 def image_patches(item: DatasetImage, seed: int, params: SelectionParams = SelectionParams(),
-                  found: dict[int, float] | None = None, patch_px: int = PATCH_PX) -> Patches:
+                  found: dict[int, float] | None = None, patch_px: int = PATCH_PX,
+                  context_px: int = 0) -> Patches:
     """All training patches of one image (deterministic for ``seed``). ``found``: per truth label,
     the ideal observer's probability of finding the particle; those below ``SEEN_PROBABILITY`` are
     not taught (module docstring). Labels it lacks (particles outside every ROI) are taught."""
@@ -114,7 +125,7 @@ def image_patches(item: DatasetImage, seed: int, params: SelectionParams = Selec
     breast = breast_mask(image.pixels, image.pixel_spacing_mm)
     sample_region = region | _random_boxes(breast, spacing, rng)
     if not sample_region.any():
-        return Patches.concat([], patch_px)
+        return Patches.concat([], patch_px, context_px)
     candidates = hdog_candidates(image.pixels, image.pixel_spacing_mm, sample_region)
 
     truth_labels, n_truth = ndimage.label(truth, structure=np.ones((3, 3), bool))
@@ -135,27 +146,33 @@ def image_patches(item: DatasetImage, seed: int, params: SelectionParams = Selec
     picks = rng.choice(len(rows), size=min(len(rows), 40), replace=False)
     centres += [(rows[k], cols[k], 2) for k in picks]
 
-    return patches_at(image.pixels, truth, spacing, centres, params, unseen, patch_px)
+    return patches_at(image.pixels, truth, spacing, centres, params, unseen, patch_px, context_px)
 
 
 def patches_at(pixels: np.ndarray, truth: np.ndarray | None, spacing: float,
                centres: list[tuple[float, float, int]], params: SelectionParams = SelectionParams(),
-               unseen: np.ndarray | None = None, patch_px: int = PATCH_PX) -> Patches:
+               unseen: np.ndarray | None = None, patch_px: int = PATCH_PX,
+               context_px: int = 0) -> Patches:
     """Input and target patches centred on ``centres`` ((row, col, kind), pixels) of one image:
     ``pixels`` in [0, 1], ``truth`` bool calcification mask (None: no calcification, target 0),
     ``spacing`` in mm; ``unseen`` (bool mask): particles whose proximity neighbourhood is left out
     of the loss (``IGNORE``) where no taught particle's reaches. Patches that would leave the image
-    are skipped. ``patch_px``: their side at the network's spacing."""
+    are skipped. ``patch_px``: the target's side at the network's spacing; ``context_px``: image
+    around it that the input carries and the target does not (inputs are ``patch_px + 2 *
+    context_px`` square), so that every target pixel's receptive field lies on the image, as it
+    does in an inference crop (``Patches``)."""
     if truth is None:
         truth = np.zeros(pixels.shape, bool)
     native = int(round(patch_px * NET_SPACING_MM / spacing))
+    outer = patch_px + 2 * context_px
+    native_outer = int(round(outer * NET_SPACING_MM / spacing))
     margin = int(np.ceil(params.proximity_radius_mm / spacing)) + 1
     # the image around the patch that the input scaling reads (as at inference), at both spacings
     context = local_context_px() if params.input_normalisation == "local" else 0
     native_context = int(round(context * NET_SPACING_MM / spacing))
     xs, ys, kinds = [], [], []
     for r, c, kind in centres:
-        crop = _cut(pixels, (r, c), native + 2 * native_context)
+        crop = _cut(pixels, (r, c), native_outer + 2 * native_context)
         truth_crop = _cut(truth, (r, c), native + 2 * margin)
         if crop is None or truth_crop is None:
             continue
@@ -173,9 +190,9 @@ def patches_at(pixels: np.ndarray, truth: np.ndarray | None, spacing: float,
             if ignore is not None:
                 ignore = ndimage.zoom(ignore, zoom, order=0, grid_mode=True, mode="nearest")
         x = normalise_input(crop, params.input_normalisation)
-        start_r, start_c = (x.shape[0] - patch_px) // 2, (x.shape[1] - patch_px) // 2
-        x = x[start_r:start_r + patch_px, start_c:start_c + patch_px]
-        if x.shape != (patch_px, patch_px) or target.shape != (patch_px, patch_px):
+        start_r, start_c = (x.shape[0] - outer) // 2, (x.shape[1] - outer) // 2
+        x = x[start_r:start_r + outer, start_c:start_c + outer]
+        if x.shape != (outer, outer) or target.shape != (patch_px, patch_px):
             continue
         y = np.clip(target, 0, 1).astype(np.float32)
         if ignore is not None and ignore.shape == y.shape:
@@ -184,14 +201,14 @@ def patches_at(pixels: np.ndarray, truth: np.ndarray | None, spacing: float,
         ys.append(y)
         kinds.append(kind)
     if not xs:
-        return Patches.concat([], patch_px)
-    dtype = storage_dtype(patch_px)
+        return Patches.concat([], patch_px, context_px)
+    dtype = storage_dtype(outer)
     return Patches(np.stack(xs).astype(dtype, copy=False), np.stack(ys).astype(dtype, copy=False),
                    np.array(kinds, np.int8))
 
 
 def negative_view_patches(view, seed: int, params: SelectionParams = SelectionParams(),
-                          patch_px: int = PATCH_PX) -> Patches:
+                          patch_px: int = PATCH_PX, context_px: int = 0) -> Patches:
     """All training patches of one view without calcifications (a
     :class:`training.segmentation.negatives.NegativeView`): every whole-breast HDoG candidate whose
     peak lies outside the view's excluded (lesion) region (kind 3), and ``NEGATIVE_VIEW_RANDOM``
@@ -207,4 +224,4 @@ def negative_view_patches(view, seed: int, params: SelectionParams = SelectionPa
     rows, cols = np.nonzero(free)
     picks = rng.choice(len(rows), size=min(len(rows), NEGATIVE_VIEW_RANDOM), replace=False)
     centres += [(rows[k], cols[k], 2) for k in picks]
-    return patches_at(view.pixels, None, spacing, centres, params, patch_px=patch_px)
+    return patches_at(view.pixels, None, spacing, centres, params, patch_px=patch_px, context_px=context_px)

@@ -162,7 +162,11 @@ class TrainSettings:
     # the network's layers (None: the init's, or DILATIONS); with ``init``, layers inserted before its
     # last one (widen.deepen). A larger receptive field needs larger patches (``patch_px``) to see it.
     dilations: tuple[int, ...] | None = None
-    patch_px: int = PATCH_PX    # side of the training patches at 0.07 mm (patches.py)
+    patch_px: int = PATCH_PX    # side of the training patches' target at 0.07 mm (patches.py)
+    # image around each patch that the network sees and the loss does not (px at 0.07 mm): with the
+    # receptive field's radius every pixel in the loss has its whole field on the image, as in an
+    # inference crop; with 0 the outer pixels' fields reach into the layers' zero padding
+    patch_context_px: int = 0
 
 
 @dataclass(frozen=True)
@@ -193,44 +197,53 @@ def split_by_patient(items: list[DatasetImage], fraction: float, seed: int):
 def _patches_job(args) -> tuple[Patches, tuple[int, int] | None]:
     """One image's patches, and with a synth configuration (seen-only targets) how many of its
     particles inside ROIs the ideal observer finds and how many it was asked about."""
-    item, seed, params, config, patch_px = args
+    item, seed, params, config, patch_px, context_px = args
     found = None
     if config is not None and item.roi_paths:
         from .ceiling import item_observers, particles_found
         found = particles_found(item_observers(item, config), SEEN_FP_PER_CM2)
     counts = (sum(p >= SEEN_PROBABILITY for p in found.values()), len(found)) if found is not None else None
-    return image_patches(item, seed, params, found, patch_px), counts
+    return image_patches(item, seed, params, found, patch_px, context_px), counts
 
 
 def _negative_job(args) -> Patches:
-    path, spacing_mm, seed, params, patch_px = args
-    return negative_view_patches(load_negative(path, spacing_mm), seed, params, patch_px)
+    path, spacing_mm, seed, params, patch_px, context_px = args
+    return negative_view_patches(load_negative(path, spacing_mm), seed, params, patch_px, context_px)
 
 
 def collect_negative_patches(paths: list[Path], spacing_mm: float, seed: int, workers: int,
-                             params: SelectionParams = SelectionParams(), patch_px: int = PATCH_PX) -> Patches:
-    jobs = [(path, spacing_mm, seed * 100019 + k, params, patch_px) for k, path in enumerate(paths)]
+                             params: SelectionParams = SelectionParams(), patch_px: int = PATCH_PX,
+                             context_px: int = 0) -> Patches:
+    jobs = [(path, spacing_mm, seed * 100019 + k, params, patch_px, context_px) for k, path in enumerate(paths)]
     parts: list[Patches] = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for path, part in zip(paths, pool.map(_negative_job, jobs)):
             parts.append(part)
             print(f"negatives: {path.name}: {len(part.x)} patches", file=sys.stderr, flush=True)
-    return Patches.concat(parts, patch_px)
+    return Patches.concat(parts, patch_px, context_px)
 
 
-def _patch_scores(net: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
-    """The network's maximum output (probability) over each patch."""
+def centre(logits: torch.Tensor, context_px: int) -> torch.Tensor:
+    """The network's output without the ``context_px`` border that patches carry as context only
+    (:class:`training.segmentation.patches.Patches`)."""
+    if not context_px:
+        return logits
+    return logits[..., context_px:logits.shape[-2] - context_px, context_px:logits.shape[-1] - context_px]
+
+
+def _patch_scores(net: nn.Module, x: np.ndarray, context_px: int = 0, batch: int = 512) -> np.ndarray:
+    """The network's maximum output (probability) over each patch (its target's part)."""
     net.eval()
     out = np.empty(len(x), np.float32)
     with torch.inference_mode():
         for start in range(0, len(x), batch):
-            logits = net(torch.from_numpy(x[start:start + batch])[:, None].float())
+            logits = centre(net(torch.from_numpy(x[start:start + batch])[:, None].float()), context_px)
             out[start:start + batch] = torch.sigmoid(logits).amax(dim=(1, 2, 3)).numpy()
     return out
 
 
 def draw_negatives(net: nn.Module, x: np.ndarray, sampling: NegativeSampling,
-                   rng: np.random.Generator) -> np.ndarray:
+                   rng: np.random.Generator, context_px: int = 0) -> np.ndarray:
     """Indices into ``x`` (the negative-view patches) for one epoch: of ``sampling.per_epoch``,
     the ``hardest_fraction`` that ``net`` scores highest (maximum output over the patch) among a
     random pool of ``sampling.pool``, the rest uniformly among the others; every patch when there
@@ -240,7 +253,7 @@ def draw_negatives(net: nn.Module, x: np.ndarray, sampling: NegativeSampling,
         return np.arange(n)
     pool = np.sort(rng.choice(n, size=min(n, sampling.pool), replace=False))
     n_hard = int(round(sampling.per_epoch * sampling.hardest_fraction))
-    scores = _patch_scores(net, x[pool])
+    scores = _patch_scores(net, x[pool], context_px)
     hard = pool[np.argsort(-scores, kind="stable")[:n_hard]]
     rest = np.setdiff1d(np.arange(n), hard)
     return np.concatenate([hard, rng.choice(rest, size=sampling.per_epoch - len(hard), replace=False)])
@@ -248,11 +261,12 @@ def draw_negatives(net: nn.Module, x: np.ndarray, sampling: NegativeSampling,
 
 def collect_patches(items: list[DatasetImage], seed: int, workers: int, label: str,
                     params: SelectionParams = SelectionParams(), configs: dict | None = None,
-                    seen: list | None = None, patch_px: int = PATCH_PX) -> Patches:
+                    seen: list | None = None, patch_px: int = PATCH_PX, context_px: int = 0) -> Patches:
     """The patches of ``items``. ``configs`` (seen-only targets): per item index, the synth
     configuration of its folder (None: every particle taught); ``seen`` collects per image the
     (particles found, particles asked) of the ideal observer."""
-    jobs = [(item, seed * 100003 + k, params, (configs or {}).get(k), patch_px) for k, item in enumerate(items)]
+    jobs = [(item, seed * 100003 + k, params, (configs or {}).get(k), patch_px, context_px)
+            for k, item in enumerate(items)]
     parts: list[Patches] = []
     started = time.monotonic()
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -264,7 +278,7 @@ def collect_patches(items: list[DatasetImage], seed: int, workers: int, label: s
                   f"({sum(len(p.x) for p in parts)} patches, {time.monotonic() - started:.0f} s)",
                   end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    return Patches.concat(parts, patch_px)
+    return Patches.concat(parts, patch_px, context_px)
 
 
 def synth_configs(items: list[DatasetImage], roots: dict[str, str]) -> dict[int, object]:
@@ -309,13 +323,14 @@ def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator):
 
 
 def _evaluate(net: nn.Module, data: Patches, batch: int) -> float:
+    context = data.context_px
     net.eval()
     total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(data.x), batch):
             x = torch.from_numpy(data.x[start:start + batch])[:, None].float()
             y = torch.from_numpy(data.y[start:start + batch])[:, None].float()
-            total += float(dice_bce_loss(net(x), y)) * len(x)
+            total += float(dice_bce_loss(centre(net(x), context), y)) * len(x)
             count += len(x)
     return total / max(count, 1)
 
@@ -368,16 +383,16 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
     seen: list[tuple[int, int]] = []
     train = collect_patches(train_items, settings.seed, settings.workers, "training", params,
                             synth_configs(train_items, roots) if settings.seen_only else None, seen,
-                            settings.patch_px)
+                            settings.patch_px, settings.patch_context_px)
     val = collect_patches(val_items, settings.seed + 1, settings.workers, "validation", params,
                           synth_configs(val_items, roots) if settings.seen_only else None, seen,
-                          settings.patch_px)
+                          settings.patch_px, settings.patch_context_px)
     if len(train.x) == 0 or len(val.x) == 0:
         raise ValueError("no training or validation patches could be made: are there calcifications "
                          "in the truth files?")
     negative_files = negative_paths(list(negatives))
     neg = collect_negative_patches(negative_files, negative_spacing_mm, settings.seed + 2,
-                                   settings.workers, params, settings.patch_px)
+                                   settings.workers, params, settings.patch_px, settings.patch_context_px)
     negative_views = [{"name": view.name, "sha256": view.sha256, "spacing_mm": list(view.spacing_mm),
                        "spacing_source": view.spacing_source,
                        "excluded_lesion": view.excluded is not None}
@@ -393,7 +408,8 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
     started = time.monotonic()
     for epoch in range(1, settings.max_epochs + 1):
         # negative views: this epoch's draw (the hardest for the network as it is now, and others)
-        drawn = draw_negatives(net, neg.x, sampling, rng) if len(neg.x) else np.zeros(0, int)
+        drawn = draw_negatives(net, neg.x, sampling, rng, settings.patch_context_px) if len(neg.x) \
+            else np.zeros(0, int)
         # the data sets' patches: all, or a fresh random share each epoch (fine-tuning)
         own_patches = rng.permutation(len(train.x))[:settings.patches_per_epoch or len(train.x)]
         net.train()
@@ -407,7 +423,7 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
             y = torch.from_numpy(np.concatenate([train.y[own], neg.y[other]]))[:, None].float()
             x, y = _augment(x, y, rng)
             optimiser.zero_grad()
-            loss = dice_bce_loss(net(x), y)
+            loss = dice_bce_loss(centre(net(x), settings.patch_context_px), y)
             loss.backward()
             optimiser.step()
             epoch_loss += loss.item() * len(index)
