@@ -34,7 +34,8 @@ def test_train_seg_deepens_a_model(small_set, tmp_path):  # noqa: F811
     run = subprocess.run(common + ["--out", str(base)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     run = subprocess.run(common + ["--out", str(deep), "--init", str(base), "--dilations", "1,2,4,8,16,1",
-                                   "--patch-px", "64", "--patch-context-px", "16"], capture_output=True, text=True)
+                                   "--patch-px", "64", "--patch-context-px", "16", "--no-calibration"],
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     from analysis.segmentation.cnn import SegmentationModel
 
@@ -44,6 +45,9 @@ def test_train_seg_deepens_a_model(small_set, tmp_path):  # noqa: F811
     assert SegmentationModel.load(base).params.crop_margin_mm == pytest.approx(1.4)
     assert model.info["init"]["deepened_to"] == [1, 2, 4, 8, 16, 1]
     assert model.info["settings"]["patch_px"] == 64 and model.info["settings"]["patch_context_px"] == 16
+    # --no-calibration: the threshold is left to calibrate-seg, and the file says so
+    assert model.info["threshold_calibration"]["calibrated"] is False
+    assert SegmentationModel.load(base).info["threshold_calibration"]["calibrated"] is True
     # layers it cannot insert are refused before any patch is made
     run = subprocess.run(common + ["--out", str(tmp_path / "bad.pt"), "--init", str(base),
                                    "--dilations", "1,2,16,4,8,1"], capture_output=True, text=True)

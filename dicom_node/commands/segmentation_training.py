@@ -81,6 +81,9 @@ def register(subparsers) -> None:
                             "at 1 FP/cm²); the others' neighbourhoods are left out of the loss "
                             "(docs/segmentation.md, \"Seen-only targets\"); folders that are not calcnode synth "
                             "sets are taught whole")
+    train.add_argument("--no-calibration", dest="calibrate", action="store_false",
+                       help="skip the threshold calibration on the run's own validation split (minutes on a "
+                            "large set) when calcnode calibrate-seg sets the threshold next")
     _add_negatives(train)
     train.set_defaults(func=run_train)
 
@@ -165,7 +168,7 @@ def run_train(args) -> int:
                              learning_rate=args.learning_rate,
                              patches_per_epoch=args.patches_per_epoch, seen_only=args.seen_only,
                              dilations=args.dilations, patch_px=args.patch_px,
-                             patch_context_px=args.patch_context_px)
+                             patch_context_px=args.patch_context_px, calibrate=args.calibrate)
     try:
         train_segmentation(args.data, args.out, settings, SelectionParams(outline_level=args.outline_level,
                                                                       proximity_radius_mm=radius),

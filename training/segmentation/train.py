@@ -167,6 +167,9 @@ class TrainSettings:
     # receptive field's radius every pixel in the loss has its whole field on the image, as in an
     # inference crop; with 0 the outer pixels' fields reach into the layers' zero padding
     patch_context_px: int = 0
+    # calibrate the threshold on the training run's own validation split (minutes); without, the
+    # model carries SelectionParams' default threshold until ``calcnode calibrate-seg`` sets one
+    calibrate: bool = True
 
 
 @dataclass(frozen=True)
@@ -443,10 +446,14 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
             break
     net.load_state_dict(best_state)
     net.eval()
-    threshold, calibration = calibrate_threshold(SegmentationModel(net=net, params=params), val_items)
-    params = replace(params, prediction_threshold=threshold)
-    print(f"calibrated prediction threshold {threshold:.4g} on the validation ROIs "
-          f"({calibration})", file=sys.stderr)
+    if settings.calibrate:
+        threshold, calibration = calibrate_threshold(SegmentationModel(net=net, params=params), val_items)
+        params = replace(params, prediction_threshold=threshold)
+        print(f"calibrated prediction threshold {threshold:.4g} on the validation ROIs "
+              f"({calibration})", file=sys.stderr)
+    else:
+        calibration = {"calibrated": False, "reason": "train-seg --no-calibration: set the threshold "
+                                                      "with calcnode calibrate-seg"}
     notice = NOT_FOR_CLINICAL_USE_REAL_NEGATIVES if negative_views else NOT_FOR_CLINICAL_USE
     info = {
         "model": "calcnode HDoGReg selection CNN",
