@@ -605,3 +605,31 @@ def test_views_inserted_into_a_real_view_ignore_its_lesion_as_the_view_itself_do
     assert expected is not None and expected.any()
     assert np.array_equal(views["RCC"].ignore, expected)
     assert views["LCC"].ignore is None
+
+
+@pytest.mark.parametrize("target", [0.0, 0.05, 0.1, 0.5, 3.0])
+def test_cluster_threshold_is_the_lowest_with_false_marks_within_the_target(target):
+    """choose_threshold counts false marks from sorted confidences; the definition is the descending
+    scan over the confidences with ``operating`` at each (ties, ignored and hit candidates included)."""
+    from training.clusters.collect import ViewCandidates
+    from training.clusters.evaluate import operating
+    from training.clusters.train import choose_threshold
+
+    rng = np.random.default_rng(3)
+    views, conf = [], []
+    for i in range(40):
+        n = int(rng.integers(0, 6))
+        cands = [{"features": {}, "hits": [0] if rng.random() < 0.3 else [], "ignored": bool(rng.random() < 0.1)}
+                 for _ in range(n)]
+        views.append(ViewCandidates(name=f"synthetic:s/truth/SYNTH{i:04d}/LCC", source="synthetic",
+                                    truth=[{"n": 8}], candidates=cands))
+        conf.append(np.round(rng.uniform(0, 1, n), 2))  # rounded: ties between candidates
+    values = np.unique(np.concatenate([*conf, [1.0]]))
+    expected = 1.0
+    for t in values[::-1]:
+        if sum(operating(views, conf, t)["false_marks"]) / len(views) > target:
+            break
+        expected = float(t)
+    assert choose_threshold(views, conf, target) == expected
+    # a looser target never gives a higher threshold
+    assert choose_threshold(views, conf, target + 0.2) <= expected

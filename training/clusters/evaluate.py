@@ -40,7 +40,8 @@ def _visible(t: dict) -> bool:
     return bool(t.get("visible"))
 
 
-def _is_false(c: dict) -> bool:
+def is_false_mark(c: dict) -> bool:
+    """A candidate that hits no truth cluster and is not in an ignore region: a false mark when kept."""
     return not c["hits"] and not c["ignored"]
 
 
@@ -54,7 +55,7 @@ def operating(views: Sequence[ViewCandidates], conf: Sequence[np.ndarray], t: fl
             if k:
                 hit.update(cand["hits"])
         found += [i in hit for i in range(len(v.truth))]
-        false_marks.append(int(sum(1 for cand, k in zip(v.candidates, keep) if k and _is_false(cand))))
+        false_marks.append(int(sum(1 for cand, k in zip(v.candidates, keep) if k and is_false_mark(cand))))
     return {"found": found, "false_marks": false_marks}
 
 
