@@ -76,16 +76,13 @@ def particle_table(labels: np.ndarray, pixels: np.ndarray, spacing_mm: tuple[flo
     rows, cols = np.nonzero(box)
     label_of = box[rows, cols]
     values = pixels[extent][rows, cols]
-    areas = np.bincount(label_of, minlength=n + 1)[1:]
-    with np.errstate(invalid="ignore", divide="ignore"):  # an absent label: NaN, as scipy
-        row_mean = np.bincount(label_of, weights=rows, minlength=n + 1)[1:] / areas
-        col_mean = np.bincount(label_of, weights=cols, minlength=n + 1)[1:] / areas
+    areas, row_mean, col_mean = _centroids(label_of, rows, cols, n, extent)  # an absent label: NaN, as scipy
     peak = np.full(n + 1, -np.inf)
     np.maximum.at(peak, label_of, values)
     peak = peak[1:]
     peak[areas == 0] = 0.0
     table["label"] = np.arange(1, n + 1)
-    table["row"], table["col"] = row_mean + extent[0].start, col_mean + extent[1].start
+    table["row"], table["col"] = row_mean, col_mean
     table["area_px"] = areas
     table["area_mm2"] = areas * spacing_mm[0] * spacing_mm[1]
     table["max_intensity"] = peak
@@ -166,12 +163,18 @@ def label_centroids(labels: np.ndarray, n: int, extent=False) -> tuple[np.ndarra
         return area, centre[0], centre[1]
     box = labels[extent]
     rows, cols = np.nonzero(box)
-    label = box[rows, cols]
+    return _centroids(box[rows, cols], rows, cols, n, extent)
+
+
+def _centroids(label: np.ndarray, rows: np.ndarray, cols: np.ndarray, n: int, extent: tuple[slice, slice]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Area (px) and centroid (image row, column; NaN when absent) of labels 1..n, from their pixels'
+    ``label`` and box coordinates ``rows``, ``cols`` inside ``extent``."""
     area = np.bincount(label, minlength=n + 1)[1:n + 1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        centre[0] = np.bincount(label, weights=rows, minlength=n + 1)[1:n + 1] / area + extent[0].start
-        centre[1] = np.bincount(label, weights=cols, minlength=n + 1)[1:n + 1] / area + extent[1].start
-    return area, centre[0], centre[1]
+        row = np.bincount(label, weights=rows, minlength=n + 1)[1:n + 1] / area + extent[0].start
+        col = np.bincount(label, weights=cols, minlength=n + 1)[1:n + 1] / area + extent[1].start
+    return area, row, col
 
 
 def centred_in(selection: Selection, region: np.ndarray) -> Selection:
