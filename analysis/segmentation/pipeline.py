@@ -156,11 +156,9 @@ def label_centroids(labels: np.ndarray, n: int, extent=False) -> tuple[np.ndarra
     """Per label 1..n of ``labels``: its area in px and its centroid's row and column (image
     pixels, NaN for a label without pixels), from the labelled pixels only. ``extent``: the
     labels' :func:`nonzero_extent` when the caller has it."""
-    area = np.zeros(n, np.int64)
-    centre = np.full((2, n), np.nan)
     extent = nonzero_extent(labels) if extent is False else extent
     if extent is None or n == 0:
-        return area, centre[0], centre[1]
+        return np.zeros(n, np.int64), np.full(n, np.nan), np.full(n, np.nan)
     box = labels[extent]
     rows, cols = np.nonzero(box)
     return _centroids(box[rows, cols], rows, cols, n, extent)

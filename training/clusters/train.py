@@ -159,12 +159,8 @@ def choose_threshold(views: Sequence[ViewCandidates], conf: list[np.ndarray], ta
                                          for v, c in zip(views, conf)] + [np.zeros(0)]))
     values = np.unique(np.concatenate([*conf, [1.0]]))
     marks = len(false_conf) - np.searchsorted(false_conf, values, side="left")  # false marks at >= t
-    allowed = marks / max(len(views), 1) <= target_fp_per_image
-    if not allowed[-1]:
-        return 1.0
-    # the allowed thresholds are the top ones; the lowest of the run that reaches down from the top
-    blocked = np.flatnonzero(~allowed)
-    return float(values[blocked[-1] + 1] if len(blocked) else values[0])
+    allowed = marks / max(len(views), 1) <= target_fp_per_image  # False ... False True ... True
+    return float(values[np.argmax(allowed)]) if allowed[-1] else 1.0
 
 
 def train_cluster_model(views: Sequence[ViewCandidates], *, seed: int = 0, c_reg: float = 0.3,
