@@ -633,3 +633,33 @@ def test_cluster_threshold_is_the_lowest_with_false_marks_within_the_target(targ
     assert choose_threshold(views, conf, target) == expected
     # a looser target never gives a higher threshold
     assert choose_threshold(views, conf, target + 0.2) <= expected
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_cluster_froc_equals_the_operating_counts_at_every_confidence(seed):
+    """froc counts from sorted confidences; the definition is ``operating`` at each threshold (ties,
+    ignored and hit candidates, candidates hitting two clusters, clusters no candidate hits, a subset)."""
+    from training.clusters.collect import ViewCandidates
+    from training.clusters.evaluate import froc, operating
+
+    rng = np.random.default_rng(seed)
+    views, conf = [], []
+    for i in range(30):
+        n_truth, n = int(rng.integers(0, 3)), int(rng.integers(0, 6))
+        cands = [{"features": {}, "ignored": bool(rng.random() < 0.1),
+                  "hits": sorted({int(h) for h in rng.integers(0, n_truth, int(rng.integers(0, 3)))}) if n_truth else []}
+                 for _ in range(n)]
+        views.append(ViewCandidates(name=f"synthetic:s/truth/SYNTH{i:04d}/LCC", source="synthetic",
+                                    truth=[{"n": 8, "type": str(rng.choice(["a", "b"]))} for _ in range(n_truth)],
+                                    candidates=cands))
+        conf.append(np.round(rng.uniform(0, 1, n), 2))
+    for subset in (None, lambda t: t["type"] == "a"):
+        points = froc(views, conf, subset)
+        truth = [t for v in views for t in v.truth]
+        chosen = np.array([subset is None or subset(t) for t in truth], bool)
+        thresholds = np.unique(np.concatenate([*conf, [np.inf]]))[::-1]
+        assert len(points) == len(thresholds)
+        for p, t in zip(points, thresholds):
+            o = operating(views, conf, t)
+            assert p["sensitivity"] == pytest.approx(np.array(o["found"], bool)[chosen].mean())
+            assert p["fp_per_image"] == pytest.approx(sum(o["false_marks"]) / len(views))
