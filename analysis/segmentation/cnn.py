@@ -153,6 +153,45 @@ def normalise_input(x: np.ndarray, method: str) -> np.ndarray:
 DILATIONS = (1, 2, 4, 8, 1)  # the shipped networks' layers (receptive field 33 px, 2.3 mm)
 
 
+# The optional line filters (``ProximityNet(line_filters=n)``): oriented ridge detectors on the
+# scaled input, fixed, not learned. Across the line a Gaussian's second derivative of sigma 0.07 mm
+# (a fine linear calcification is 0.10-0.35 mm wide); along it a Gaussian of sigma 0.21 mm, so each
+# filter sums a line over ~0.8 mm. Why: a faint thin line that a matched filter finds easily (the
+# ideal observer of ``calcnode seg-ceiling`` finds 0.99 of the fine linear particles) gives 3x3
+# layers of 8-16 channels only a weak per-pixel signal to build on; summed along its orientation it
+# stands out by ~sqrt(its length in px) (docs/segmentation.md, "Line filters").
+LINE_SIGMA_ACROSS_MM = 0.07
+LINE_SIGMA_ALONG_MM = 0.21
+
+
+def line_kernels(orientations: int, spacing_mm: float = NET_SPACING_MM) -> np.ndarray:
+    """Oriented ridge filters: float32 (orientations, k, k), k = 2 ceil(3 sigma_along) + 1 px.
+
+    Filter ``i`` answers most to a bright line at angle ``i * 180° / orientations`` from the
+    column axis (counter-clockwise, rows pointing down: 0 is a horizontal line). Each is the
+    negated second derivative across the line of an anisotropic Gaussian (sigmas
+    ``LINE_SIGMA_ACROSS_MM`` across, ``LINE_SIGMA_ALONG_MM`` along), made zero-mean (a flat or
+    linearly varying image gives 0) and of unit L2 norm (white noise of unit variance gives
+    responses of unit variance).
+    """
+    if orientations < 1:
+        raise ValueError(f"line filters need at least 1 orientation, got {orientations}")
+    across = LINE_SIGMA_ACROSS_MM / spacing_mm
+    along = LINE_SIGMA_ALONG_MM / spacing_mm
+    half = int(np.ceil(3 * along))
+    r, c = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float64)
+    bank = []
+    for i in range(orientations):
+        angle = np.pi * i / orientations
+        u = c * np.cos(angle) - r * np.sin(angle)   # along the line (rows point down)
+        v = c * np.sin(angle) + r * np.cos(angle)   # across it
+        g = np.exp(-u ** 2 / (2 * along ** 2) - v ** 2 / (2 * across ** 2))
+        k = (1 / across ** 2 - v ** 2 / across ** 4) * g   # -d2g/dv2: positive on a bright ridge
+        k -= k.mean()
+        bank.append(k / np.linalg.norm(k))
+    return np.stack(bank).astype(np.float32)
+
+
 class ProximityNet(nn.Module):
     """Compact FCN: 3x3 convolutions with ``dilations`` (1, 2, 4, 8, 1) and a 1x1 head.
 
@@ -161,15 +200,23 @@ class ProximityNet(nn.Module):
     ``width`` channels, the others twice that. A longer ``dilations`` (e.g. (1, 2, 4, 8, 16, 1):
     65 px, 4.5 mm) sees farther: whether a thin line ends, as a fine linear calcification does
     within ~2.5 mm, or runs on, as a vessel does (docs/segmentation.md, "A larger receptive field").
+    ``line_filters`` > 0: the first layer also sees that many fixed oriented line filters of the
+    input (:func:`line_kernels`; a buffer in the weights, so the model file carries them), and the
+    receptive field grows by their radius.
     """
 
-    def __init__(self, width: int = 8, dilations: tuple[int, ...] = DILATIONS):
+    def __init__(self, width: int = 8, dilations: tuple[int, ...] = DILATIONS, line_filters: int = 0):
         super().__init__()
         dilations = tuple(int(d) for d in dilations)
         if len(dilations) < 3 or min(dilations) < 1:
             raise ValueError(f"dilations {dilations}: at least 3 layers, each dilation >= 1")
+        line_filters = int(line_filters)
+        if line_filters < 0:
+            raise ValueError(f"line_filters must be >= 0, got {line_filters}")
+        if line_filters:
+            self.register_buffer("line_bank", torch.from_numpy(line_kernels(line_filters))[:, None])
         layers: list[nn.Module] = []
-        channels = 1
+        channels = 1 + line_filters
         for k, dilation in enumerate(dilations):
             out = width if k < 2 or k == len(dilations) - 1 else width * 2
             layers += [nn.Conv2d(channels, out, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)]
@@ -178,13 +225,18 @@ class ProximityNet(nn.Module):
         self.body = nn.Sequential(*layers)
         self.width = width
         self.dilations = dilations
+        self.line_filters = line_filters
 
     @property
     def receptive_field_px(self) -> int:
         """Side of the square of input pixels one output pixel depends on (at NET_SPACING_MM)."""
-        return 1 + 2 * sum(self.dilations)
+        bank = self.line_bank.shape[-1] - 1 if self.line_filters else 0
+        return 1 + 2 * sum(self.dilations) + bank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # logits; sigmoid gives the proximity
+        if self.line_filters:
+            lines = nn.functional.conv2d(x, self.line_bank, padding=self.line_bank.shape[-1] // 2)
+            x = torch.cat([x, lines], dim=1)
         return self.body(x)
 
 
@@ -212,6 +264,8 @@ class SegmentationModel:
         durably (``training.model_files.save_segmentation_model``)."""
         buffer = io.BytesIO()
         layout = {"dilations": list(self.net.dilations)} if self.net.dilations != DILATIONS else {}
+        if self.net.line_filters:
+            layout["line_filters"] = self.net.line_filters
         torch.save({"format": "calcnode-segmentation-cnn/1", "width": self.net.width, **layout,
                     "state_dict": self.net.state_dict(), "params": asdict(self.params),
                     # JSON text: weights_only loading accepts no other objects (and it reads anywhere)
@@ -227,7 +281,8 @@ class SegmentationModel:
         if not isinstance(blob, dict) or blob.get("format") != "calcnode-segmentation-cnn/1":
             raise ValueError(f"{path}: not a calcnode segmentation model")
         # files of the default layout store no dilations (so they are byte-identical to those before)
-        net = ProximityNet(width=int(blob["width"]), dilations=tuple(blob.get("dilations", DILATIONS)))
+        net = ProximityNet(width=int(blob["width"]), dilations=tuple(blob.get("dilations", DILATIONS)),
+                           line_filters=int(blob.get("line_filters", 0)))
         net.load_state_dict(blob["state_dict"])
         net.eval()
         params = dict(blob["params"])

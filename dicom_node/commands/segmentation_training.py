@@ -50,6 +50,10 @@ def register(subparsers) -> None:
                        help="the network's 3x3 layers by dilation (default 1,2,4,8,1: receptive field 2.3 mm; "
                             "or with --init the model's own); with --init, layers added before its last one "
                             "start as the identity, e.g. 1,2,4,8,16,1 (4.5 mm). Give --patch-px to match")
+    train.add_argument("--line-filters", type=int, metavar="N",
+                       help="N fixed oriented line filters on the network's input (e.g. 8; default none, or "
+                            "with --init the model's own); with --init, added without changing its output "
+                            "first. They widen the receptive field by 0.84 mm: give --patch-context-px to match")
     train.add_argument("--patch-px", type=int, default=DEFAULT_PATCH_PX, metavar="N",
                        help=f"side of the training patches at 0.07 mm (default {DEFAULT_PATCH_PX}, for the "
                             "default receptive field; e.g. 64 for 1,2,4,8,16,1; larger ones are stored at "
@@ -167,7 +171,8 @@ def run_train(args) -> int:
                              workers=args.workers, width=args.width or init_width,
                              learning_rate=args.learning_rate,
                              patches_per_epoch=args.patches_per_epoch, seen_only=args.seen_only,
-                             dilations=args.dilations, patch_px=args.patch_px,
+                             dilations=args.dilations, line_filters=args.line_filters,
+                             patch_px=args.patch_px,
                              patch_context_px=args.patch_context_px, calibrate=args.calibrate)
     try:
         train_segmentation(args.data, args.out, settings, SelectionParams(outline_level=args.outline_level,

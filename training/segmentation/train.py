@@ -56,7 +56,7 @@ from .evaluate import (SUPPORT_THRESHOLDS, collect_matches, froc, negative_objec
 from .negatives import DEFAULT_NEGATIVE_SPACING_MM, NegativeView, load_negative, negative_paths
 from .patches import (IGNORE, KINDS, PATCH_PX, SEEN_FP_PER_CM2, SEEN_PROBABILITY, Patches, image_patches,
                       negative_view_patches)
-from .widen import deepen, widen
+from .widen import deepen, widen, with_line_filters
 
 
 CALIBRATION_FP_PER_CM2 = 1.0
@@ -162,6 +162,9 @@ class TrainSettings:
     # the network's layers (None: the init's, or DILATIONS); with ``init``, layers inserted before its
     # last one (widen.deepen). A larger receptive field needs larger patches (``patch_px``) to see it.
     dilations: tuple[int, ...] | None = None
+    # fixed oriented line filters on the input (ProximityNet.line_filters; None: the init's, or none);
+    # with ``init`` and none there, they are added without changing its output (widen.with_line_filters)
+    line_filters: int | None = None
     patch_px: int = PATCH_PX    # side of the training patches' target at 0.07 mm (patches.py)
     # image around each patch that the network sees and the loss does not (px at 0.07 mm): with the
     # receptive field's radius every pixel in the loss has its whole field on the image, as in an
@@ -363,8 +366,13 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
             raise ValueError(f"{init}: a width-{base.net.width} network cannot be fine-tuned at "
                              f"width {settings.width}")
     # built before the patches (minutes on a large set), so layers it cannot have are refused first
+    if base is not None and settings.line_filters is not None \
+            and settings.line_filters != base.net.line_filters and base.net.line_filters:
+        raise ValueError(f"{init}: a network with {base.net.line_filters} line filters cannot be "
+                         f"fine-tuned with {settings.line_filters}")
     if base is None:
-        net = ProximityNet(width=settings.width, dilations=settings.dilations or DILATIONS)
+        net = ProximityNet(width=settings.width, dilations=settings.dilations or DILATIONS,
+                           line_filters=settings.line_filters or 0)
     else:
         # more layers or a larger width: more room, starting from the model's own function
         net = base.net
@@ -372,6 +380,8 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
             net = deepen(net, settings.dilations, seed=settings.seed)
         if settings.width > net.width:
             net = widen(net, settings.width, seed=settings.seed)
+        if settings.line_filters and not net.line_filters:
+            net = with_line_filters(net, settings.line_filters, seed=settings.seed)
     # a crop must give every output pixel its whole receptive field (1.4 mm for the default layers)
     params = replace(params, crop_margin_mm=crop_margin_mm(net))
     scanned = [(i, str(d)) for d in data_dirs for i in scan_dataset(d, require_truth=True)]
@@ -473,7 +483,9 @@ def train_segmentation(data_dirs: list[str | Path], out: str | Path,
         "init": ({"model": str(init), "sha256": base_sha256, "width": base.net.width,
                   "widened_to": net.width if net.width != base.net.width else None,
                   **({"deepened_from": list(base_dilations), "deepened_to": list(net.dilations)}
-                     if net.dilations != base_dilations else {})}
+                     if net.dilations != base_dilations else {}),
+                  **({"line_filters_added": net.line_filters}
+                     if net.line_filters != base.net.line_filters else {})}
                  if init is not None else None),
         "settings": asdict(settings),
         "best_epoch": best_epoch,

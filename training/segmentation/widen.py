@@ -36,9 +36,10 @@ def widen(net: ProximityNet, width: int, seed: int = 0, noise: float = 0.01) -> 
         raise ValueError(f"cannot widen a width-{net.width} network to {width}")
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    wide = ProximityNet(width=width, dilations=net.dilations)
+    wide = ProximityNet(width=width, dilations=net.dilations, line_filters=net.line_filters)
     old, new = _convolutions(net), _convolutions(wide)
-    source = np.zeros(1, int)  # which old input channel each new input channel copies (1: the image)
+    # which old input channel each new input channel copies (the image and any line filters: themselves)
+    source = np.arange(old[0].in_channels)
     with torch.no_grad():
         for k, (o, n) in enumerate(zip(old, new)):
             last = k == len(old) - 1
@@ -72,7 +73,7 @@ def deepen(net: ProximityNet, dilations: tuple[int, ...], seed: int = 0, noise: 
         raise ValueError(f"cannot deepen layers {old} to {dilations}: new layers go before the last one")
     if len(old) < 4:  # the layer before the last must have twice the width (the middle layers' channels)
         raise ValueError(f"cannot deepen a {len(old)}-layer network")
-    deep = ProximityNet(width=net.width, dilations=dilations)
+    deep = ProximityNet(width=net.width, dilations=dilations, line_filters=net.line_filters)
     old_convs, new_convs = _convolutions(net), _convolutions(deep)
     inserted = len(dilations) - len(old)
     source = list(range(len(old) - 1)) + [None] * inserted + [len(old) - 1, len(old)]  # + the 1x1 head
@@ -88,3 +89,27 @@ def deepen(net: ProximityNet, dilations: tuple[int, ...], seed: int = 0, noise: 
             n.weight.copy_(weight + noise * torch.randn(weight.shape, generator=generator))
             n.bias.zero_()
     return deep.eval()
+
+
+def with_line_filters(net: ProximityNet, orientations: int, seed: int = 0, noise: float = 0.0) -> ProximityNet:
+    """``net`` with ``orientations`` fixed line filters added to its input, computing ``net``'s function.
+
+    Every layer keeps its weights; the first one gets an input channel per filter whose weights
+    start near 0 (``noise``: the standard deviation of what they start at), so the output is the
+    trained network's up to that noise and training decides how much the line evidence counts.
+    Why: a faint thin line the 3x3 layers miss stands out once summed along it (docs/segmentation.md,
+    "Line filters"), and fine-tuning starts at the shipped model's quality instead of from scratch.
+    """
+    if net.line_filters:
+        raise ValueError(f"the network already has {net.line_filters} line filters")
+    lined = ProximityNet(width=net.width, dilations=net.dilations, line_filters=orientations)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for o, n in zip(_convolutions(net), _convolutions(lined)):
+            if o.in_channels == n.in_channels:
+                n.weight.copy_(o.weight)
+            else:  # the first layer: the image's weights, then the filters' near 0
+                n.weight.copy_(noise * torch.randn(n.weight.shape, generator=generator))
+                n.weight[:, :o.in_channels] = o.weight
+            n.bias.copy_(o.bias)
+    return lined.eval()
