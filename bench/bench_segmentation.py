@@ -14,10 +14,15 @@ Targets (issue 4): whole breast <= 10 s and <= 2 GB peak; one ROI <= 0.5 s, on 2
 The network's compute does not depend on its weights: without the shipped model the bench uses
 an untrained network of the same shape (and says so).
 
-    .venv/bin/python -m bench.bench_segmentation
+    .venv/bin/python -m bench.bench_segmentation [--model MODEL]
+
+``--model``: a candidate model file instead of the shipped one (its layers, line filters and crop
+margin decide the cost), measured before it is shipped; its figures go to
+``results/bench_segmentation-<file stem>.json`` and leave the shipped model's results alone.
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import tempfile
@@ -32,16 +37,18 @@ from bench.harness import peak_rss_mb, run_stage, write_results
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _model():
+def _model(path: str | None = None):
     from analysis.segmentation.cnn import ProximityNet, SegmentationModel
     from analysis.segmentation.models import DEFAULT_SEGMENTATION_MODEL
 
+    if path is not None:
+        return SegmentationModel.load(path), f"candidate model {Path(path).name}"
     if DEFAULT_SEGMENTATION_MODEL.exists():
         return SegmentationModel.load(DEFAULT_SEGMENTATION_MODEL), "shipped demonstration model"
     return SegmentationModel(ProximityNet().eval()), "untrained network of the shipped shape"
 
 
-def _stage(name: str, npy: str) -> dict:
+def _stage(name: str, npy: str, model_path: str | None = None) -> dict:
     import torch
 
     from analysis.segmentation import breast_mask, hdog_candidates
@@ -50,7 +57,7 @@ def _stage(name: str, npy: str) -> dict:
 
     torch.set_num_threads(2)
     pixels = np.load(npy)
-    model, model_note = _model()
+    model, model_note = _model(model_path)
     baseline = peak_rss_mb()
     out: dict = {"baseline_rss_mb": round(baseline, 1), "model": model_note}
     if name == "segment_whole_breast":
@@ -91,12 +98,18 @@ def _stage(name: str, npy: str) -> dict:
     return out
 
 
-def _run(name: str, npy: str) -> dict:
-    return run_stage(_stage, name, npy)
+def _run(name: str, npy: str, model_path: str | None = None) -> dict:
+    return run_stage(_stage, name, npy, model_path)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     import pydicom
+
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_segmentation")
+    parser.add_argument("--model", metavar="MODEL", help="a candidate model file instead of the shipped one")
+    args = parser.parse_args(argv)
+    if args.model is not None:
+        _model(args.model)  # a file that is not a model is refused before any stage runs
 
     sys.path.insert(0, str(ROOT / "tests"))
     from dicom_factory import rewrap_as_mg
@@ -115,7 +128,7 @@ def main() -> None:
         figures = {"image": "NEMA WG04 MG1_J2KI.dcm (re-labelled MG)", "shape": list(image.shape),
                    "spacing_mm": list(SPACING), "roi_mm": ROI_MM}
         for name in ("segment_whole_breast", "segment_roi_15mm", "cnn_whole_image_reference"):
-            figures[name] = _run(name, npy)
+            figures[name] = _run(name, npy, args.model)
     whole, reference = figures["segment_whole_breast"], figures["cnn_whole_image_reference"]
     figures["cnn_speedup_crops_vs_whole_image"] = round(reference["seconds"] / max(whole["cnn_seconds"], 1e-9), 2)
     figures["targets"] = {
@@ -123,7 +136,8 @@ def main() -> None:
         "whole_breast_peak_rss_mb<=2048": whole["peak_rss_mb"] <= 2048,
         "roi_seconds_p90<=0.5": figures["segment_roi_15mm"]["seconds_p90"] <= 0.5,
     }
-    write_results("bench_segmentation", figures)
+    write_results("bench_segmentation" if args.model is None else f"bench_segmentation-{Path(args.model).stem}",
+                  figures)
 
 
 if __name__ == "__main__":
