@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     train.add_argument("--line-filters", type=int, metavar="N",
                        help="N fixed oriented line filters on the network's input (e.g. 8; default none, or "
                             "with --init the model's own); with --init, added without changing its output "
-                            "first. They widen the receptive field by 0.84 mm: give --patch-context-px to match")
+                            "first. They widen the receptive field by 0.63 mm on each side: give --patch-context-px to match")
     train.add_argument("--patch-px", type=int, default=DEFAULT_PATCH_PX, metavar="N",
                        help=f"side of the training patches at 0.07 mm (default {DEFAULT_PATCH_PX}, for the "
                             "default receptive field; e.g. 64 for 1,2,4,8,16,1; larger ones are stored at "

@@ -95,8 +95,8 @@ def with_line_filters(net: ProximityNet, orientations: int, seed: int = 0, noise
     """``net`` with ``orientations`` fixed line filters added to its input, computing ``net``'s function.
 
     Every layer keeps its weights; the first one gets an input channel per filter whose weights
-    start near 0 (``noise``: the standard deviation of what they start at), so the output is the
-    trained network's up to that noise and training decides how much the line evidence counts.
+    start at 0 (or, with ``noise``, at normal values of that standard deviation), so the output is
+    the trained network's and training decides how much the line evidence counts.
     Why: a faint thin line the 3x3 layers miss stands out once summed along it (docs/segmentation.md,
     "Line filters"), and fine-tuning starts at the shipped model's quality instead of from scratch.
     """
@@ -108,7 +108,7 @@ def with_line_filters(net: ProximityNet, orientations: int, seed: int = 0, noise
         for o, n in zip(_convolutions(net), _convolutions(lined)):
             if o.in_channels == n.in_channels:
                 n.weight.copy_(o.weight)
-            else:  # the first layer: the image's weights, then the filters' near 0
+            else:  # the first layer: the image's weights, then the filters' (0 without noise)
                 n.weight.copy_(noise * torch.randn(n.weight.shape, generator=generator))
                 n.weight[:, :o.in_channels] = o.weight
             n.bias.copy_(o.bias)
