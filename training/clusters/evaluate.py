@@ -45,6 +45,13 @@ def is_false_mark(c: dict) -> bool:
     return not c["hits"] and not c["ignored"]
 
 
+def false_mark_confidences(views: Sequence[ViewCandidates], conf: Sequence[np.ndarray]) -> np.ndarray:
+    """The confidences of every view's false-mark candidates (:func:`is_false_mark`), sorted: the false
+    marks at a threshold t are those >= t, counted for any t by one ``searchsorted``."""
+    return np.sort(np.concatenate([np.asarray(c, float)[[is_false_mark(cand) for cand in v.candidates]]
+                                   for v, c in zip(views, conf)] + [np.zeros(0)]))
+
+
 def operating(views: Sequence[ViewCandidates], conf: Sequence[np.ndarray], t: float) -> dict:
     """Counts at threshold ``t``: found flags per truth cluster, false marks per view."""
     found, false_marks = [], []
@@ -89,8 +96,7 @@ def froc(views: Sequence[ViewCandidates], conf: Sequence[np.ndarray], subset=Non
     n_images = max(len(views), 1)
     thresholds = np.unique(np.concatenate([*conf, [np.inf]]))[::-1] if views else np.array([np.inf])
     best = np.sort(_best_hits(views, conf)[chosen])
-    false_conf = np.sort(np.concatenate([np.asarray(c, float)[[is_false_mark(cand) for cand in v.candidates]]
-                                         for v, c in zip(views, conf)] + [np.zeros(0)]))
+    false_conf = false_mark_confidences(views, conf)
     found = len(best) - np.searchsorted(best, thresholds, side="left")        # best hit >= t
     marks = len(false_conf) - np.searchsorted(false_conf, thresholds, side="left")
     return [{"threshold": float(min(t, 1.0)) if np.isfinite(t) else 1.0 + 1e-9,

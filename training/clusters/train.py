@@ -47,7 +47,7 @@ import numpy as np
 from analysis.clusters import FEATURE_NAMES, ClusterModel, transformed_features
 
 from .collect import ViewCandidates
-from .evaluate import is_false_mark, operating
+from .evaluate import false_mark_confidences, operating
 
 #: The features the model uses and their transform.
 MODEL_FEATURES = {
@@ -155,8 +155,7 @@ def choose_threshold(views: Sequence[ViewCandidates], conf: list[np.ndarray], ta
     False marks only grow as the threshold falls, so they are counted for every confidence at once
     from the sorted confidences of the false candidates (one sort, not one pass over all views per
     confidence: that was quadratic in the candidates)."""
-    false_conf = np.sort(np.concatenate([np.asarray(c, float)[[is_false_mark(cand) for cand in v.candidates]]
-                                         for v, c in zip(views, conf)] + [np.zeros(0)]))
+    false_conf = false_mark_confidences(views, conf)
     values = np.unique(np.concatenate([*conf, [1.0]]))
     marks = len(false_conf) - np.searchsorted(false_conf, values, side="left")  # false marks at >= t
     allowed = marks / max(len(views), 1) <= target_fp_per_image  # False ... False True ... True
